@@ -1,0 +1,58 @@
+"""hf_dynamic: dynamic networks as first-class Hugging Face transformers models.
+
+Importing the package registers every model type it defines with transformers' Auto classes (see
+:mod:`hf_dynamic.registry`), so ``AutoModel*.from_pretrained`` loads our checkpoints without
+``trust_remote_code``. Everything else (data loading, metrics, assets, callbacks) is imported lazily on first
+attribute access, so ``import hf_dynamic`` never pulls in datasets, matplotlib, peft or deepspeed.
+"""
+
+import importlib
+
+__version__ = "0.1.0"
+
+# Public name -> module that defines it. Modules are imported on first access (PEP 562).
+_LAZY = {
+    # assets
+    "minilm_path": "hf_dynamic.assets",
+    "smollm2_gguf_path": "hf_dynamic.assets",
+    "smollm2_path": "hf_dynamic.assets",
+    # data
+    "GLUE_TASKS": "hf_dynamic.data.glue",
+    "load_glue": "hf_dynamic.data.glue",
+    "compute_glue_metrics": "hf_dynamic.data.metrics",
+    "glue_compute_metrics_fn": "hf_dynamic.data.metrics",
+    "load_text": "hf_dynamic.data.text",
+    "perplexity": "hf_dynamic.data.perplexity",
+    # PAD-Net (Iterative Mode Partition)
+    "iterative_mode_partition": "hf_dynamic.pad.imp",
+    "IMPCallback": "hf_dynamic.pad.imp",
+    # BoostNet (budgeted early exit)
+    "calibrate_thresholds": "hf_dynamic.boost.calibration",
+    "accuracy_cost_curve": "hf_dynamic.boost.calibration",
+    "plot_accuracy_cost_curve": "hf_dynamic.boost.calibration",
+    # DMS
+    "DifferentiableTopK": "hf_dynamic.core.topk",
+    "DMSPruner": "hf_dynamic.dms.pruner",
+    "DMSCallback": "hf_dynamic.dms.callback",
+}
+
+from .registry import register_all as _register_all  # noqa: E402
+
+_PUBLIC_MODEL_NAMES = _register_all()
+globals().update(_PUBLIC_MODEL_NAMES)
+
+
+def __getattr__(name):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hf_dynamic' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
+
+__all__ = ["__version__", *sorted(_PUBLIC_MODEL_NAMES), *sorted(_LAZY)]
