@@ -1,0 +1,201 @@
+#!/usr/bin/env python
+"""Fine-tune a sequence-classification model on a GLUE task with the Hugging Face Trainer.
+
+    python examples/glue/run_glue.py --task mrpc                       # dense all-MiniLM-L6-v2 on MRPC
+    python examples/glue/run_glue.py --task rte --variant pad_moe ...  # another model variant
+
+Every `transformers.TrainingArguments` flag is accepted; the defaults below are the recipe of
+../shared/docs/ASSETS.md (AdamW, linear schedule, 6 % warm-up, batch 32, max length 128). The dev metrics of
+the final model are printed and written to `<output_dir>/<results_file>` as JSON.
+
+Variants other than `dense` live in `variant_*.py` modules beside this script; each provides `VARIANTS`, an
+`Arguments` dataclass (its own flags), `build_model`, `make_callbacks` and `after_training`.
+"""
+
+import importlib
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+
+import torch
+import transformers
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    HfArgumentParser,
+    Trainer,
+    TrainingArguments,
+    set_seed,
+)
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import hf_dynamic  # noqa: E402  (registers hf_dynamic's model types with the Auto classes)
+
+logger = logging.getLogger("run_glue")
+
+# Modules beside this script that provide further variants (see the module docstring).
+VARIANT_MODULES = ("variant_pad", "variant_exit")
+
+
+def load_variant_modules():
+    """Import the variant modules that are present; map each variant name to its module."""
+    modules, by_variant = [], {}
+    for name in VARIANT_MODULES:
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
+        if not os.path.exists(path):
+            continue
+        module = importlib.import_module(name)
+        modules.append(module)
+        for variant in module.VARIANTS:
+            by_variant[variant] = module
+    return modules, by_variant
+
+
+@dataclass
+class ScriptArguments:
+    task: str = field(default="mrpc", metadata={"help": "GLUE task, named as on the Hub: " + ", ".join(
+        ["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli"])})
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Checkpoint folder or Hub name (default: the packaged all-MiniLM-L6-v2)"})
+    data_dir: str | None = field(
+        default=None, metadata={"help": "Folder holding the official GLUE task folders (default: "
+                                        "$HF_DYNAMIC_GLUE_DIR, then ../shared/data/glue, then the Hub)"})
+    variant: str = field(default="dense", metadata={"help": "dense, or a variant of a variant_*.py module"})
+    max_seq_length: int = field(default=128, metadata={"help": "Truncate inputs to this many tokens"})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training rows"})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N dev rows"})
+    results_file: str = field(default="eval_results.json", metadata={"help": "JSON written in output_dir"})
+
+
+@dataclass
+class GlueTrainingArguments(TrainingArguments):
+    """TrainingArguments with the GLUE recipe's defaults (every field stays overridable)."""
+
+    output_dir: str | None = field(default=None, metadata={"help": "Default: outputs/glue/<task>-<variant>-s<seed>"})
+    learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate"})
+    num_train_epochs: float = field(default=5.0, metadata={"help": "Training epochs"})
+    per_device_train_batch_size: int = field(default=32, metadata={"help": "Training batch size per device"})
+    per_device_eval_batch_size: int = field(default=128, metadata={"help": "Evaluation batch size per device"})
+    warmup_steps: float = field(default=0.06, metadata={"help": "Warm-up steps (< 1: fraction of all steps)"})
+    save_strategy: str = field(default="no", metadata={"help": "Checkpointing during training"})
+    logging_steps: float = field(default=20, metadata={"help": "Log every N steps"})
+    report_to: str | list[str] | None = field(default="none", metadata={"help": "Experiment trackers"})
+
+
+def parse_args(argv=None):
+    modules, by_variant = load_variant_modules()
+    dataclasses_ = [ScriptArguments, GlueTrainingArguments] + [m.Arguments for m in modules]
+    parser = HfArgumentParser(dataclasses_)
+    parsed = parser.parse_args_into_dataclasses(args=argv)
+    script_args, training_args = parsed[0], parsed[1]
+    variant_args = {m.__name__: a for m, a in zip(modules, parsed[2:])}
+    if script_args.variant != "dense" and script_args.variant not in by_variant:
+        raise ValueError(f"--variant {script_args.variant!r} is unknown; choose from "
+                         f"{['dense', *sorted(by_variant)]}")
+    if training_args.output_dir is None:
+        training_args.output_dir = os.path.join(
+            "outputs", "glue", f"{script_args.task}-{script_args.variant}-s{training_args.seed}")
+    return script_args, training_args, by_variant, variant_args
+
+
+def tokenize_glue(raw, task_info, tokenizer, max_seq_length):
+    """Tokenise the task's text column(s); keep `label` (renamed `labels` by the collator)."""
+    columns = list(task_info.text_columns)
+
+    def encode(batch):
+        texts = [batch[c] for c in columns]
+        return tokenizer(*texts, truncation=True, max_length=max_seq_length)
+
+    remove = [c for c in raw[next(iter(raw))].column_names if c != "label"]
+    return raw.map(encode, batched=True, remove_columns=remove, desc="tokenizing")
+
+
+def main(argv=None):
+    script_args, training_args, by_variant, variant_args = parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    transformers.utils.logging.set_verbosity_warning()
+    set_seed(training_args.seed)
+
+    from hf_dynamic.data.glue import GLUE_TASKS, load_glue
+    from hf_dynamic.data.metrics import glue_compute_metrics_fn
+
+    if script_args.task not in GLUE_TASKS:
+        raise ValueError(f"--task {script_args.task!r} is not a GLUE task; choose from {sorted(GLUE_TASKS)}")
+    task_info = GLUE_TASKS[script_args.task]
+    model_path = script_args.model_name_or_path or hf_dynamic.minilm_path()
+
+    raw = load_glue(script_args.task, data_dir=script_args.data_dir)
+    if "train" not in raw:
+        raise ValueError(f"task {script_args.task!r} has no train split in the data directory")
+    if script_args.max_train_samples is not None:
+        raw["train"] = raw["train"].select(range(min(script_args.max_train_samples, len(raw["train"]))))
+    for split in task_info.validation_splits:
+        if script_args.max_eval_samples is not None and split in raw:
+            raw[split] = raw[split].select(range(min(script_args.max_eval_samples, len(raw[split]))))
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    tokenized = tokenize_glue(raw, task_info, tokenizer, script_args.max_seq_length)
+    eval_datasets = {s: tokenized[s] for s in task_info.validation_splits if s in tokenized}
+    if not eval_datasets:
+        raise ValueError(f"task {script_args.task!r} has no validation split in the data directory")
+
+    problem_type = "regression" if task_info.is_regression else "single_label_classification"
+    module = by_variant.get(script_args.variant)
+    if module is None:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            model_path, num_labels=task_info.num_labels, problem_type=problem_type, dtype=torch.float32)
+        callbacks = []
+    else:
+        args = variant_args[module.__name__]
+        model = module.build_model(script_args.variant, script_args, args, task_info.num_labels, problem_type)
+        callbacks = module.make_callbacks(script_args.variant, script_args, args)
+
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=tokenized["train"],
+        eval_dataset=eval_datasets,
+        processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=glue_compute_metrics_fn(script_args.task),
+        callbacks=callbacks,
+    )
+    train_result = trainer.train()
+
+    results = {
+        "task": script_args.task,
+        "variant": script_args.variant,
+        "model_name_or_path": model_path,
+        "seed": training_args.seed,
+        "learning_rate": training_args.learning_rate,
+        "num_train_epochs": training_args.num_train_epochs,
+        "num_parameters": trainer.model.num_parameters(),
+        "train_runtime_s": train_result.metrics.get("train_runtime"),
+        "metrics": {},
+    }
+    for split, dataset in eval_datasets.items():
+        output = trainer.predict(dataset, metric_key_prefix=split)
+        results["metrics"][split] = {k.removeprefix(f"{split}_"): v for k, v in output.metrics.items()}
+    if module is not None:
+        results.update(module.after_training(
+            script_args.variant, script_args, variant_args[module.__name__], trainer, eval_datasets,
+            script_args.task) or {})
+
+    if trainer.is_world_process_zero():
+        os.makedirs(training_args.output_dir, exist_ok=True)
+        path = os.path.join(training_args.output_dir, script_args.results_file)
+        with open(path, "w") as f:
+            json.dump(results, f, indent=2)
+        print(json.dumps({"task": script_args.task, "variant": script_args.variant, **{
+            split: {k: round(v, 4) for k, v in m.items() if isinstance(v, float) and not k.endswith(("runtime",
+                    "per_second"))} for split, m in results["metrics"].items()}}, indent=2))
+        logger.info("results written to %s", path)
+    return results
+
+
+if __name__ == "__main__":
+    main()
