@@ -83,7 +83,6 @@ class GlueTrainingArguments(TrainingArguments):
     warmup_steps: float = field(default=0.06, metadata={"help": "Warm-up steps (< 1: fraction of all steps)"})
     save_strategy: str = field(default="no", metadata={"help": "Checkpointing during training"})
     logging_steps: float = field(default=20, metadata={"help": "Log every N steps"})
-    report_to: str | list[str] | None = field(default="none", metadata={"help": "Experiment trackers"})
 
 
 def parse_args(argv=None):
@@ -126,7 +125,7 @@ def main(argv=None):
     if script_args.task not in GLUE_TASKS:
         raise ValueError(f"--task {script_args.task!r} is not a GLUE task; choose from {sorted(GLUE_TASKS)}")
     task_info = GLUE_TASKS[script_args.task]
-    model_path = script_args.model_name_or_path or hf_dynamic.minilm_path()
+    model_path = str(script_args.model_name_or_path or hf_dynamic.minilm_path())
 
     raw = load_glue(script_args.task, data_dir=script_args.data_dir)
     if "train" not in raw:

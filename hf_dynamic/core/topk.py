@@ -1,0 +1,195 @@
+"""Differentiable top-k of DMS (METHODS.md §3; Liu et al., ICML 2024, arXiv 2405.07194, Sec. 3.2).
+
+One structural hyper-parameter with ``N`` elements (channels of a layer, heads, blocks) gets one learnable keep
+ratio ``e`` (the paper's pruning ratio is ``a = 1 - e``). The elements' importance ``c`` is not learned by
+gradient: it is a Taylor importance kept as an exponential moving average (see
+:func:`hf_dynamic.core.importance.taylor_importance_ema_`). The mask is
+
+    c'_i = (1/N) · #{ j : c_j ≤ c_i }               importance normalisation (uniform in (0, 1])
+    m_i  = sigmoid( λ · N · (c'_i − (1 − e)) )      soft mask (search)
+    m_i ≥ 0.5                                       hard mask (export)
+
+with ``e`` clamped to ``[1/(2N), 1]`` (so at least one element is always kept).
+
+Ties in ``c`` (e.g. before any importance was accumulated) are broken by element index (a stable sort), so ``c'`` is
+always a permutation of ``{1/N, 2/N, ..., 1}`` and a hard mask keeps a well-defined number of elements.
+
+A :class:`DifferentiableTopK` may hold a *batch* of independent rows (``shape``): e.g. one row per decoder layer,
+each ranking its own elements. The keep ratio then has shape ``shape`` (per-row ratios) or ``()`` (one ratio shared
+by every row: every row keeps the same number of elements, each choosing *which* by its own importance).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .importance import taylor_importance_ema_
+
+__all__ = ["DifferentiableTopK", "normalize_importance", "soft_topk_mask"]
+
+
+def normalize_importance(importance: torch.Tensor) -> torch.Tensor:
+    """Importance normalisation of DMS (METHODS.md §3): ``c'_i = #{j : c_j ≤ c_i} / N`` along the last dim.
+
+    Ties are broken by index (stable sort), so the result is a permutation of ``{1/N, ..., 1}`` per row: uniformly
+    distributed whatever the distribution of ``importance``.
+    """
+    n = importance.shape[-1]
+    order = torch.argsort(importance, dim=-1, stable=True)
+    ranks = torch.empty_like(order)
+    arange = torch.arange(1, n + 1, device=importance.device).expand_as(order)
+    ranks.scatter_(-1, order, arange)
+    return ranks.to(torch.float32) / n
+
+
+def soft_topk_mask(normalized: torch.Tensor, keep_ratio: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Soft mask of DMS (METHODS.md §3): ``sigmoid(λ·N·(c' − (1 − e)))``; ``temperature`` is ``λ``.
+
+    ``keep_ratio`` broadcasts against ``normalized[..., 0]`` (one ratio per row, or one for all rows).
+    """
+    n = normalized.shape[-1]
+    return torch.sigmoid(temperature * n * (normalized - (1.0 - keep_ratio.unsqueeze(-1))))
+
+
+class DifferentiableTopK(nn.Module):
+    """The differentiable top-k operator of DMS (METHODS.md §3) with Taylor importance (EMA decay 0.99).
+
+    Args:
+        num_elements: ``N``, the number of elements a row ranks.
+        rows: shape of the batch of independent rows (``()`` for a single row), e.g. ``(num_layers,)``.
+        shared_keep_ratio: one keep ratio for every row (``True``) or one per row (``False``).
+        keep_ratio_dims: overrides ``shared_keep_ratio``: the number of leading ``rows`` dims that get their own
+            ratio (e.g. ``rows=(layers, groups)`` with ``keep_ratio_dims=1``: one ratio per layer, shared by its
+            groups).
+        temperature: ``λ`` (the soft mask's slope is ``λ·N``). The paper uses 1 for channels, 4 for heads/blocks.
+        init_keep_ratio: initial ``e`` (1.0 = start from the full model).
+        ema_decay: decay of the Taylor-importance moving average (0.99 in the paper).
+
+    ``forward()`` returns the soft mask (shape ``rows + (N,)``) and, when gradients are enabled, arranges for the
+    Taylor importance to be updated from ``∂L/∂m`` during the backward pass (a tensor hook), so a plain training
+    loop needs no extra call.
+    """
+
+    def __init__(
+        self,
+        num_elements: int,
+        rows: tuple[int, ...] = (),
+        shared_keep_ratio: bool = True,
+        keep_ratio_dims: int | None = None,
+        temperature: float = 1.0,
+        init_keep_ratio: float = 1.0,
+        ema_decay: float = 0.99,
+    ):
+        super().__init__()
+        if int(num_elements) < 1:
+            raise ValueError(f"num_elements must be >= 1, got {num_elements}")
+        if not 0.0 < float(init_keep_ratio) <= 1.0:
+            raise ValueError(f"init_keep_ratio must be in (0, 1], got {init_keep_ratio}")
+        if float(temperature) <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if not 0.0 <= float(ema_decay) < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
+        self.num_elements = int(num_elements)
+        self.rows = tuple(int(r) for r in rows)
+        self.shared_keep_ratio = bool(shared_keep_ratio)
+        self.temperature = float(temperature)
+        self.ema_decay = float(ema_decay)
+        if keep_ratio_dims is None:
+            keep_ratio_dims = 0 if self.shared_keep_ratio else len(self.rows)
+        if not 0 <= int(keep_ratio_dims) <= len(self.rows):
+            raise ValueError(f"keep_ratio_dims must be in [0, {len(self.rows)}], got {keep_ratio_dims}")
+        self.keep_ratio_dims = int(keep_ratio_dims)
+        self.shared_keep_ratio = self.keep_ratio_dims == 0
+        ratio_shape = self.rows[: self.keep_ratio_dims]
+        self.keep_ratio = nn.Parameter(torch.full(ratio_shape, float(init_keep_ratio)))
+        self.register_buffer("importance", torch.zeros(*self.rows, self.num_elements))
+        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+
+    # ----------------------------------------------------------------------------------------------- keep ratio
+    @property
+    def min_keep_ratio(self) -> float:
+        """``1/(2N)``: the lower clamp of ``e`` (keeps at least one element)."""
+        return 1.0 / (2 * self.num_elements)
+
+    def clamped_keep_ratio(self) -> torch.Tensor:
+        """``e`` clamped to ``[1/(2N), 1]``, with a straight-through gradient (so ``e`` never gets stuck outside)."""
+        e = self.keep_ratio
+        return e + (e.detach().clamp(self.min_keep_ratio, 1.0) - e.detach())
+
+    @torch.no_grad()
+    def clamp_(self) -> None:
+        """Project the parameter ``e`` onto ``[1/(2N), 1]`` in place (call after an optimizer step)."""
+        self.keep_ratio.clamp_(self.min_keep_ratio, 1.0)
+
+    @torch.no_grad()
+    def set_keep_count(self, count) -> None:
+        """Set ``e`` so that the hard mask keeps exactly ``count`` elements per row (``e = (count − ½)/N``)."""
+        count = torch.as_tensor(count, dtype=torch.float32, device=self.keep_ratio.device)
+        if (count < 1).any() or (count > self.num_elements).any():
+            raise ValueError(f"count must be in [1, {self.num_elements}], got {count.tolist()}")
+        self.keep_ratio.copy_(torch.broadcast_to((count - 0.5) / self.num_elements, self.keep_ratio.shape))
+
+    # ---------------------------------------------------------------------------------------------------- masks
+    def normalized_importance(self) -> torch.Tensor:
+        """``c'`` of the current importance (METHODS.md §3)."""
+        return normalize_importance(self.importance)
+
+    def soft_mask(self) -> torch.Tensor:
+        """``sigmoid(λ·N·(c' − (1 − e)))``, shape ``rows + (N,)``, differentiable in ``e``."""
+        e = self.clamped_keep_ratio()
+        e = e.reshape(e.shape + (1,) * (len(self.rows) - self.keep_ratio_dims)).expand(self.rows)
+        return soft_topk_mask(self.normalized_importance(), e, self.temperature)
+
+    @torch.no_grad()
+    def hard_mask(self) -> torch.Tensor:
+        """``1[m ≥ 0.5]`` as floats: the mask an export implements."""
+        return (self.soft_mask() >= 0.5).to(self.importance.dtype)
+
+    @torch.no_grad()
+    def hard_mask_with_count(self, count: int) -> torch.Tensor:
+        """A hard mask keeping the ``count`` most important elements of every row (for rounded exports)."""
+        count = int(count)
+        if not 1 <= count <= self.num_elements:
+            raise ValueError(f"count must be in [1, {self.num_elements}], got {count}")
+        return (self.normalized_importance() > 1.0 - (count - 0.5) / self.num_elements).to(self.importance.dtype)
+
+    def kept_counts(self) -> torch.Tensor:
+        """Number of elements the hard mask keeps in each row (integer tensor of shape ``rows``)."""
+        return self.hard_mask().sum(-1).long()
+
+    def forward(self, track_importance: bool = True) -> torch.Tensor:
+        """The soft mask; with gradients enabled its ``∂L/∂m`` updates the Taylor importance on backward."""
+        mask = self.soft_mask()
+        if track_importance and torch.is_grad_enabled():
+            self.track(mask)
+        return mask
+
+    # ----------------------------------------------------------------------------------------------- importance
+    def track(self, mask: torch.Tensor) -> torch.Tensor:
+        """Register a backward hook on ``mask`` that applies the Taylor EMA update with its gradient.
+
+        ``mask`` must have shape ``rows + (N,)``. If it does not require grad (e.g. frozen keep ratios) it is
+        returned as a fresh leaf that does, so ``∂L/∂m`` is still computed; use the returned tensor.
+        """
+        if not mask.requires_grad:
+            mask = mask.detach().requires_grad_(True)
+        values = mask.detach()
+
+        def _update(grad: torch.Tensor) -> None:
+            self.update_importance(values, grad)
+
+        mask.register_hook(_update)
+        return mask
+
+    @torch.no_grad()
+    def update_importance(self, mask: torch.Tensor, grad: torch.Tensor) -> None:
+        """``c ← d·c + (1 − d)·(m·∂L/∂m)²`` (METHODS.md §3), then count the update."""
+        taylor_importance_ema_(self.importance, mask, grad, decay=self.ema_decay)
+        self.num_updates += 1
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_elements={self.num_elements}, rows={self.rows}, shared_keep_ratio={self.shared_keep_ratio}, "
+            f"temperature={self.temperature}"
+        )

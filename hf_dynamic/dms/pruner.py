@@ -1,0 +1,467 @@
+"""DMS search over a Llama-family causal LM (METHODS.md §3; Liu et al., ICML 2024, arXiv 2405.07194).
+
+:class:`DMSPruner` attaches differentiable top-k masks (:class:`hf_dynamic.core.topk.DifferentiableTopK`) to a
+``LlamaForCausalLM`` (or a Mistral / Qwen2 model: same module layout) through forward hooks; the model object stays a stock
+transformers model (its ``state_dict``, ``generate``, PEFT wrapping and gradient checkpointing are unchanged). The
+masks are computed once per forward (a pre-hook on the decoder stack) and applied as follows:
+
+================  ==========================================  =================================================
+kind              element                                      where the mask multiplies
+================  ==========================================  =================================================
+``"heads"``       ``head_grouping="kv"`` (default): a KV head  the input of ``o_proj`` (each head's ``head_dim``
+                  with its whole query group (GQA);            slice)
+                  ``"query"``: a query-head slot inside every
+                  KV group (each group keeps the same number)
+``"mlp"``         an MLP intermediate channel                  the input of ``down_proj``
+``"hidden"``      a channel of the residual stream (shared by  the embedding output and the output of every
+                  every layer)                                 ``o_proj`` / ``down_proj`` (residual branches)
+``"layers"``      ``uniform=True``: a whole decoder layer;     the output of ``o_proj`` / ``down_proj``, i.e. the
+                  ``uniform=False``: an attention or MLP       residual branch: ``y = x + m_block · f(x)``
+                  sub-block
+================  ==========================================  =================================================
+
+With ``uniform=True`` each kind has one keep ratio shared by every layer (every layer keeps the same number of
+heads / channels, each choosing *which* by its own importance), so the result is a stock ``LlamaForCausalLM``;
+``uniform=False`` gives each layer its own ratios (exported as our ``dms_llama`` model type). Because
+``LlamaConfig`` requires ``hidden_size % num_attention_heads == 0``, in uniform mode the *hard* hidden mask keeps
+the nearest multiple of the kept query-head count (the hard-masked model and the export agree exactly).
+
+Taylor importance accumulates by itself on every backward pass (tensor hooks on the masks); the resource loss
+``L_res = w · log(R(e) / R_target)`` (when ``R > R_target``) is :meth:`DMSPruner.resource_loss`. Under ``Trainer``
+use :class:`hf_dynamic.dms.callback.DMSCallback`, which adds the loss to the model's output and ramps the target.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers.utils import logging
+
+from ..core.resources import count_parameters, llama_forward_flops, llama_param_count
+from ..core.topk import DifferentiableTopK
+
+logger = logging.get_logger(__name__)
+
+__all__ = ["DMSPruner", "HardStructure", "ELEMENT_KINDS", "SUPPORTED_MODEL_TYPES"]
+
+ELEMENT_KINDS = ("heads", "mlp", "hidden", "layers")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+RESOURCES = ("params", "flops")
+HEAD_GROUPINGS = ("kv", "query")
+# The paper's temperatures λ (METHODS.md §3): 1 for channels, 4 for heads and blocks.
+DEFAULT_TEMPERATURES = {"heads": 4.0, "mlp": 1.0, "hidden": 1.0, "layers": 4.0}
+
+
+@dataclass
+class HardStructure:
+    """What the hard masks keep: index tensors (sorted) per layer, and which sub-blocks survive."""
+
+    hidden: torch.Tensor
+    attention_present: list[bool]
+    mlp_present: list[bool]
+    query_heads: list[torch.Tensor]
+    kv_heads: list[torch.Tensor]
+    mlp_channels: list[torch.Tensor]
+
+
+def _check_architecture(model) -> None:
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    name = type(model).__name__
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(
+            f"DMSPruner supports causal LMs of model_type {SUPPORTED_MODEL_TYPES} (LlamaForCausalLM layout); "
+            f"got {name} with model_type={model_type!r}"
+        )
+    decoder = getattr(model, "model", None)
+    if decoder is None or not hasattr(model, "lm_head") or not hasattr(decoder, "layers"):
+        raise ValueError(f"DMSPruner needs a *ForCausalLM with .model.layers and .lm_head; got {name}")
+    for i, layer in enumerate(decoder.layers):
+        for path in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                     "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj", "input_layernorm", "post_attention_layernorm"):
+            module = layer
+            for part in path.split("."):
+                module = getattr(module, part, None)
+            if module is None:
+                raise ValueError(f"{name} layer {i} has no {path}: unsupported architecture (Llama layout needed)")
+
+
+class DMSPruner(nn.Module):
+    """Differentiable width/depth search (DMS, METHODS.md §3) over a Llama-family ``*ForCausalLM``.
+
+    Args:
+        model: a ``LlamaForCausalLM`` (or ``MistralForCausalLM`` / ``Qwen2ForCausalLM``); hooks are attached to it in place.
+        target: final resource as a fraction of the whole model's count, in (0, 1).
+        prune: element kinds to search, a subset of ``("heads", "mlp", "hidden", "layers")``.
+        resource: ``"params"`` (parameter count) or ``"flops"`` (matmul FLOPs of a ``flops_seq_len`` forward).
+        uniform: tie each kind's keep ratio across layers (stock ``LlamaForCausalLM`` export) or not (``dms_llama``).
+        head_grouping: ``"kv"`` (a KV head and its query group are one element) or ``"query"`` (query heads within
+            each KV group, every group keeping the same number; KV heads are all kept).
+        resource_weight: ``w`` of the resource loss.
+        temperatures: per-kind ``λ`` overriding :data:`DEFAULT_TEMPERATURES`.
+        flops_seq_len: sequence length of the FLOP count when ``resource="flops"``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        target: float,
+        prune=ELEMENT_KINDS,
+        resource: str = "params",
+        uniform: bool = True,
+        head_grouping: str = "kv",
+        resource_weight: float = 1.0,
+        temperatures: dict | None = None,
+        flops_seq_len: int = 2048,
+    ):
+        super().__init__()
+        if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0.0 < float(target) < 1.0:
+            raise ValueError(f"target must be a fraction in (0, 1) of the full model's resource, got {target!r}")
+        if isinstance(prune, str):
+            prune = (prune,)
+        prune = tuple(prune)
+        unknown = [k for k in prune if k not in ELEMENT_KINDS]
+        if unknown or not prune:
+            raise ValueError(f"prune: unknown element kind(s) {unknown or prune!r}; choose from {ELEMENT_KINDS}")
+        if resource not in RESOURCES:
+            raise ValueError(f"resource must be one of {RESOURCES}, got {resource!r}")
+        if head_grouping not in HEAD_GROUPINGS:
+            raise ValueError(f"head_grouping must be one of {HEAD_GROUPINGS}, got {head_grouping!r}")
+        if float(resource_weight) <= 0:
+            raise ValueError(f"resource_weight must be > 0, got {resource_weight}")
+        temperatures = {**DEFAULT_TEMPERATURES, **(temperatures or {})}
+        bad = [k for k in temperatures if k not in ELEMENT_KINDS]
+        if bad:
+            raise ValueError(f"temperatures: unknown element kind(s) {bad}; choose from {ELEMENT_KINDS}")
+        _check_architecture(model)
+
+        config = model.config
+        self.target = float(target)
+        self.current_target = float(target)
+        self.prune = tuple(k for k in ELEMENT_KINDS if k in prune)
+        self.resource_kind = resource
+        self.uniform = bool(uniform)
+        self.head_grouping = head_grouping
+        self.resource_weight = float(resource_weight)
+        self.flops_seq_len = int(flops_seq_len)
+        self.num_layers = config.num_hidden_layers
+        self.hidden_size = config.hidden_size
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.group_size = self.num_heads // self.num_kv_heads
+        self.head_dim = getattr(config, "head_dim", None) or self.hidden_size // self.num_heads
+        self.intermediate_size = config.intermediate_size
+        self.vocab_size = config.vocab_size
+        self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
+        attn0 = model.model.layers[0].self_attn
+        self.attention_bias = attn0.q_proj.bias is not None  # Qwen2: q/k/v biases, none on o_proj
+        self.o_proj_bias = attn0.o_proj.bias is not None
+        self.mlp_bias = model.model.layers[0].mlp.gate_proj.bias is not None
+
+        # The formula must describe this model exactly, else the resource constraint is meaningless.
+        full_params = self._count(hard=True, masks={})
+        real = count_parameters(model)
+        if int(round(float(full_params))) != real:
+            raise ValueError(
+                f"unsupported architecture {type(model).__name__}: its {real} parameters differ from the Llama "
+                f"layout's count {int(full_params)} (biases or extra modules?)"
+            )
+
+        L, per_layer = self.num_layers, not self.uniform
+        topk = {}
+        if "heads" in self.prune:
+            if head_grouping == "kv":
+                topk["heads"] = DifferentiableTopK(
+                    self.num_kv_heads, rows=(L,), shared_keep_ratio=not per_layer, temperature=temperatures["heads"]
+                )
+            else:
+                topk["heads"] = DifferentiableTopK(
+                    self.group_size, rows=(L, self.num_kv_heads), keep_ratio_dims=int(per_layer),
+                    temperature=temperatures["heads"],
+                )
+        if "mlp" in self.prune:
+            topk["mlp"] = DifferentiableTopK(
+                self.intermediate_size, rows=(L,), shared_keep_ratio=not per_layer, temperature=temperatures["mlp"]
+            )
+        if "hidden" in self.prune:
+            topk["hidden"] = DifferentiableTopK(self.hidden_size, temperature=temperatures["hidden"])
+        if "layers" in self.prune:
+            topk["layers"] = DifferentiableTopK(L if self.uniform else 2 * L, temperature=temperatures["layers"])
+        self.topk = nn.ModuleDict(topk)
+        device = next(model.parameters()).device
+        self.to(device)
+
+        self.model = [model]  # a list: not registered as a submodule (keeps pruner.parameters() = keep ratios)
+        self.mode = "soft"
+        self.add_loss_to_outputs = False
+        self.last_losses: dict[str, float] = {}
+        self._masks: dict | None = None
+        self._handles = []
+        self._full_resource = float(self._count(hard=True, masks={}, kind=self.resource_kind))
+        self._attach(model)
+
+    # --------------------------------------------------------------------------------------------- hooks
+    def _attach(self, model) -> None:
+        decoder = model.model
+        h = self._handles
+        h.append(decoder.register_forward_pre_hook(self._begin_forward))
+        h.append(decoder.embed_tokens.register_forward_hook(self._scale_embedding))
+        for i, layer in enumerate(decoder.layers):
+            h.append(layer.self_attn.o_proj.register_forward_pre_hook(functools.partial(self._mask_heads, i)))
+            h.append(layer.self_attn.o_proj.register_forward_hook(functools.partial(self._scale_branch, i, "attn")))
+            h.append(layer.mlp.down_proj.register_forward_pre_hook(functools.partial(self._mask_channels, i)))
+            h.append(layer.mlp.down_proj.register_forward_hook(functools.partial(self._scale_branch, i, "mlp")))
+        h.append(model.register_forward_hook(self._add_resource_loss))
+
+    def remove(self) -> None:
+        """Detach every hook: the model computes as if it had never been wrapped."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def _begin_forward(self, module, args):
+        self._masks = self.masks(self.mode, track=torch.is_grad_enabled())
+
+    def _scale_embedding(self, module, args, output):
+        hidden = self._masks.get("hidden") if self._masks else None
+        return output if hidden is None else output * hidden.to(output.dtype)
+
+    def _mask_heads(self, layer, module, args):
+        heads = self._masks.get("heads_q") if self._masks else None
+        if heads is None:
+            return None
+        scale = heads[layer].repeat_interleave(self.head_dim).to(args[0].dtype)
+        return (args[0] * scale,) + tuple(args[1:])
+
+    def _mask_channels(self, layer, module, args):
+        mlp = self._masks.get("mlp") if self._masks else None
+        if mlp is None:
+            return None
+        return (args[0] * mlp[layer].to(args[0].dtype),) + tuple(args[1:])
+
+    def _scale_branch(self, layer, which, module, args, output):
+        if not self._masks:
+            return output
+        block = self._masks.get(f"{which}_block")
+        hidden = self._masks.get("hidden")
+        if block is not None:
+            output = output * block[layer].to(output.dtype)
+        if hidden is not None:
+            output = output * hidden.to(output.dtype)
+        return output
+
+    def _add_resource_loss(self, module, args, output):
+        loss = getattr(output, "loss", None)
+        if self.add_loss_to_outputs and module.training and loss is not None:
+            res = self.resource_loss()
+            self.last_losses = {"task_loss": float(loss.detach()), "resource_loss": float(res.detach())}
+            output["loss"] = loss + res.to(loss.dtype)
+        return output
+
+    # --------------------------------------------------------------------------------------------- masks
+    def masks(self, mode: str = "soft", track: bool = False) -> dict:
+        """Masks of every searched kind: ``hidden [H]``, ``heads_q [L, n_q]``, ``heads_kv [L, n_kv]``, ``mlp [L, I]``,
+        ``attn_block [L]``, ``mlp_block [L]`` (absent keys: that kind is not searched).
+
+        ``mode``: ``"soft"`` (differentiable; with ``track`` the backward pass updates the Taylor importance),
+        ``"hard"`` (0/1, what an export implements), ``"ones"`` (every element kept, with ``track`` the gradients
+        still update the importance: one-shot Taylor scoring of the full model).
+        """
+        if mode not in ("soft", "hard", "ones"):
+            raise ValueError(f"mode must be 'soft', 'hard' or 'ones', got {mode!r}")
+        raw = {}
+        for kind, op in self.topk.items():
+            if mode == "hard":
+                m = op.hard_mask()
+            elif mode == "ones":
+                m = torch.ones_like(op.importance)
+                m = op.track(m) if track else m
+            else:
+                m = op(track_importance=track)
+            raw[kind] = m
+        L = self.num_layers
+        out = {}
+        if "heads" in raw:
+            m = raw["heads"]
+            if self.head_grouping == "kv":
+                out["heads_kv"] = m
+                out["heads_q"] = m.repeat_interleave(self.group_size, dim=-1)
+            else:
+                out["heads_q"] = m.reshape(L, self.num_heads)
+                out["heads_kv"] = torch.ones(L, self.num_kv_heads, device=m.device)
+        if "mlp" in raw:
+            out["mlp"] = raw["mlp"]
+        if "layers" in raw:
+            m = raw["layers"]
+            if self.uniform:
+                out["attn_block"] = out["mlp_block"] = m
+            else:
+                out["attn_block"], out["mlp_block"] = m.view(L, 2)[:, 0], m.view(L, 2)[:, 1]
+        if "hidden" in raw:
+            out["hidden"] = raw["hidden"]
+            if mode == "hard" and self.uniform:
+                out["hidden"] = self._round_hidden(out)
+        return out
+
+    def _round_hidden(self, masks: dict) -> torch.Tensor:
+        """Uniform export: keep the multiple of the kept query heads nearest to the hard hidden count."""
+        op = self.topk["hidden"]
+        hidden = masks["hidden"]
+        heads = int(masks["heads_q"][0].sum()) if "heads_q" in masks else self.num_heads
+        count = int(hidden.sum())
+        rounded = min(max(heads, heads * round(count / heads)), heads * (self.hidden_size // heads))
+        return hidden if rounded == count else op.hard_mask_with_count(rounded)
+
+    @contextlib.contextmanager
+    def hard_masks(self):
+        """Within this context the model runs with the hard masks: the reference an export must equal."""
+        previous = self.mode
+        self.mode = "hard"
+        try:
+            yield self
+        finally:
+            self.mode = previous
+
+    @contextlib.contextmanager
+    def full_model_scoring(self):
+        """Within this context every element is kept and backward passes still update the Taylor importance."""
+        previous = self.mode
+        self.mode = "ones"
+        try:
+            yield self
+        finally:
+            self.mode = previous
+
+    # ------------------------------------------------------------------------------------------ resources
+    def _count(self, hard: bool, masks: dict, kind: str = "params") -> torch.Tensor:
+        """Resource from masks (soft sums are differentiable in ``e``; hard sums are exact counts)."""
+        L = self.num_layers
+        hidden = masks["hidden"].sum() if "hidden" in masks else self.hidden_size
+        nq = masks["heads_q"].sum(-1) if "heads_q" in masks else self.num_heads
+        nkv = masks["heads_kv"].sum(-1) if "heads_kv" in masks else self.num_kv_heads
+        inter = masks["mlp"].sum(-1) if "mlp" in masks else self.intermediate_size
+        attn = masks.get("attn_block", 1.0)
+        mlp = masks.get("mlp_block", 1.0)
+        common = dict(
+            vocab_size=self.vocab_size, hidden_size=hidden, head_dim=self.head_dim, num_attention_heads=nq,
+            num_key_value_heads=nkv, intermediate_size=inter, num_layers=L, attention_present=attn,
+            mlp_present=mlp,
+        )
+        if kind == "flops":
+            return llama_forward_flops(**common, seq_len=self.flops_seq_len)
+        return llama_param_count(
+            **common, tie_word_embeddings=self.tie_word_embeddings, attention_bias=self.attention_bias,
+            mlp_bias=self.mlp_bias, o_proj_bias=self.o_proj_bias,
+        )
+
+    @property
+    def full_resource(self) -> float:
+        """The unpruned model's resource (parameters or FLOPs)."""
+        return self._full_resource
+
+    def resource(self, hard: bool = False) -> torch.Tensor:
+        """``R(e)`` from the soft masks (differentiable) or the hard masks (exact), in absolute units."""
+        masks = self.masks("hard" if hard else "soft", track=False)
+        return self._count(hard, masks, kind=self.resource_kind)
+
+    def resource_ratio(self, hard: bool = False) -> torch.Tensor:
+        """``R(e) / R(full)``."""
+        return self.resource(hard) / self._full_resource
+
+    def resource_loss(self, target: float | None = None) -> torch.Tensor:
+        """``L_res = w · log(R(e) / R_target)`` if ``R(e) > R_target`` else 0 (METHODS.md §3); a scalar tensor.
+
+        ``target`` (a fraction of the full resource) overrides the scheduled :attr:`current_target`.
+        """
+        t = self.current_target if target is None else float(target)
+        if not 0.0 < t <= 1.0:
+            raise ValueError(f"target must be in (0, 1], got {t}")
+        ratio = self.resource_ratio(hard=False)
+        return (self.resource_weight * torch.relu(torch.log(ratio / t))).to(torch.float32)
+
+    # -------------------------------------------------------------------------------------- structure API
+    def structure_parameters(self) -> list[nn.Parameter]:
+        """The keep ratios ``e`` (one tensor per searched kind): give them their own optimizer / learning rate."""
+        return [op.keep_ratio for op in self.topk.values()]
+
+    @torch.no_grad()
+    def clamp_(self) -> None:
+        """Project every keep ratio onto ``[1/(2N), 1]`` (call after an optimizer step)."""
+        for op in self.topk.values():
+            op.clamp_()
+
+    @property
+    def num_search_steps(self) -> int:
+        """Importance updates seen so far (the least over searched kinds)."""
+        return min(int(op.num_updates) for op in self.topk.values())
+
+    @torch.no_grad()
+    def set_importance(self, kind: str, importance: torch.Tensor) -> None:
+        """Overwrite a kind's importance (e.g. a magnitude criterion for a baseline); counts as one update."""
+        if kind not in self.topk:
+            raise ValueError(f"kind {kind!r} is not searched; searched kinds: {tuple(self.topk)}")
+        op = self.topk[kind]
+        op.importance.copy_(importance.reshape(op.importance.shape))
+        op.num_updates += 1
+
+    def summary(self) -> dict:
+        """Keep ratios (mean over rows), hard kept counts and resource ratios, for logging."""
+        out = {"target": self.current_target}
+        with torch.no_grad():
+            out["resource_soft"] = float(self.resource_ratio(hard=False))
+            out["resource_hard"] = float(self.resource_ratio(hard=True))
+            for kind, op in self.topk.items():
+                out[f"keep_{kind}"] = float(op.clamped_keep_ratio().mean())
+            hard = self.masks("hard")
+            for key, m in hard.items():
+                out[f"kept_{key}"] = float(m.sum(-1).float().mean()) if m.dim() > 1 else float(m.sum())
+        out.update(self.last_losses)
+        return out
+
+    def hard_structure(self) -> HardStructure:
+        """Indices kept by the hard masks (the structure an export builds)."""
+        masks = self.masks("hard")
+        L, dev = self.num_layers, self.topk[self.prune[0]].importance.device
+
+        def idx(m):
+            return torch.nonzero(m > 0.5, as_tuple=False).flatten()
+
+        hidden = idx(masks["hidden"]) if "hidden" in masks else torch.arange(self.hidden_size, device=dev)
+        attn = [bool(v > 0.5) for v in masks["attn_block"]] if "attn_block" in masks else [True] * L
+        mlp = [bool(v > 0.5) for v in masks["mlp_block"]] if "mlp_block" in masks else [True] * L
+        full_q, full_kv = torch.arange(self.num_heads, device=dev), torch.arange(self.num_kv_heads, device=dev)
+        q = [idx(masks["heads_q"][i]) if "heads_q" in masks else full_q for i in range(L)]
+        kv = [idx(masks["heads_kv"][i]) if "heads_kv" in masks else full_kv for i in range(L)]
+        full_i = torch.arange(self.intermediate_size, device=dev)
+        ch = [idx(masks["mlp"][i]) if "mlp" in masks else full_i for i in range(L)]
+        return HardStructure(hidden, attn, mlp, q, kv, ch)
+
+    def export(self, uniform: bool = True, dtype: torch.dtype | None = None):
+        """Build the pruned model whose logits equal the hard-masked model's.
+
+        ``uniform=True``: a stock ``*ForCausalLM`` of the original class with a smaller config (ValueError, saying
+        how far from uniform, if the masks differ across layers). ``uniform=False``: a ``DMSLlamaForCausalLM``
+        (model type ``dms_llama``) with per-layer widths.
+        """
+        from .export import export_per_layer, export_uniform
+
+        if self.num_search_steps == 0:
+            raise ValueError(
+                "export() before any search step: no Taylor importance has been accumulated yet (run at least one "
+                "forward/backward pass with the pruner attached, or set importances explicitly)"
+            )
+        model = self.model[0]
+        structure = self.hard_structure()
+        if uniform:
+            return export_uniform(model, structure, dtype=dtype)
+        return export_per_layer(model, structure, dtype=dtype)
+
+    def extra_repr(self) -> str:
+        return (
+            f"target={self.target}, prune={self.prune}, resource={self.resource_kind!r}, uniform={self.uniform}, "
+            f"head_grouping={self.head_grouping!r}"
+        )

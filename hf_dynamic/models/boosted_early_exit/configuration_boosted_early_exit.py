@@ -1,0 +1,155 @@
+"""Configuration of boosted early-exit encoders (BoostNet, METHODS.md §2; Yu et al., AAAI 2023, arXiv 2211.16726).
+
+The backbone's own configuration is nested as a sub-config (serialised as a dict carrying its ``model_type`` and
+rebuilt through ``CONFIG_MAPPING``), so any registered encoder type works: BERT, RoBERTa, DistilBERT, and
+hf_dynamic's ``partial_moe_bert``.
+"""
+
+import math
+
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+EXIT_CRITERIA = ("confidence", "entropy", "patience")
+EXIT_POOLINGS = ("cls", "mean")
+
+
+class BoostedEarlyExitConfig(PreTrainedConfig):
+    r"""Configuration of [`BoostedEarlyExitForSequenceClassification`].
+
+    Args:
+        backbone (`PreTrainedConfig` or `dict`, *optional*):
+            Configuration of the encoder whose layers carry the exits (a dict must carry ``model_type``). Defaults to
+            a default ``BertConfig``.
+        exit_layers (`list[int]`, *optional*):
+            1-based backbone layer numbers after which an exit head sits, strictly increasing; the last one must be
+            the backbone's last layer (the full model is the last exit). Defaults to every layer; stored concrete.
+        boosting (`bool`, defaults to `True`):
+            `True`: BoostNet, exit n predicts ``F_n = t·F_{n-1} + f_n`` and is trained on
+            ``L(t·stop_grad(F_{n-1}) + f_n, y)``. `False`: the jointly trained multi-exit baseline (DeeBERT-style),
+            exit n predicts its own ``f_n`` and is trained on ``L(f_n, y)``.
+        ensemble_temperature (`float`, defaults to 0.5):
+            t, the reweighting of the previous ensemble (BoostNet "prediction reweighting"); must be > 0.
+        gradient_rescale (`bool`, defaults to `True`):
+            Scale the gradient reaching each backbone block from the exits at or after it by ``1/(N-n+1)``.
+        exit_criterion (`str`, defaults to `"confidence"`):
+            ``"confidence"``: exit when the max softmax probability of the exit's prediction ≥ threshold;
+            ``"entropy"``: exit when the entropy (nats) of its softmax ≤ threshold (DeeBERT);
+            ``"patience"``: exit when ``exit_patience`` consecutive exits agree (PABEE): same argmax for
+            classification, ``|Δ prediction| ≤ patience_tolerance`` for regression.
+        exit_thresholds (`list[float]`, *optional*):
+            One threshold per exit (the last exit accepts every remaining sample whatever its threshold). `None`: no
+            early exit for the confidence / entropy criteria. Set by [`calibrate_thresholds`].
+        exit_patience (`int`, *optional*):
+            Number of consecutive agreeing exits for ``exit_criterion="patience"``; `None`: no early exit.
+        patience_tolerance (`float`, defaults to 0.1):
+            Regression only: two consecutive predictions agree when they differ by at most this much.
+        exit_loss_weights (`list[float]`, *optional*):
+            w_n of the loss ``Σ_n w_n·L_n``, one per exit; `None`: all 1.
+        classifier_dropout (`float`, *optional*):
+            Dropout in the exit heads; `None`: the backbone's hidden dropout.
+        exit_pooling (`str`, defaults to `"cls"`):
+            How an exit head pools a layer's tokens: ``"cls"`` (first token, BERT / DeeBERT) or ``"mean"`` (mean
+            over non-padding tokens, as sentence-transformers models such as all-MiniLM-L6-v2 pool).
+    """
+
+    model_type = "boosted_early_exit"
+    sub_configs_defaults = {"backbone": SubConfigSpec(config_class=AutoConfig, model_type="bert")}
+    keys_to_ignore_at_inference = ["all_exit_logits", "exit_layer", "exit_losses", "aux_loss"]
+
+    backbone: PreTrainedConfig | dict | None = None
+    exit_layers: list[int] | None = None
+    boosting: bool = True
+    ensemble_temperature: float = 0.5
+    gradient_rescale: bool = True
+    exit_criterion: str = "confidence"
+    exit_thresholds: list[float] | None = None
+    exit_patience: int | None = None
+    patience_tolerance: float = 0.1
+    exit_loss_weights: list[float] | None = None
+    classifier_dropout: float | None = None
+    exit_pooling: str = "cls"
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.exit_layers is None:
+            self.exit_layers = list(range(1, self.num_backbone_layers + 1))
+        self.exit_layers = [int(layer) for layer in self.exit_layers]
+        if self.exit_thresholds is not None:
+            self.exit_thresholds = [float(threshold) for threshold in self.exit_thresholds]
+        self.check_exit_setup()
+
+    @property
+    def num_backbone_layers(self) -> int:
+        """Number of layers of the backbone (``num_hidden_layers`` through the backbone's attribute map)."""
+        layers = getattr(self.backbone, "num_hidden_layers", None)
+        if not isinstance(layers, int) or layers < 1:
+            raise ValueError(f"backbone config has no valid num_hidden_layers (got {layers!r})")
+        return layers
+
+    @property
+    def num_exits(self) -> int:
+        return len(self.exit_layers)
+
+    @property
+    def is_regression(self) -> bool:
+        return self.problem_type == "regression" or self.num_labels == 1
+
+    @property
+    def dynamic_exit_enabled(self) -> bool:
+        """Whether inference exits early (thresholds set, or patience set for the patience criterion)."""
+        if self.exit_criterion == "patience":
+            return self.exit_patience is not None
+        return self.exit_thresholds is not None
+
+    def check_exit_setup(self):
+        """Validate the exit fields; raise ``ValueError`` naming the field and its value."""
+        total = self.num_backbone_layers
+        layers = self.exit_layers
+        if not layers:
+            raise ValueError(f"exit_layers must list at least one layer, got {layers!r}")
+        for layer in layers:
+            if not 1 <= layer <= total:
+                raise ValueError(f"exit_layers: layer {layer} is out of range [1, {total}] (exit_layers={layers})")
+        if len(set(layers)) != len(layers):
+            raise ValueError(f"exit_layers has a duplicated layer: {layers}")
+        if list(layers) != sorted(layers):
+            raise ValueError(f"exit_layers must be increasing, got {layers}")
+        if layers[-1] != total:
+            raise ValueError(
+                f"exit_layers must end with the backbone's last layer {total} (the full model is the last exit), "
+                f"got {layers}; truncate the backbone to use fewer layers"
+            )
+        t = self.ensemble_temperature
+        if not (isinstance(t, (int, float)) and math.isfinite(t) and t > 0):
+            raise ValueError(f"ensemble_temperature must be > 0, got {t!r}")
+        if self.exit_pooling not in EXIT_POOLINGS:
+            raise ValueError(f"exit_pooling must be one of {EXIT_POOLINGS}, got {self.exit_pooling!r}")
+        if self.exit_criterion not in EXIT_CRITERIA:
+            raise ValueError(f"exit_criterion must be one of {EXIT_CRITERIA}, got {self.exit_criterion!r}")
+        if self.exit_thresholds is not None:
+            if len(self.exit_thresholds) != len(layers):
+                raise ValueError(
+                    f"exit_thresholds has {len(self.exit_thresholds)} values but there are {len(layers)} exits "
+                    f"(exit_layers={layers})"
+                )
+            if any(math.isnan(x) for x in self.exit_thresholds):
+                raise ValueError(f"exit_thresholds contains NaN: {self.exit_thresholds}")
+        if self.exit_patience is not None and (not isinstance(self.exit_patience, int) or self.exit_patience < 1):
+            raise ValueError(f"exit_patience must be an integer >= 1, got {self.exit_patience!r}")
+        if self.patience_tolerance < 0:
+            raise ValueError(f"patience_tolerance must be >= 0, got {self.patience_tolerance!r}")
+        if self.exit_loss_weights is not None and len(self.exit_loss_weights) != len(layers):
+            raise ValueError(
+                f"exit_loss_weights has {len(self.exit_loss_weights)} values but there are {len(layers)} exits"
+            )
+        if self.problem_type == "multi_label_classification":
+            raise ValueError("problem_type='multi_label_classification' is not supported by boosted early exits")
+        if self.is_regression and self.exit_criterion != "patience" and self.exit_thresholds is not None:
+            raise ValueError(
+                f"exit_criterion={self.exit_criterion!r} needs class probabilities, but the model is a regression "
+                "(num_labels=1); use exit_criterion='patience' for regression"
+            )
+
+
+__all__ = ["BoostedEarlyExitConfig", "EXIT_CRITERIA", "EXIT_POOLINGS"]

@@ -1,0 +1,10 @@
+"""``dms_llama``: the per-layer-width Llama that a non-uniform DMS search exports to (METHODS.md §3)."""
+
+from .configuration_dms_llama import DMSLlamaConfig
+from .modeling_dms_llama import DMSLlamaForCausalLM, DMSLlamaModel, DMSLlamaPreTrainedModel
+
+CONFIG_CLASS = DMSLlamaConfig
+AUTO_CLASSES = {"AutoModel": DMSLlamaModel, "AutoModelForCausalLM": DMSLlamaForCausalLM}
+PUBLIC = {"DMSLlamaPreTrainedModel": DMSLlamaPreTrainedModel}
+
+__all__ = ["DMSLlamaConfig", "DMSLlamaModel", "DMSLlamaForCausalLM", "DMSLlamaPreTrainedModel"]

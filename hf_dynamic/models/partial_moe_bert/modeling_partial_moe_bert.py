@@ -1,0 +1,509 @@
+"""PartialMoEBert: BERT with PAD-Net partially dynamic mixture-of-experts FFNs (He et al., arXiv 2211.05528).
+
+Everything but the FFN is transformers' BERT (embeddings, attention, pooler, heads' layout and key names). In the
+MoE layers (``config.moe_layers``), ``intermediate.dense`` + ``output.dense`` become a
+:class:`~hf_dynamic.pad.layers.PartialDynamicFFN` named ``mlp`` (router + static/dynamic experts);
+``output.LayerNorm`` and the residual stay. The Switch load-balancing loss over the MoE layers is always returned
+as ``aux_loss`` and added (× ``router_aux_loss_coef``) to the loss when labels are given; router logits are
+returned with ``output_router_logits=True``.
+
+``from_dense`` upcycles a dense BERT checkpoint (every expert and the static weight copy its FFN, router new), so
+the model computes exactly what the dense model computes until IMP (:mod:`hf_dynamic.pad.imp`) and training
+separate them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
+from transformers import initialization as init
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPoolingAndCrossAttentions,
+    QuestionAnsweringModelOutput,
+    SequenceClassifierOutput,
+    TokenClassifierOutput,
+)
+from transformers.modeling_utils import PreTrainedModel
+from transformers.models.bert.configuration_bert import BertConfig
+from transformers.models.bert.modeling_bert import (
+    BertAttention,
+    BertEncoder,
+    BertForQuestionAnswering,
+    BertForSequenceClassification,
+    BertForTokenClassification,
+    BertLayer,
+    BertModel,
+    BertPreTrainedModel,
+    BertSelfAttention,
+)
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.utils import logging
+from transformers.utils.generic import can_return_tuple
+from transformers.utils.output_capturing import OutputRecorder
+
+from ...core.routing import TopKRouter, load_balancing_loss
+from ...pad.layers import PARTS, PartialDynamicFFN
+from .configuration_partial_moe_bert import PartialMoEBertConfig
+
+logger = logging.get_logger(__name__)
+
+
+# ------------------------------------------------------------------------------------------------------- outputs
+@dataclass
+class PartialMoEBertModelOutput(BaseModelOutputWithPoolingAndCrossAttentions):
+    """BERT's base output plus ``aux_loss`` (Switch load-balancing loss) and ``router_logits`` (on request)."""
+
+    aux_loss: torch.Tensor | None = None
+    router_logits: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
+class PartialMoEBertSequenceClassifierOutput(SequenceClassifierOutput):
+    aux_loss: torch.Tensor | None = None
+    router_logits: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
+class PartialMoEBertTokenClassifierOutput(TokenClassifierOutput):
+    aux_loss: torch.Tensor | None = None
+    router_logits: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
+class PartialMoEBertQuestionAnsweringOutput(QuestionAnsweringModelOutput):
+    aux_loss: torch.Tensor | None = None
+    router_logits: tuple[torch.Tensor, ...] | None = None
+
+
+# ------------------------------------------------------------------------------------------------------- layers
+class PartialMoEBertOutput(nn.Module):
+    """BERT's ``BertOutput`` without its dense projection (the MoE computes that): dropout, residual, LayerNorm."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(hidden_states) + input_tensor)
+
+
+class PartialMoEBertLayer(BertLayer):
+    """A BERT encoder layer whose FFN is a :class:`PartialDynamicFFN` (``mlp``); attention is BERT's."""
+
+    def __init__(self, config, layer_idx: int):
+        GradientCheckpointingLayer.__init__(self)
+        if config.is_decoder or config.add_cross_attention:
+            raise ValueError("PartialMoEBert is an encoder: is_decoder and add_cross_attention must be False, got "
+                             f"is_decoder={config.is_decoder}, add_cross_attention={config.add_cross_attention}")
+        self.chunk_size_feed_forward = config.chunk_size_feed_forward
+        self.seq_len_dim = 1
+        self.attention = BertAttention(config, is_causal=False, layer_idx=layer_idx)
+        self.is_decoder = False
+        self.add_cross_attention = False
+        self.mlp = PartialDynamicFFN(config, layer_idx)
+        self.output = PartialMoEBertOutput(config)
+
+    def forward(self, hidden_states, attention_mask=None, encoder_hidden_states=None, encoder_attention_mask=None,
+                past_key_values=None, **kwargs):
+        attention_output, _ = self.attention(hidden_states, attention_mask, past_key_values=past_key_values,
+                                             **kwargs)
+        ffn_output, _ = self.mlp(attention_output)
+        return self.output(ffn_output, attention_output)
+
+
+class PartialMoEBertEncoder(BertEncoder):
+    """BERT's encoder with :class:`PartialMoEBertLayer` at the indices of ``config.moe_layers``."""
+
+    def __init__(self, config):
+        nn.Module.__init__(self)
+        self.config = config
+        moe = set(config.moe_layer_indices)
+        self.layer = nn.ModuleList([
+            PartialMoEBertLayer(config, layer_idx=i) if i in moe else BertLayer(config, layer_idx=i)
+            for i in range(config.num_hidden_layers)])
+
+
+# ------------------------------------------------------------------------------------------------------- models
+class PartialMoEBertPreTrainedModel(BertPreTrainedModel):
+    config: PartialMoEBertConfig
+    config_class = PartialMoEBertConfig
+    base_model_prefix = "bert"
+    _no_split_modules = ["BertEmbeddings", "BertLayer", "PartialMoEBertLayer"]
+    _can_record_outputs = {
+        "hidden_states": BertLayer,
+        "attentions": BertSelfAttention,
+        "router_logits": OutputRecorder(TopKRouter, index=0),
+    }
+    # Which dense BERT class each of ours upcycles (`from_dense`); filled below.
+    _dense_class: type = BertModel
+
+    @classmethod
+    def _can_set_experts_implementation(cls) -> bool:
+        # The experts kernels are dispatched by PartialDynamicFFN through transformers' ALL_EXPERTS_FUNCTIONS.
+        return True
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        std = self.config.initializer_range
+        if isinstance(module, TopKRouter):
+            init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, PartialDynamicFFN):
+            for name, param in module.named_parameters(recurse=False):
+                if name == "phi" or name.endswith("bias"):
+                    init.zeros_(param)
+                else:
+                    init.normal_(param, mean=0.0, std=std)
+            if module.layout == "masked":
+                for name, buffer in module.named_buffers(recurse=False):
+                    init.copy_(buffer, torch.ones_like(buffer))
+
+    # --------------------------------------------------------------------------------------------- upcycling
+    @classmethod
+    def from_dense(cls, dense_model_or_path, **config_overrides):
+        """Sparse upcycling (Komatsuzaki et al. 2023; METHODS.md §1) of a dense BERT model or checkpoint folder.
+
+        Every expert and the static weight copy the dense FFN (both matrices and biases), the router is new, every
+        other weight (and a matching task head) is copied. ``config_overrides`` set any config field (MoE fields,
+        ``num_labels``, ``problem_type``...). Right after upcycling the model computes what the dense one does.
+        Raises ValueError for a checkpoint that is not a BERT (``model_type != "bert"``).
+        """
+        if isinstance(dense_model_or_path, PreTrainedModel):
+            dense = dense_model_or_path
+            cls._check_dense_config(dense.config, type(dense).__name__)
+            config = cls._config_from_dense(dense.config, config_overrides)
+        elif isinstance(dense_model_or_path, (str, os.PathLike)):
+            from transformers import AutoConfig
+
+            dense_config = AutoConfig.from_pretrained(dense_model_or_path)
+            cls._check_dense_config(dense_config, str(dense_model_or_path))
+            config = cls._config_from_dense(dense_config, config_overrides)
+            load_config = BertConfig(**{k: v for k, v in config.to_dict().items()
+                                        if k in BertConfig.__dataclass_fields__ or k in (
+                                            "num_labels", "id2label", "label2id", "problem_type")})
+            dense = cls._dense_class.from_pretrained(dense_model_or_path, config=load_config, dtype=torch.float32)
+        else:
+            raise ValueError(f"dense_model_or_path must be a PreTrainedModel or a folder, got "
+                             f"{type(dense_model_or_path).__name__}")
+        if config.pad_state != "unpartitioned":
+            raise ValueError(f"from_dense builds an unpartitioned model, got pad_state={config.pad_state!r}")
+        model = cls(config)
+        model.load_dense_(dense)
+        return model
+
+    @staticmethod
+    def _check_dense_config(config, name: str) -> None:
+        model_type = getattr(config, "model_type", None)
+        if model_type != "bert":
+            raise ValueError(f"from_dense needs a BERT checkpoint (model_type 'bert'); {name} has model_type "
+                             f"{model_type!r}")
+
+    @staticmethod
+    def _config_from_dense(dense_config, overrides: dict) -> PartialMoEBertConfig:
+        values = dense_config.to_dict()
+        for key in ("model_type", "architectures", "transformers_version", "auto_map", "_name_or_path"):
+            values.pop(key, None)
+        values.update(overrides)
+        values.setdefault("dtype", "float32")
+        return PartialMoEBertConfig(**values)
+
+    @torch.no_grad()
+    def load_dense_(self, dense: PreTrainedModel) -> None:
+        """Copy a dense BERT's weights into this (unpartitioned) model; FFNs are copied to static + every expert."""
+        ours = self.base_model
+        theirs = dense.base_model if hasattr(dense, "base_model") else dense
+        if len(theirs.encoder.layer) != len(ours.encoder.layer):
+            raise ValueError(f"the dense model has {len(theirs.encoder.layer)} layers, this config "
+                             f"{len(ours.encoder.layer)}")
+        state = {k: v for k, v in theirs.state_dict().items()}
+        own = ours.state_dict()
+        copied = set()
+        for key, value in state.items():
+            if key in own:
+                if own[key].shape != value.shape:
+                    raise ValueError(f"dense weight {key} has shape {tuple(value.shape)}, expected "
+                                     f"{tuple(own[key].shape)}")
+                own[key].copy_(value)
+                copied.add(key)
+        for index, layer in enumerate(ours.encoder.layer):
+            if not isinstance(layer, PartialMoEBertLayer):
+                continue
+            dense_layer = theirs.encoder.layer[index]
+            ffn = {"up": dense_layer.intermediate.dense.weight, "up_bias": dense_layer.intermediate.dense.bias,
+                   "down": dense_layer.output.dense.weight, "down_bias": dense_layer.output.dense.bias}
+            for part, static_name, expert_name in PARTS:
+                if hasattr(layer.mlp, static_name):
+                    getattr(layer.mlp, static_name).copy_(ffn[part])
+                if hasattr(layer.mlp, expert_name):
+                    experts = getattr(layer.mlp, expert_name)
+                    experts.copy_(ffn[part].unsqueeze(0).expand_as(experts))
+            prefix = f"encoder.layer.{index}."
+            copied |= {prefix + n for n in ("intermediate.dense.weight", "intermediate.dense.bias",
+                                            "output.dense.weight", "output.dense.bias")}
+        missing = [k for k in own if k not in copied and ".mlp." not in k]
+        if missing:
+            raise ValueError(f"the dense model lacks weights this model needs: {missing[:5]}")
+        if dense is not theirs and type(self).__name__.replace("PartialMoEBert", "Bert") == type(dense).__name__:
+            head_state = {k: v for k, v in dense.state_dict().items() if not k.startswith(f"{dense.base_model_prefix}.")}
+            mine = self.state_dict()
+            for key, value in head_state.items():
+                if key in mine and mine[key].shape == value.shape:
+                    mine[key].copy_(value)
+
+    # --------------------------------------------------------------------------------------------- PAD helpers
+    def pad_layers(self) -> list[PartialDynamicFFN]:
+        """The model's PAD/MoE FFN layers, in depth order."""
+        return [m for m in self.modules() if isinstance(m, PartialDynamicFFN)]
+
+    def check_pad_shapes(self) -> None:
+        """Raise ValueError when a MoE layer's stored tensors disagree with the shapes its config implies."""
+        for layer in self.pad_layers():
+            expected = _expected_layer_shapes(self.config, layer.layer_idx)
+            actual = layer.expected_shapes()
+            for name, shape in expected.items():
+                if actual.get(name) != shape:
+                    raise ValueError(
+                        f"layer {layer.layer_idx} tensor {name!r} has shape {actual.get(name)}, but the config "
+                        f"(pad_state={self.config.pad_state!r}, pad_partition entry "
+                        f"{(self.config.pad_partition or {}).get(str(layer.layer_idx))!r}) implies {shape}")
+            if layer.layout == "finalized" and layer.granularity == "element":
+                counts = self.config.pad_partition[str(layer.layer_idx)]
+                for part, mask in layer._masks().items():
+                    if int(mask.sum()) != counts[part]:
+                        raise ValueError(f"layer {layer.layer_idx} mask {part!r} keeps {int(mask.sum())} entries, "
+                                         f"but pad_partition records {counts[part]}")
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """``PreTrainedModel.from_pretrained``, plus a ValueError (naming the tensor, its shape and the config entry)
+        when a local checkpoint's PAD/MoE tensors disagree with the shapes its config implies."""
+        if pretrained_model_name_or_path is not None and os.path.isdir(pretrained_model_name_or_path):
+            config = kwargs.get("config")
+            if not isinstance(config, PartialMoEBertConfig):
+                config = PartialMoEBertConfig.from_pretrained(pretrained_model_name_or_path)
+            _check_checkpoint_shapes(pretrained_model_name_or_path, config)
+        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        if isinstance(model, tuple):  # output_loading_info=True
+            model[0].check_pad_shapes()
+        else:
+            model.check_pad_shapes()
+        return model
+
+    def _aux_total(self, loss, aux_loss):
+        if loss is None or aux_loss is None:
+            return loss
+        return loss + self.config.router_aux_loss_coef * aux_loss.to(loss.device)
+
+
+def _check_checkpoint_shapes(folder, config) -> None:
+    """Compare the MoE tensors' shapes in a folder's safetensors files with those ``config`` implies."""
+    import glob
+    import re
+
+    from safetensors import safe_open
+
+    pattern = re.compile(r"(?:^|\.)encoder\.layer\.(\d+)\.mlp\.(\w+)$")
+    expected_by_layer = {}
+    for path in sorted(glob.glob(os.path.join(folder, "*.safetensors"))):
+        with safe_open(path, framework="pt") as handle:
+            for key in handle.keys():
+                match = pattern.search(key)
+                if match is None:
+                    continue
+                index, name = int(match.group(1)), match.group(2)
+                if index not in config.moe_layer_indices:
+                    raise ValueError(f"checkpoint tensor {key} belongs to layer {index}, which is not in the "
+                                     f"config's moe_layers={config.moe_layers}")
+                if index not in expected_by_layer:
+                    expected_by_layer[index] = _expected_layer_shapes(config, index)
+                expected = expected_by_layer[index].get(name)
+                shape = tuple(handle.get_slice(key).get_shape())
+                if expected != shape:
+                    raise ValueError(
+                        f"checkpoint tensor {key} has shape {shape}, but the config (dynamic_ratio="
+                        f"{config.dynamic_ratio}, pad_state={config.pad_state!r}, pad_partition[{str(index)!r}]="
+                        f"{(config.pad_partition or {}).get(str(index))!r}) implies {expected}")
+
+
+def _expected_layer_shapes(config, layer_idx: int) -> dict[str, tuple[int, ...]]:
+    """The shapes a :class:`PartialDynamicFFN` built from ``config`` has (built on the meta device)."""
+    with torch.device("meta"):
+        layer = PartialDynamicFFN(config, layer_idx)
+    return layer.expected_shapes()
+
+
+class PartialMoEBertModel(PartialMoEBertPreTrainedModel, BertModel):
+    """The bare PartialMoEBert encoder (BERT embeddings, PAD-MoE encoder, pooler)."""
+
+    _no_split_modules = ["BertEmbeddings", "BertLayer", "PartialMoEBertLayer"]
+    _dense_class = BertModel
+
+    def __init__(self, config: PartialMoEBertConfig, add_pooling_layer: bool = True):
+        PreTrainedModel.__init__(self, config)
+        from transformers.models.bert.modeling_bert import BertEmbeddings, BertPooler
+
+        self.config = config
+        self.gradient_checkpointing = False
+        self.embeddings = BertEmbeddings(config)
+        self.encoder = PartialMoEBertEncoder(config)
+        self.pooler = BertPooler(config) if add_pooling_layer else None
+        self.post_init()
+
+    @can_return_tuple
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, output_router_logits: bool | None = None, **kwargs) -> PartialMoEBertModelOutput:
+        """BERT's forward; also returns ``aux_loss`` and, if ``output_router_logits``, ``router_logits``."""
+        if output_router_logits is None:
+            output_router_logits = self.config.output_router_logits
+        kwargs.pop("return_dict", None)
+        outputs = BertModel.forward(self, input_ids=input_ids, attention_mask=attention_mask,
+                                    token_type_ids=token_type_ids, position_ids=position_ids,
+                                    inputs_embeds=inputs_embeds, output_router_logits=True, return_dict=True,
+                                    **kwargs)
+        router_logits = tuple(outputs["router_logits"])
+        aux_loss = load_balancing_loss(router_logits, self.config.num_experts, self.config.num_experts_per_tok,
+                                       attention_mask if attention_mask is not None and attention_mask.dim() == 2
+                                       else None)
+        return PartialMoEBertModelOutput(
+            last_hidden_state=outputs.last_hidden_state,
+            pooler_output=outputs.pooler_output,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            aux_loss=aux_loss,
+            router_logits=router_logits if output_router_logits else None,
+        )
+
+
+def _sequence_classification_loss(config, num_labels, logits, labels):
+    """BERT's sequence-classification loss, choosing the problem type as ``BertForSequenceClassification`` does."""
+    if config.problem_type is None:
+        if num_labels == 1:
+            config.problem_type = "regression"
+        elif num_labels > 1 and (labels.dtype == torch.long or labels.dtype == torch.int):
+            config.problem_type = "single_label_classification"
+        else:
+            config.problem_type = "multi_label_classification"
+    if config.problem_type == "regression":
+        if num_labels == 1:
+            return MSELoss()(logits.squeeze(), labels.squeeze().to(logits.dtype))
+        return MSELoss()(logits, labels.to(logits.dtype))
+    if config.problem_type == "single_label_classification":
+        return CrossEntropyLoss()(logits.view(-1, num_labels), labels.view(-1))
+    return BCEWithLogitsLoss()(logits, labels.to(logits.dtype))
+
+
+class PartialMoEBertForSequenceClassification(PartialMoEBertPreTrainedModel):
+    """PartialMoEBert with BERT's sequence-classification head (pooled output → dropout → linear)."""
+
+    _dense_class = BertForSequenceClassification
+
+    def __init__(self, config: PartialMoEBertConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.config = config
+        self.bert = PartialMoEBertModel(config)
+        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    @can_return_tuple
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, labels=None, output_router_logits: bool | None = None,
+                **kwargs) -> PartialMoEBertSequenceClassifierOutput:
+        kwargs.pop("return_dict", None)
+        outputs = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                            position_ids=position_ids, inputs_embeds=inputs_embeds,
+                            output_router_logits=output_router_logits, return_dict=True, **kwargs)
+        logits = self.classifier(self.dropout(outputs.pooler_output))
+        loss = None
+        if labels is not None:
+            loss = _sequence_classification_loss(self.config, self.num_labels, logits, labels)
+        return PartialMoEBertSequenceClassifierOutput(
+            loss=self._aux_total(loss, outputs.aux_loss), logits=logits, hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions, aux_loss=outputs.aux_loss, router_logits=outputs.router_logits)
+
+
+class PartialMoEBertForTokenClassification(PartialMoEBertPreTrainedModel):
+    """PartialMoEBert with BERT's token-classification head."""
+
+    _dense_class = BertForTokenClassification
+
+    def __init__(self, config: PartialMoEBertConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.bert = PartialMoEBertModel(config, add_pooling_layer=False)
+        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    @can_return_tuple
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, labels=None, output_router_logits: bool | None = None,
+                **kwargs) -> PartialMoEBertTokenClassifierOutput:
+        kwargs.pop("return_dict", None)
+        outputs = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                            position_ids=position_ids, inputs_embeds=inputs_embeds,
+                            output_router_logits=output_router_logits, return_dict=True, **kwargs)
+        logits = self.classifier(self.dropout(outputs.last_hidden_state))
+        loss = None
+        if labels is not None:
+            loss = CrossEntropyLoss()(logits.view(-1, self.num_labels), labels.view(-1))
+        return PartialMoEBertTokenClassifierOutput(
+            loss=self._aux_total(loss, outputs.aux_loss), logits=logits, hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions, aux_loss=outputs.aux_loss, router_logits=outputs.router_logits)
+
+
+class PartialMoEBertForQuestionAnswering(PartialMoEBertPreTrainedModel):
+    """PartialMoEBert with BERT's extractive question-answering head (span start/end logits)."""
+
+    _dense_class = BertForQuestionAnswering
+
+    def __init__(self, config: PartialMoEBertConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.bert = PartialMoEBertModel(config, add_pooling_layer=False)
+        self.qa_outputs = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    @can_return_tuple
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, start_positions=None, end_positions=None,
+                output_router_logits: bool | None = None, **kwargs) -> PartialMoEBertQuestionAnsweringOutput:
+        kwargs.pop("return_dict", None)
+        outputs = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                            position_ids=position_ids, inputs_embeds=inputs_embeds,
+                            output_router_logits=output_router_logits, return_dict=True, **kwargs)
+        logits = self.qa_outputs(outputs.last_hidden_state)
+        start_logits, end_logits = logits.split(1, dim=-1)
+        start_logits, end_logits = start_logits.squeeze(-1).contiguous(), end_logits.squeeze(-1).contiguous()
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            if start_positions.dim() > 1:
+                start_positions = start_positions.squeeze(-1)
+            if end_positions.dim() > 1:
+                end_positions = end_positions.squeeze(-1)
+            ignored = start_logits.size(1)
+            start_positions = start_positions.clamp(0, ignored)
+            end_positions = end_positions.clamp(0, ignored)
+            loss_fct = CrossEntropyLoss(ignore_index=ignored)
+            loss = (loss_fct(start_logits, start_positions) + loss_fct(end_logits, end_positions)) / 2
+        return PartialMoEBertQuestionAnsweringOutput(
+            loss=self._aux_total(loss, outputs.aux_loss), start_logits=start_logits, end_logits=end_logits,
+            hidden_states=outputs.hidden_states, attentions=outputs.attentions, aux_loss=outputs.aux_loss,
+            router_logits=outputs.router_logits)
+
+
+__all__ = [
+    "PartialMoEBertPreTrainedModel",
+    "PartialMoEBertModel",
+    "PartialMoEBertForSequenceClassification",
+    "PartialMoEBertForTokenClassification",
+    "PartialMoEBertForQuestionAnswering",
+]

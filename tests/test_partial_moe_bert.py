@@ -1,0 +1,301 @@
+"""PartialMoEBert: config validation, upcycling ≡ dense, κ=1 ≡ an independent top-k MoE, PAD layer maths in every
+layout, aux loss, Auto classes, finalised save/load round trip."""
+
+import json
+import os
+
+import pytest
+import torch
+from torch.nn import functional as F
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForQuestionAnswering,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    BertConfig,
+    BertForSequenceClassification,
+    LlamaConfig,
+)
+
+import hf_dynamic
+from hf_dynamic import (
+    PartialMoEBertConfig,
+    PartialMoEBertForQuestionAnswering,
+    PartialMoEBertForSequenceClassification,
+    PartialMoEBertForTokenClassification,
+    PartialMoEBertModel,
+)
+from hf_dynamic.pad.imp import finalize_partition, iterative_mode_partition
+from hf_dynamic.pad.layers import PartialDynamicFFN
+
+TINY = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+            max_position_embeddings=64)
+
+
+def tiny_dense(num_labels=3):
+    return BertForSequenceClassification(BertConfig(**TINY, num_labels=num_labels)).eval()
+
+
+def tiny_config(**kw):
+    return PartialMoEBertConfig(**{**TINY, "num_experts": 4, "num_experts_per_tok": 2, **kw})
+
+
+def inputs(batch=3, seq=7):
+    ids = torch.randint(0, 100, (batch, seq))
+    mask = torch.ones(batch, seq, dtype=torch.long)
+    mask[0, seq - 2:] = 0
+    return ids, mask
+
+
+# ----------------------------------------------------------------------------------------------------- config
+@pytest.mark.parametrize("field,value,match", [
+    ("dynamic_ratio", 0.0, "dynamic_ratio must be in \\(0, 1\\], got 0.0"),
+    ("dynamic_ratio", 1.5, "dynamic_ratio must be in \\(0, 1\\], got 1.5"),
+    ("num_experts_per_tok", 5, "num_experts_per_tok must be in \\[1, num_experts=4\\], got 5"),
+    ("moe_layers", [0, 2], "moe_layers has index 2"),
+    ("moe_layers", [-1], "moe_layers has index -1"),
+    ("partition_granularity", "row", "partition_granularity .* got 'row'"),
+    ("pad_state", "finalized", "pad_partition must record"),
+])
+def test_config_rejects_bad_fields(field, value, match):
+    with pytest.raises(ValueError, match=match):
+        tiny_config(**{field: value})
+
+
+def test_config_round_trip_and_auto(tmp_path):
+    config = tiny_config(dynamic_ratio=0.25, moe_layers=[1], partition_granularity="neuron")
+    config.save_pretrained(tmp_path)
+    loaded = AutoConfig.from_pretrained(tmp_path)
+    assert isinstance(loaded, PartialMoEBertConfig) and loaded.model_type == "partial_moe_bert"
+    assert (loaded.dynamic_ratio, loaded.moe_layers, loaded.partition_granularity) == (0.25, [1], "neuron")
+    for auto, cls in [(AutoModel, PartialMoEBertModel),
+                      (AutoModelForSequenceClassification, PartialMoEBertForSequenceClassification),
+                      (AutoModelForTokenClassification, PartialMoEBertForTokenClassification),
+                      (AutoModelForQuestionAnswering, PartialMoEBertForQuestionAnswering)]:
+        assert type(auto.from_config(config)) is cls
+    assert hf_dynamic.PartialMoEBertConfig is PartialMoEBertConfig
+
+
+# ----------------------------------------------------------------------------------------------------- reference
+def reference_moe(x, router_w, up, up_b, down, down_b, k):
+    """Independent top-k MoE: per token, per chosen expert, BERT FFN, renormalised softmax weights."""
+    probs = torch.softmax(x @ router_w.T, -1)
+    top_v, top_i = probs.topk(k, -1)
+    top_v = top_v / top_v.sum(-1, keepdim=True)
+    out = torch.zeros_like(x)
+    for t in range(x.shape[0]):
+        for j in range(k):
+            e = int(top_i[t, j])
+            h = F.gelu(up[e] @ x[t] + up_b[e])
+            out[t] += top_v[t, j] * (down[e] @ h + down_b[e])
+    return out
+
+
+def random_layer(config, std=0.3):
+    layer = PartialDynamicFFN(config, 0)
+    with torch.no_grad():
+        for name, p in layer.named_parameters():
+            p.normal_(0, std) if name != "phi" else p.fill_(0.3)
+    return layer.eval()
+
+
+@pytest.mark.parametrize("implementation", ["eager", "grouped_mm"])
+def test_kappa_one_equals_reference_moe(implementation):
+    config = tiny_config(dynamic_ratio=1.0)
+    config._experts_implementation = implementation
+    layer = random_layer(config)
+    assert layer.layout == "moe" and not hasattr(layer, "static_up") and not hasattr(layer, "phi")
+    x = torch.randn(11, 32)
+    out, logits = layer(x)
+    ref = reference_moe(x, layer.router.weight, layer.up_proj, layer.up_proj_bias, layer.down_proj,
+                        layer.down_proj_bias, 2)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logits, x @ layer.router.weight.T)
+
+
+def pad_reference(layer, x, mask_parts):
+    """The formula W_i = λ_d·M⊙W_i + λ_s·(1−M)⊙W_s, then the reference MoE."""
+    lam_d = 2 * torch.sigmoid(layer.phi)
+    lam_s = 2 - lam_d
+    merged = {}
+    for part, static, expert in [("up", "static_up", "up_proj"), ("up_bias", "static_up_bias", "up_proj_bias"),
+                                 ("down", "static_down", "down_proj"),
+                                 ("down_bias", "static_down_bias", "down_proj_bias")]:
+        m = mask_parts[part].float()
+        dyn = getattr(layer, expert) if hasattr(layer, expert) else torch.zeros(4, *m.shape)
+        merged[part] = lam_d * m * dyn + lam_s * (1 - m) * getattr(layer, static)
+    return reference_moe(x, layer.router.weight, merged["up"], merged["up_bias"], merged["down"],
+                         merged["down_bias"], 2)
+
+
+@pytest.mark.parametrize("granularity", ["element", "neuron"])
+@pytest.mark.parametrize("implementation", ["eager", "grouped_mm"])
+def test_pad_layer_matches_formula_masked_and_finalized(granularity, implementation):
+    config = tiny_config(partition_granularity=granularity)
+    config._experts_implementation = implementation
+    layer = random_layer(config)
+    flat = torch.rand(layer.num_partition_entries) < 0.4
+    layer.set_partition_mask(flat)
+    if granularity == "neuron":
+        m = flat
+        parts = {"up": m[:, None].expand(64, 32), "up_bias": m, "down": m[None, :].expand(32, 64),
+                 "down_bias": torch.zeros(32, dtype=torch.bool)}
+    else:
+        parts = {}
+        offset = 0
+        for part, shape in [("up", (64, 32)), ("up_bias", (64,)), ("down", (32, 64)), ("down_bias", (32,))]:
+            n = torch.Size(shape).numel()
+            parts[part] = flat[offset:offset + n].view(shape)
+            offset += n
+    x = torch.randn(13, 32)
+    with torch.no_grad():
+        ref = pad_reference(layer, x, parts)
+        masked, _ = layer(x)
+        torch.testing.assert_close(masked, ref, atol=1e-5, rtol=1e-5)
+        layer.finalize_()
+        final, _ = layer(x)
+    torch.testing.assert_close(final, ref, atol=1e-5, rtol=1e-5)
+    if granularity == "neuron":
+        assert layer.up_proj.shape == (4, int(flat.sum()), 32)
+        assert layer.static_up.shape == (64 - int(flat.sum()), 32)
+    else:
+        assert layer.mask_up.dtype == torch.uint8 and layer.mask_up.numel() == 64 * 32 // 8
+        assert layer.up_proj.shape == (4, int(parts["up"].sum()))
+
+
+def test_lambdas_sum_to_two_and_phi_starts_at_zero():
+    layer = PartialMoEBertModel(tiny_config()).pad_layers()[0]
+    assert float(layer.phi.detach()) == 0.0
+    lam_s, lam_d = layer.lambdas()
+    assert float(lam_s) == 1.0 and float(lam_d) == 1.0
+    with torch.no_grad():
+        layer.phi.fill_(-1.7)
+    lam_s, lam_d = layer.lambdas()
+    assert abs(float(lam_s + lam_d) - 2.0) < 1e-7 and float(lam_d) < 1.0
+
+
+# ----------------------------------------------------------------------------------------------------- upcycling
+@pytest.mark.parametrize("granularity,kappa", [("element", 0.5), ("neuron", 0.5), ("element", 1.0)])
+def test_upcycled_equals_dense(granularity, kappa):
+    dense = tiny_dense()
+    model = PartialMoEBertForSequenceClassification.from_dense(
+        dense, num_experts=4, dynamic_ratio=kappa, partition_granularity=granularity).eval()
+    ids, mask = inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids, attention_mask=mask).logits, dense(ids, attention_mask=mask).logits,
+                                   atol=1e-5, rtol=0)
+    assert torch.equal(model.classifier.weight, dense.classifier.weight)
+
+
+def test_upcycled_minilm_equals_dense():
+    path = hf_dynamic.minilm_path()
+    dense = BertForSequenceClassification.from_pretrained(path, num_labels=2, dtype=torch.float32).eval()
+    model = PartialMoEBertForSequenceClassification.from_dense(path, num_labels=2, num_experts=8,
+                                                               num_experts_per_tok=2).eval()
+    with torch.no_grad():  # from_dense(path) initialises its own classifier: copy it to compare the encoders
+        dense.classifier.load_state_dict(model.classifier.state_dict())
+        ids = torch.randint(1000, 20000, (2, 24))
+        torch.testing.assert_close(model(ids).logits, dense(ids).logits, atol=1e-5, rtol=0)
+    assert model.config.hidden_size == 384 and model.config.num_experts == 8
+
+
+def test_from_dense_rejects_non_bert(tmp_path):
+    LlamaConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                vocab_size=50).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="model_type 'bert'.*'llama'"):
+        PartialMoEBertForSequenceClassification.from_dense(str(tmp_path))
+    moe = PartialMoEBertForSequenceClassification(tiny_config())
+    with pytest.raises(ValueError, match="'partial_moe_bert'"):
+        PartialMoEBertForSequenceClassification.from_dense(moe)
+
+
+# ----------------------------------------------------------------------------------------------------- outputs
+def test_aux_loss_added_and_router_logits_on_request():
+    model = PartialMoEBertForSequenceClassification.from_dense(tiny_dense(), num_experts=4,
+                                                               router_aux_loss_coef=0.1).eval()
+    ids, mask = inputs()
+    labels = torch.tensor([0, 2, 1])
+    out = model(ids, attention_mask=mask, labels=labels)
+    assert out.router_logits is None and out.aux_loss is not None
+    ce = F.cross_entropy(out.logits, labels)
+    torch.testing.assert_close(out.loss, ce + 0.1 * out.aux_loss)
+    out = model(ids, attention_mask=mask, output_router_logits=True)
+    assert len(out.router_logits) == 2 and out.router_logits[0].shape == (21, 4)
+    assert out.loss is None
+    model.config.moe_layers = [1]
+    partial = PartialMoEBertModel(tiny_config(moe_layers=[1]))
+    assert len(partial.pad_layers()) == 1 and partial.pad_layers()[0].layer_idx == 1
+    assert len(partial(ids, output_router_logits=True).router_logits) == 1
+
+
+def test_token_classification_and_qa_heads_train():
+    ids, mask = inputs()
+    tok = PartialMoEBertForTokenClassification(tiny_config(num_labels=5))
+    out = tok(ids, attention_mask=mask, labels=torch.randint(0, 5, ids.shape))
+    out.loss.backward()
+    assert out.logits.shape == (3, 7, 5) and tok.bert.pad_layers()[0].phi.grad is not None
+    qa = PartialMoEBertForQuestionAnswering(tiny_config(num_labels=2, partition_granularity="neuron"))
+    out = qa(ids, attention_mask=mask, start_positions=torch.tensor([1, 2, 3]), end_positions=torch.tensor([2, 3, 4]))
+    out.loss.backward()
+    assert out.start_logits.shape == (3, 7) and torch.isfinite(out.loss)
+
+
+def test_bf16_forward_backward():
+    model = PartialMoEBertForSequenceClassification(tiny_config(partition_granularity="neuron", num_labels=3))
+    ids, mask = inputs()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(ids, attention_mask=mask, labels=torch.tensor([0, 1, 2]))
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+    model_bf16 = PartialMoEBertForSequenceClassification(tiny_config()).to(torch.bfloat16)
+    assert model_bf16(ids, attention_mask=mask).logits.dtype == torch.bfloat16
+
+
+# ----------------------------------------------------------------------------------------------------- save/load
+def _imp_batches(n=2):
+    g = torch.Generator().manual_seed(1)
+    return [{"input_ids": torch.randint(0, 100, (4, 9), generator=g), "labels": torch.randint(0, 3, (4,), generator=g)}
+            for _ in range(n)]
+
+
+@pytest.mark.parametrize("granularity", ["element", "neuron"])
+def test_finalized_round_trip_is_exact_and_smaller(tmp_path, granularity):
+    dense = tiny_dense()
+    moe = PartialMoEBertForSequenceClassification.from_dense(dense, num_experts=4, dynamic_ratio=1.0)
+    moe.save_pretrained(tmp_path / "moe")
+    model = PartialMoEBertForSequenceClassification.from_dense(dense, num_experts=4, dynamic_ratio=0.5,
+                                                               partition_granularity=granularity)
+    with torch.no_grad():  # make experts differ so the round trip is a real check
+        for layer in model.bert.pad_layers():
+            layer.up_proj.add_(torch.randn_like(layer.up_proj) * 0.1)
+    iterative_mode_partition(model, _imp_batches(), iterations=1, num_batches=2)
+    assert model.config.pad_state == "finalized"
+    model.save_pretrained(tmp_path / "pad")
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "pad")
+    assert type(loaded) is PartialMoEBertForSequenceClassification
+    ids, mask = inputs()
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(ids, attention_mask=mask).logits, model(ids, attention_mask=mask).logits)
+    pad_size = os.path.getsize(tmp_path / "pad" / "model.safetensors")
+    moe_size = os.path.getsize(tmp_path / "moe" / "model.safetensors")
+    assert pad_size < moe_size
+    # FFN parameters: about ((1 - κ) + E·κ)/E of the MoE's (E=4, κ=0.5 -> 0.625)
+    ffn = lambda m: sum(p.numel() for n, p in m.named_parameters() if ".mlp." in n and "router" not in n)  # noqa
+    ratio = ffn(loaded) / ffn(moe)
+    assert abs(ratio - 0.625) < 0.01, ratio
+
+
+def test_finalized_checkpoint_with_wrong_shapes_is_rejected(tmp_path):
+    model = PartialMoEBertForSequenceClassification.from_dense(tiny_dense(), num_experts=4,
+                                                               partition_granularity="neuron")
+    iterative_mode_partition(model, _imp_batches(), iterations=1, num_batches=1, scope="layer")
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["pad_partition"]["0"]["dynamic_neurons"] = 30
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="has shape .* pad_partition\\['0'\\]=\\{'dynamic_neurons': 30\\}"):
+        AutoModelForSequenceClassification.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="pad_state='finalized'"):
+        finalize_partition(model)

@@ -1,0 +1,40 @@
+"""examples/glue/run_glue.py end to end on the real MiniLM and a slice of the real MRPC."""
+
+import json
+import os
+import sys
+
+import pytest
+
+from conftest import SHARED_GLUE
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples", "glue"))
+
+import run_glue  # noqa: E402
+
+
+def test_dense_mrpc_slice_writes_metrics(tmp_path):
+    results = run_glue.main([
+        "--task", "mrpc", "--data_dir", SHARED_GLUE, "--max_train_samples", "16", "--max_eval_samples", "24",
+        "--max_steps", "2", "--per_device_train_batch_size", "8", "--output_dir", str(tmp_path),
+        "--disable_tqdm", "true",
+    ])
+    with open(tmp_path / "eval_results.json") as f:
+        written = json.load(f)
+    assert written == json.loads(json.dumps(results))
+    metrics = written["metrics"]["validation"]
+    assert {"accuracy", "f1", "loss"} <= set(metrics)
+    assert 0.0 <= metrics["accuracy"] <= 1.0
+    # 24 dev rows, so accuracy is a multiple of 1/24.
+    assert abs(metrics["accuracy"] * 24 - round(metrics["accuracy"] * 24)) < 1e-6
+    assert written["num_parameters"] > 22_000_000
+
+
+def test_unknown_variant_is_rejected_before_work(tmp_path):
+    with pytest.raises(ValueError, match="--variant 'nope'"):
+        run_glue.main(["--variant", "nope", "--output_dir", str(tmp_path)])
+
+
+def test_unknown_task_is_rejected(tmp_path):
+    with pytest.raises(ValueError, match="'mnli2'"):
+        run_glue.main(["--task", "mnli2", "--output_dir", str(tmp_path)])
