@@ -156,6 +156,7 @@ def main():
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
     raw = load_glue("sst2", data_dir=args.data_dir)
     train_split = raw["train"].shuffle(seed=args.seed)
+    # the calibration rows follow the training rows; with --checkpoint give the --train_samples it was trained with
     n_train = len(train_split) - args.calib_samples if args.train_samples == 0 else args.train_samples
     if n_train + args.calib_samples > len(train_split):
         raise ValueError(f"--train_samples {args.train_samples} + --calib_samples {args.calib_samples} exceed the "
@@ -173,6 +174,10 @@ def main():
     if args.checkpoint:
         model = BoostedEarlyExitForSequenceClassification.from_pretrained(args.checkpoint, dtype=torch.float32)
         model.to(device)
+        provenance = os.path.join(args.checkpoint, "bench_training.json")  # written by --save_model
+        if os.path.exists(provenance):
+            with open(provenance) as f:
+                training = json.load(f)
     else:
         model = BoostedEarlyExitForSequenceClassification.from_backbone(minilm_path(), num_labels=2,
                                                                     exit_pooling=args.pooling).to(device)
@@ -181,6 +186,10 @@ def main():
                     "batch_size": args.train_batch_size, **train(model, train_data, args, device)}
         if args.save_model:
             model.save_pretrained(args.save_model)
+            with open(os.path.join(args.save_model, "bench_training.json"), "w") as f:
+                json.dump({**training, "seed": args.seed, "max_seq_length": args.max_seq_length,
+                           "pooling": args.pooling, "command": "python bench/early_exit.py " + " ".join(sys.argv[1:])},
+                          f, indent=2)
     model.eval()
     if args.dtype == "bfloat16":
         model.to(torch.bfloat16)
@@ -273,10 +282,15 @@ def main():
         f.write(f"# Early exit speed-up on SST-2 dev ({machine})\n\n")
         f.write(f"Machine: {result['machine']}; torch {torch.__version__}; device {device}; dtype {args.dtype}.\n\n")
         if training:
-            f.write(f"Model: all-MiniLM-L6-v2 + 6 boosted exits ({model.config.exit_pooling} pooling), fine-tuned here on **{n_train} SST-2 train rows "
-                    f"for {args.epochs} epoch(s)** ({training['steps']} steps, {training['train_time_s']:.0f} s)"
+            if args.checkpoint:
+                f.write(f"Checkpoint `{args.checkpoint}`, trained by this script earlier (--save_model"
+                        + (f"; `{training['command']}`" if "command" in training else "") + "):\n")
+            rows = training["train_samples"]
+            f.write(f"Model: all-MiniLM-L6-v2 + 6 boosted exits ({model.config.exit_pooling} pooling), fine-tuned by "
+                    f"this script on **{rows} SST-2 train rows for {training['epochs']} epoch(s)** "
+                    f"({training['steps']} steps, {training['train_time_s']:.0f} s)"
                     + (" — a short training on a subset, so accuracies are below a full fine-tune" if
-                       n_train < 60000 else "") + ".\n")
+                       rows < 60000 else "") + ".\n")
         else:
             f.write(f"Model: checkpoint `{args.checkpoint}`.\n")
         f.write(f"Thresholds calibrated on {args.calib_samples} held-out train rows; budget chosen as the lowest "

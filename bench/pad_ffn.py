@@ -74,8 +74,7 @@ def moe_layer(hidden, ffn, experts, top_k, kappa, granularity, implementation):
     return layer
 
 
-def time_layer(layer, x, grad, repeats, backward):
-    """Median seconds of `repeats` calls (after 2 warm-ups)."""
+def make_step(layer, x, grad, backward):
     def step():
         if backward:
             x.grad = None
@@ -84,18 +83,25 @@ def time_layer(layer, x, grad, repeats, backward):
             out.backward(grad)
         else:
             with torch.no_grad():
-                out = layer(x)
+                layer(x)
         if x.device.type == "cuda":
             torch.cuda.synchronize()
+    return step
 
-    for _ in range(2):
-        step()
-    times = []
+
+def time_interleaved(steps: dict, repeats: int) -> dict:
+    """Median seconds per named step; the steps run round-robin (after 2 warm-ups each), so a change in machine
+    load affects them alike and the ratios stay meaningful on a shared machine."""
+    for step in steps.values():
+        for _ in range(2):
+            step()
+    times = {name: [] for name in steps}
     for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def bench_layers(args, device, dtype):
@@ -112,25 +118,22 @@ def bench_layers(args, device, dtype):
             "pad_element": moe_layer(hidden, ffn, args.experts, args.top_k, args.dynamic_ratio, "element",
                                      args.experts_implementation),
         }
+        layers = {name: layer.to(device=device, dtype=dtype).train() for name, layer in layers.items()}
         x = torch.randn(args.tokens, hidden, device=device, dtype=dtype, requires_grad=True)
         grad = torch.randn(args.tokens, hidden, device=device, dtype=dtype)
-        results = {}
-        for name, layer in layers.items():
-            layer = layer.to(device=device, dtype=dtype).train()
-            fwd = time_layer(layer, x, grad, args.repeats, backward=False)
-            fwdbwd = time_layer(layer, x, grad, args.repeats, backward=True)
-            results[name] = (fwd, fwdbwd)
-            print(f"{size} {name}: fwd {fwd * 1e3:.2f} ms, fwd+bwd {fwdbwd * 1e3:.2f} ms", flush=True)
-            layers[name] = None
-        for name, (fwd, fwdbwd) in results.items():
+        fwd = time_interleaved({n: make_step(l, x, grad, False) for n, l in layers.items()}, args.repeats)
+        fwdbwd = time_interleaved({n: make_step(l, x, grad, True) for n, l in layers.items()}, args.repeats)
+        for name in layers:
+            print(f"{size} {name}: fwd {fwd[name] * 1e3:.2f} ms, fwd+bwd {fwdbwd[name] * 1e3:.2f} ms", flush=True)
             rows.append({
                 "layer": name, "size": size, "hidden": hidden, "ffn": ffn, "tokens": args.tokens,
                 "experts": args.experts, "top_k": args.top_k, "dynamic_ratio": args.dynamic_ratio,
                 "dtype": args.dtype, "experts_implementation": args.experts_implementation,
-                "fwd_ms": fwd * 1e3, "fwdbwd_ms": fwdbwd * 1e3,
-                "fwd_vs_dense": fwd / results["dense"][0], "fwdbwd_vs_dense": fwdbwd / results["dense"][1],
-                "fwd_vs_moe": fwd / results["moe"][0], "fwdbwd_vs_moe": fwdbwd / results["moe"][1],
+                "fwd_ms": fwd[name] * 1e3, "fwdbwd_ms": fwdbwd[name] * 1e3,
+                "fwd_vs_dense": fwd[name] / fwd["dense"], "fwdbwd_vs_dense": fwdbwd[name] / fwdbwd["dense"],
+                "fwd_vs_moe": fwd[name] / fwd["moe"], "fwdbwd_vs_moe": fwdbwd[name] / fwdbwd["moe"],
             })
+        del layers
     return rows
 
 
@@ -146,8 +149,9 @@ def rte_batches(num, batch_size, max_length):
     batches = []
     for b in range(num):
         rows = train.select(range(b * batch_size, (b + 1) * batch_size))
-        enc = tokenizer(rows["sentence1"], rows["sentence2"], truncation=True, max_length=max_length)
-        features = [{**{k: enc[k][i] for k in enc}, "labels": rows["label"][i]} for i in range(batch_size)]
+        enc = tokenizer(list(rows["sentence1"]), list(rows["sentence2"]), truncation=True, max_length=max_length)
+        labels = list(rows["label"])
+        features = [{**{k: enc[k][i] for k in enc}, "labels": labels[i]} for i in range(batch_size)]
         batches.append(collate(features))
     return batches, len(train)
 

@@ -26,6 +26,7 @@ _LAZY = {
     # PAD-Net (Iterative Mode Partition)
     "iterative_mode_partition": "hf_dynamic.pad.imp",
     "IMPCallback": "hf_dynamic.pad.imp",
+    "finalize_partition": "hf_dynamic.pad.imp",
     # BoostNet (budgeted early exit)
     "calibrate_thresholds": "hf_dynamic.boost.calibration",
     "accuracy_cost_curve": "hf_dynamic.boost.calibration",

@@ -122,3 +122,9 @@ def test_accuracy_cost_curve_and_plot(tmp_path):
     path = hf_dynamic.plot_accuracy_cost_curve({"boosted": curve}, tmp_path / "curve.png",
                                                anytime={"anytime": ([0.25, 0.5, 0.75, 1], [0.3, 0.3, 0.4, 0.4])})
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_regression_model_cannot_be_calibrated():
+    model = tiny_model(num_labels=1)
+    with pytest.raises(ValueError, match="regression"):
+        hf_dynamic.calibrate_thresholds(model, loader(n=8), 0.5)

@@ -261,18 +261,51 @@ def test_exited_samples_skip_later_layers():
     spread_heads(model)
     batch = make_batch(batch=12, seed=5)
     model.config.exit_thresholds = _quantile_thresholds(model, batch, 0.5)
-    rows = {i: 0 for i in range(4)}
+    shapes = {i: [] for i in range(4)}
     hooks = [
-        layer.register_forward_hook(lambda mod, args, out, i=i: rows.__setitem__(i, rows[i] + args[0].shape[0]))
+        layer.register_forward_hook(lambda mod, args, out, i=i: shapes[i].append(tuple(args[0].shape[:2])))
         for i, layer in enumerate(model.layers)
     ]
     with torch.no_grad():
         out = model(**batch)
     for h in hooks:
         h.remove()
-    for i in range(4):  # layer i+1 ran exactly on the samples that had not exited before it
-        assert rows[i] == int((out.exit_layer >= i + 1).sum())
-    assert rows[3] < 12
+    lengths = batch["attention_mask"].sum(1)
+    for i in range(4):  # layer i+1 ran once, exactly on the samples that had not exited before it ...
+        remaining = out.exit_layer >= i + 1
+        assert shapes[i] == [(int(remaining.sum()), int(lengths[remaining].max()))]  # ... trimmed of padding
+    assert shapes[3][0][0] < 12
+
+
+def test_trim_trailing_padding():
+    from hf_dynamic.models.boosted_early_exit.modeling_boosted_early_exit import trim_trailing_padding
+
+    hidden = torch.randn(2, 5, 3)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 0, 0, 0]])
+    h, m = trim_trailing_padding(hidden, mask)
+    assert torch.equal(h, hidden[:, :3]) and torch.equal(m, mask[:, :3])
+    full = torch.ones(2, 5, dtype=torch.long)
+    assert trim_trailing_padding(hidden, full)[0] is hidden
+
+
+def test_dynamic_mode_with_long_sample_exiting_first_matches_anytime():
+    """Once the longest sample exits, later layers run on the shorter padded length; predictions are unchanged."""
+    model = make_model().eval()
+    spread_heads(model)
+    batch = make_batch(batch=8, length=12, seed=11)
+    batch["attention_mask"][1:, 6:] = 0
+    batch["input_ids"][1:, 6:] = 0
+    with torch.no_grad():
+        anytime = model(**batch, output_all_exits=True).all_exit_logits
+        conf = torch.softmax(anytime, -1).amax(-1)
+        assert conf[0, 0] > conf[1:, 0].min()  # precondition: some short sample stays after exit 1
+        model.config.exit_thresholds = [float(conf[0, 0]), 2.0, 2.0, 0.0]  # sample 0 (long) exits at exit 1
+        lengths = []
+        hook = model.layers[1].register_forward_hook(lambda mod, args, out: lengths.append(args[0].shape[1]))
+        out = model(**batch)
+        hook.remove()
+    assert out.exit_layer[0] == 1 and lengths == [6]
+    torch.testing.assert_close(out.logits, anytime[torch.arange(8), out.exit_layer - 1], atol=1e-5, rtol=1e-5)
 
 
 def test_patience_criterion_classification_and_regression():

@@ -197,3 +197,20 @@ def test_smollm2_uniform_export_matches_hard_masks():
     assert c.hidden_size == 402  # 400 rounded to a multiple of the 6 kept query heads
     assert exported.num_parameters() == int(pruner.resource(hard=True))
     assert (exported(x).logits - hard_logits(pruner, model, x)).abs().max() <= TOL
+
+
+@pytest.mark.parametrize("uniform", [True, False])
+def test_channel_multiple_rounds_hard_counts(uniform):
+    model = tiny(num_hidden_layers=2)
+    pruner = DMSPruner(model, 0.5, uniform=uniform, channel_multiple=8)
+    per_row = 19 if uniform else [19, 30]
+    set_structure(pruner, {"heads": 1, "mlp": per_row, "hidden": 13, "layers": 3 if not uniform else 2})
+    s = pruner.hard_structure()
+    assert [int(c.numel()) for c in s.mlp_channels] == ([16, 16] if uniform else [16, 32])
+    assert s.hidden.numel() == 16  # 13 -> nearest multiple of lcm(8, 2 kept query heads)
+    exported = pruner.export(uniform=uniform)
+    x = torch.randint(0, VOCAB, (1, 7))
+    assert (exported(x).logits - hard_logits(pruner, model, x)).abs().max() <= TOL
+    assert exported.num_parameters() == int(pruner.resource(hard=True))
+    with pytest.raises(ValueError, match="channel_multiple"):
+        DMSPruner(tiny(), 0.5, channel_multiple=0)

@@ -47,6 +47,8 @@ def test_bad_kind_resource_grouping():
         DMSPruner(model, 0.5, resource="latency")
     with pytest.raises(ValueError, match="head_grouping"):
         DMSPruner(model, 0.5, head_grouping="mixed")
+    with pytest.raises(ValueError, match="grouped-query attention"):
+        DMSPruner(tiny_llama(num_key_value_heads=4), 0.5, head_grouping="query")
     assert not model.model.embed_tokens._forward_hooks  # nothing attached on failure
 
 
@@ -204,3 +206,56 @@ def test_structure_only_search_under_trainer(tmp_path):
     assert not pruner.add_loss_to_outputs  # switched off at train end
     exported = pruner.export()
     assert exported.num_parameters() == int(pruner.resource(hard=True))
+
+
+def test_adaptive_resource_weight():
+    model = tiny_llama()
+    model.requires_grad_(False)
+    fixed = DMSPruner(tiny_llama(), 0.6)
+    assert fixed.adapt_resource_weight_() == 1.0  # the paper's fixed weight by default
+    pruner = DMSPruner(model, 0.6, prune=("mlp", "heads"), resource_weight=1.0, resource_weight_adapt=0.05)
+    pruner.current_target = 0.6
+    assert pruner.adapt_resource_weight_() == pytest.approx(1.05)  # R ~ 0.98 > 0.6: w grows
+    pruner.current_target = 0.999
+    assert pruner.adapt_resource_weight_() == pytest.approx(1.0)  # R < 0.999: w shrinks
+    # a task term that resists shrinking (as a pretrained model's loss does): the fixed tiny weight never reaches
+    # the target, the adapted one does
+    def search(p):
+        p.current_target = 0.6
+        opt = torch.optim.Adam(p.structure_parameters(), lr=0.05)
+        for _ in range(150):
+            task = -5.0 * p.masks("soft")["mlp"].mean() - 5.0 * p.masks("soft")["heads_kv"].mean()
+            loss = task + p.resource_loss()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            p.clamp_()
+            p.adapt_resource_weight_()
+        return float(p.resource_ratio(hard=True))
+
+    assert search(DMSPruner(tiny_llama(), 0.6, prune=("mlp", "heads"), resource_weight=1.0)) > 0.9
+    assert 0.55 <= search(pruner) <= 0.65
+    assert pruner.resource_weight > 5.0
+    with pytest.raises(ValueError, match="resource_weight_adapt"):
+        DMSPruner(model, 0.5, resource_weight_adapt=-1)
+
+
+def test_gradient_checkpointing_gives_same_importance_and_grads():
+    x = batch()
+    results = []
+    for checkpointing in (False, True):
+        torch.manual_seed(1)
+        model = tiny_llama()
+        model.train()
+        if checkpointing:
+            model.activation_checkpointing_enable()
+        pruner = DMSPruner(model, 0.5)
+        (model(x, labels=x).loss + pruner.resource_loss(target=0.5)).backward()
+        results.append(({k: op.importance.clone() for k, op in pruner.topk.items()},
+                        [p.grad.clone() for p in pruner.structure_parameters()], pruner.num_search_steps))
+    (imp_a, grad_a, n_a), (imp_b, grad_b, n_b) = results
+    assert n_a == n_b == 1  # one importance update per backward, also when layers are recomputed
+    for k in imp_a:
+        assert torch.allclose(imp_a[k], imp_b[k], rtol=1e-4, atol=1e-12), k
+    for a, b in zip(grad_a, grad_b):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)

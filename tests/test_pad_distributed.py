@@ -1,6 +1,7 @@
 """Two CPU processes (torchrun, gloo), different data per rank: IMP must leave identical masks on both ranks."""
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -50,10 +51,17 @@ def test_two_ranks_end_imp_with_identical_masks(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
+    process = subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-3000:]
+         str(script), str(tmp_path)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)
+    try:
+        _, stderr = process.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)  # torchrun and its workers
+        process.communicate()
+        raise
+    assert process.returncode == 0, stderr[-3000:]
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     assert all(torch.equal(a, b) for a, b in zip(rank0["shared"], rank1["shared"]))
     # the test has teeth: on its own data alone each rank would pick different masks

@@ -49,9 +49,13 @@ def parse_args(argv=None):
     p.add_argument("--max_search_steps", type=int, default=300)
     p.add_argument("--search_batch_size", type=int, default=8)
     p.add_argument("--seq_len", type=int, default=1024, help="tokens per search / recovery / calibration sample")
+    p.add_argument("--channel_multiple", type=int, default=8,
+                   help="exported MLP / hidden widths are multiples of this (GPU-friendly shapes)")
     p.add_argument("--keep_ratio_lr", type=float, default=1e-2)
     p.add_argument("--weight_lr", type=float, default=1e-5, help="weights' lr in --search_mode joint")
-    p.add_argument("--resource_weight", type=float, default=1.0)
+    p.add_argument("--resource_weight", type=float, default=5.0, help="initial w of the resource loss")
+    p.add_argument("--resource_weight_adapt", type=float, default=0.05,
+                   help="multiplier rate of w (0 = fixed w, the paper); see DMSPruner")
     p.add_argument("--recovery", choices=["full", "lora", "none"], default="full")
     p.add_argument("--recovery_steps", type=int, default=300)
     p.add_argument("--recovery_batch_size", type=int, default=8)
@@ -213,7 +217,8 @@ def dms_search(model, blocks, args):
         model.requires_grad_(False)
     pruner = DMSPruner(
         model, args.target, prune=args.prune, uniform=not args.per_layer, head_grouping=args.head_grouping,
-        resource_weight=args.resource_weight,
+        resource_weight=args.resource_weight, resource_weight_adapt=args.resource_weight_adapt,
+        channel_multiple=args.channel_multiple,
     )
     callback = DMSCallback(pruner, keep_ratio_lr=args.keep_ratio_lr)
     n = min(blocks.size(0), args.max_search_steps * args.search_batch_size)

@@ -147,12 +147,16 @@ class DifferentiableTopK(nn.Module):
         return (self.soft_mask() >= 0.5).to(self.importance.dtype)
 
     @torch.no_grad()
-    def hard_mask_with_count(self, count: int) -> torch.Tensor:
-        """A hard mask keeping the ``count`` most important elements of every row (for rounded exports)."""
-        count = int(count)
-        if not 1 <= count <= self.num_elements:
-            raise ValueError(f"count must be in [1, {self.num_elements}], got {count}")
-        return (self.normalized_importance() > 1.0 - (count - 0.5) / self.num_elements).to(self.importance.dtype)
+    def hard_mask_with_count(self, count) -> torch.Tensor:
+        """A hard mask keeping the ``count`` most important elements of each row (for rounded exports).
+
+        ``count`` is an int (every row) or an integer tensor of shape ``rows`` (one count per row).
+        """
+        count = torch.as_tensor(count, device=self.importance.device)
+        if (count < 1).any() or (count > self.num_elements).any():
+            raise ValueError(f"count must be in [1, {self.num_elements}], got {count.tolist()}")
+        threshold = 1.0 - (count.to(torch.float32) - 0.5) / self.num_elements
+        return (self.normalized_importance() > threshold.unsqueeze(-1)).to(self.importance.dtype)
 
     def kept_counts(self) -> torch.Tensor:
         """Number of elements the hard mask keeps in each row (integer tensor of shape ``rows``)."""

@@ -13,7 +13,9 @@ What it does:
   {"params": pruner.structure_parameters(), "lr": 1e-2}]), None))``, that group is used as is). The group is added
   after the Trainer built its LR scheduler; the callback extends the (``LambdaLR``) scheduler with a constant factor,
   so the keep ratios' learning rate stays constant (no warm-up/decay);
-- **projection**: after every optimizer step the keep ratios are clamped to ``[1/(2N), 1]``;
+- **projection**: after every optimizer step the keep ratios are clamped to ``[1/(2N), 1]`` and, if the pruner was
+  built with ``resource_weight_adapt > 0``, the resource weight takes one multiplier step
+  (:meth:`~hf_dynamic.dms.pruner.DMSPruner.adapt_resource_weight_`);
 - **logging**: ``dms/target``, ``dms/resource_soft``, ``dms/resource_hard``, ``dms/keep_<kind>``, ``dms/kept_<mask>``,
   ``dms/task_loss``, ``dms/resource_loss`` are added to every log and kept in :attr:`DMSCallback.history`.
 
@@ -96,6 +98,7 @@ class DMSCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self.pruner.clamp_()
+        self.pruner.adapt_resource_weight_()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         entry = {f"dms/{k}": v for k, v in self.pruner.summary().items()}

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 from dataclasses import dataclass
 
 import torch
@@ -66,6 +67,17 @@ class HardStructure:
     query_heads: list[torch.Tensor]
     kv_heads: list[torch.Tensor]
     mlp_channels: list[torch.Tensor]
+
+
+def _round_counts(counts: torch.Tensor, multiple: int, maximum: int) -> torch.Tensor:
+    """Nearest multiple of ``multiple`` in ``[multiple, maximum]`` (``maximum`` itself if no multiple fits)."""
+    if multiple <= 1:
+        return counts.long()
+    top = (maximum // multiple) * multiple
+    if top == 0:
+        return torch.full_like(counts.long(), maximum)
+    rounded = torch.round(counts.double() / multiple).long() * multiple
+    return rounded.clamp(multiple, top)
 
 
 def _check_architecture(model) -> None:
@@ -101,9 +113,18 @@ class DMSPruner(nn.Module):
         uniform: tie each kind's keep ratio across layers (stock ``LlamaForCausalLM`` export) or not (``dms_llama``).
         head_grouping: ``"kv"`` (a KV head and its query group are one element) or ``"query"`` (query heads within
             each KV group, every group keeping the same number; KV heads are all kept).
-        resource_weight: ``w`` of the resource loss.
+        resource_weight: ``w`` of the resource loss (initial value when adapted).
+        resource_weight_adapt: ``0`` keeps ``w`` fixed (the paper). ``r > 0`` turns ``w`` into a multiplier that
+            :meth:`adapt_resource_weight_` (called by ``DMSCallback`` after every step) multiplies by ``1 + r`` while
+            ``R(e) > R_target`` and divides by ``1 + r`` otherwise. Why: the task gradient w.r.t. a keep ratio grows
+            as the model shrinks (measured on SmolLM2-135M at e = 0.6: ~2 for MLP, ~23 for hidden, ~100 for layers,
+            against ~1 for the resource term at w = 1), so a fixed ``w`` that is too small never reaches the target
+            and one that is too large shrinks every kind alike (Adam normalises step sizes). An adapted ``w`` settles
+            where each kind's marginal task cost per unit of resource is equal (a Lagrange multiplier).
         temperatures: per-kind ``λ`` overriding :data:`DEFAULT_TEMPERATURES`.
         flops_seq_len: sequence length of the FLOP count when ``resource="flops"``.
+        channel_multiple: the hard masks keep a multiple of this many MLP channels and hidden channels (nearest
+            multiple; e.g. 8 or 64 for GPU-friendly matmul shapes). 1 = the hard mask of METHODS.md §3 as is.
     """
 
     def __init__(
@@ -117,6 +138,8 @@ class DMSPruner(nn.Module):
         resource_weight: float = 1.0,
         temperatures: dict | None = None,
         flops_seq_len: int = 2048,
+        resource_weight_adapt: float = 0.0,
+        channel_multiple: int = 1,
     ):
         super().__init__()
         if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0.0 < float(target) < 1.0:
@@ -133,6 +156,10 @@ class DMSPruner(nn.Module):
             raise ValueError(f"head_grouping must be one of {HEAD_GROUPINGS}, got {head_grouping!r}")
         if float(resource_weight) <= 0:
             raise ValueError(f"resource_weight must be > 0, got {resource_weight}")
+        if isinstance(channel_multiple, bool) or not isinstance(channel_multiple, int) or channel_multiple < 1:
+            raise ValueError(f"channel_multiple must be an int >= 1, got {channel_multiple!r}")
+        if float(resource_weight_adapt) < 0:
+            raise ValueError(f"resource_weight_adapt must be >= 0, got {resource_weight_adapt}")
         temperatures = {**DEFAULT_TEMPERATURES, **(temperatures or {})}
         bad = [k for k in temperatures if k not in ELEMENT_KINDS]
         if bad:
@@ -147,7 +174,10 @@ class DMSPruner(nn.Module):
         self.uniform = bool(uniform)
         self.head_grouping = head_grouping
         self.resource_weight = float(resource_weight)
+        self.resource_weight_adapt = float(resource_weight_adapt)
+        self._initial_resource_weight = float(resource_weight)
         self.flops_seq_len = int(flops_seq_len)
+        self.channel_multiple = int(channel_multiple)
         self.num_layers = config.num_hidden_layers
         self.hidden_size = config.hidden_size
         self.num_heads = config.num_attention_heads
@@ -161,6 +191,12 @@ class DMSPruner(nn.Module):
         self.attention_bias = attn0.q_proj.bias is not None  # Qwen2: q/k/v biases, none on o_proj
         self.o_proj_bias = attn0.o_proj.bias is not None
         self.mlp_bias = model.model.layers[0].mlp.gate_proj.bias is not None
+
+        if "heads" in self.prune and head_grouping == "query" and self.group_size == 1:
+            raise ValueError(
+                "head_grouping='query' prunes query heads within each KV group and needs grouped-query attention; "
+                f"this model has num_attention_heads == num_key_value_heads == {self.num_heads} (use 'kv')"
+            )
 
         # The formula must describe this model exactly, else the resource constraint is meaningless.
         full_params = self._count(hard=True, masks={})
@@ -295,6 +331,9 @@ class DMSPruner(nn.Module):
                 out["heads_kv"] = torch.ones(L, self.num_kv_heads, device=m.device)
         if "mlp" in raw:
             out["mlp"] = raw["mlp"]
+            if mode == "hard" and self.channel_multiple > 1:
+                counts = _round_counts(raw["mlp"].sum(-1), self.channel_multiple, self.intermediate_size)
+                out["mlp"] = self.topk["mlp"].hard_mask_with_count(counts)
         if "layers" in raw:
             m = raw["layers"]
             if self.uniform:
@@ -303,18 +342,21 @@ class DMSPruner(nn.Module):
                 out["attn_block"], out["mlp_block"] = m.view(L, 2)[:, 0], m.view(L, 2)[:, 1]
         if "hidden" in raw:
             out["hidden"] = raw["hidden"]
-            if mode == "hard" and self.uniform:
+            if mode == "hard":
                 out["hidden"] = self._round_hidden(out)
         return out
 
     def _round_hidden(self, masks: dict) -> torch.Tensor:
-        """Uniform export: keep the multiple of the kept query heads nearest to the hard hidden count."""
-        op = self.topk["hidden"]
+        """Hard hidden count → nearest multiple of ``channel_multiple`` and, in uniform mode, of the kept query
+        heads (``LlamaConfig`` requires ``hidden_size % num_attention_heads == 0``)."""
+        multiple = self.channel_multiple
+        if self.uniform:
+            heads = int(masks["heads_q"][0].sum()) if "heads_q" in masks else self.num_heads
+            multiple = math.lcm(multiple, heads)
         hidden = masks["hidden"]
-        heads = int(masks["heads_q"][0].sum()) if "heads_q" in masks else self.num_heads
         count = int(hidden.sum())
-        rounded = min(max(heads, heads * round(count / heads)), heads * (self.hidden_size // heads))
-        return hidden if rounded == count else op.hard_mask_with_count(rounded)
+        rounded = int(_round_counts(torch.tensor(count), multiple, self.hidden_size))
+        return hidden if rounded == count else self.topk["hidden"].hard_mask_with_count(rounded)
 
     @contextlib.contextmanager
     def hard_masks(self):
@@ -383,6 +425,20 @@ class DMSPruner(nn.Module):
         ratio = self.resource_ratio(hard=False)
         return (self.resource_weight * torch.relu(torch.log(ratio / t))).to(torch.float32)
 
+    @torch.no_grad()
+    def adapt_resource_weight_(self) -> float:
+        """One multiplier update of ``w`` (no-op when ``resource_weight_adapt == 0``); returns the new ``w``.
+
+        ``w`` stays within ``[w0 / 1e3, max(1e4, w0 · 1e4)]`` (``w0``: its initial value).
+        """
+        rate = self.resource_weight_adapt
+        if rate > 0:
+            above = float(self.resource_ratio(hard=False)) > self.current_target
+            w = self.resource_weight * (1.0 + rate) if above else self.resource_weight / (1.0 + rate)
+            w0 = self._initial_resource_weight
+            self.resource_weight = min(max(w, w0 / 1e3), max(1e4, w0 * 1e4))
+        return self.resource_weight
+
     # -------------------------------------------------------------------------------------- structure API
     def structure_parameters(self) -> list[nn.Parameter]:
         """The keep ratios ``e`` (one tensor per searched kind): give them their own optimizer / learning rate."""
@@ -410,7 +466,7 @@ class DMSPruner(nn.Module):
 
     def summary(self) -> dict:
         """Keep ratios (mean over rows), hard kept counts and resource ratios, for logging."""
-        out = {"target": self.current_target}
+        out = {"target": self.current_target, "resource_weight": self.resource_weight}
         with torch.no_grad():
             out["resource_soft"] = float(self.resource_ratio(hard=False))
             out["resource_hard"] = float(self.resource_ratio(hard=True))

@@ -158,8 +158,15 @@ class PartialDynamicFFN(nn.Module):
         key = tuple((t.data_ptr(), t._version, t.device) for t in packed)
         if self._mask_cache is None or self._mask_cache[0] != key:
             masks = {p: unpack_bool_mask(t, self._part_shape(p)) for (p, _, _), t in zip(PARTS, packed)}
-            self._mask_cache = (key, masks)
+            positions = {p: (torch.nonzero(m.reshape(-1)).squeeze(1), torch.nonzero(~m.reshape(-1)).squeeze(1))
+                         for p, m in masks.items()}
+            self._mask_cache = (key, masks, positions)
         return self._mask_cache[1]
+
+    def _element_positions(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Finalised element layout: per part, the flat (dynamic, static) entry positions (cached)."""
+        self._masks()
+        return self._mask_cache[2]
 
     def partition_mask(self) -> torch.Tensor:
         """The current mask as one flat bool vector over :attr:`num_partition_entries` (True = dynamic)."""
@@ -237,7 +244,8 @@ class PartialDynamicFFN(nn.Module):
                         up_proj_bias, down_proj) -> torch.Tensor:
         """Neuron mode: one dense FFN over the static neurons for every token, plus the routed dynamic neurons.
 
-        ``λ_s·down_s·act(λ_s·(up_s x + b_s)) + λ_s·b_down + λ_d·Σ_k w_k·down_i·act(up_i (λ_d x) + λ_d·b_i)``.
+        ``λ_s·down_s·act(λ_s·(up_s x + b_s)) + λ_s·b_down``
+        ``+ λ_d·Σ_k w_k·down_i·act(up_i (λ_d x) + λ_d·b_i)``.
         """
         lambda_s, lambda_d = self.lambdas()
         output = (lambda_s * self.static_down_bias).to(x.dtype).expand(x.shape[0], -1)
@@ -268,12 +276,14 @@ class PartialDynamicFFN(nn.Module):
             masks = self._masks()
         elif self.layout == "finalized" and self.granularity == "element":
             masks = None
-            for (part, static_name, expert_name), mask in zip(PARTS, self._masks().values()):
-                flat = mask.reshape(-1)
+            positions = self._element_positions()
+            for part, static_name, expert_name in PARTS:
+                dynamic_pos, static_pos = positions[part]
                 static, experts = getattr(self, static_name), getattr(self, expert_name)
-                full_static = static.new_zeros(flat.numel()).masked_scatter(~flat, static)
-                full_dynamic = experts.new_zeros(E, flat.numel()).masked_scatter(flat.expand(E, -1), experts)
-                merged[part] = (lambda_d * full_dynamic + lambda_s * full_static).reshape(E, *mask.shape)
+                numel = self._part_numel(part)
+                full_static = static.new_zeros(numel).index_copy(0, static_pos, lambda_s * static)
+                merged[part] = full_static.expand(E, numel).index_copy(1, dynamic_pos, lambda_d * experts).reshape(
+                    E, *self._part_shape(part))
         else:
             raise ValueError(f"merged_expert_weights() is not defined for a {self.layout} {self.granularity} "
                              "layer outside IMP scoring")

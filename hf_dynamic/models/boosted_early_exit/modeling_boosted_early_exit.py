@@ -102,6 +102,20 @@ def find_layer_stack(encoder: nn.Module, num_layers: int) -> tuple[nn.Module, st
     return embeddings, min(candidates, key=lambda n: n.count("."))
 
 
+def trim_trailing_padding(hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> tuple:
+    """Drop the trailing sequence positions that are padding for every sample left in the batch.
+
+    Those positions are masked keys for every query and their own outputs are never read (the exit heads pool the
+    first token or the masked mean), so removing them changes no result; it saves compute once the longest
+    samples have exited. Keeps at least one position.
+    """
+    present = attention_mask.any(dim=0)
+    length = int(present.nonzero().max()) + 1 if bool(present.any()) else 1
+    if length == attention_mask.shape[1]:
+        return hidden_states, attention_mask
+    return hidden_states[:, :length], attention_mask[:, :length]
+
+
 def _check_encoder_config(config):
     if getattr(config, "is_decoder", False) or getattr(config, "is_encoder_decoder", False):
         raise ValueError(
@@ -370,7 +384,8 @@ class BoostedEarlyExitForSequenceClassification(BoostedEarlyExitPreTrainedModel)
 
         The layers after an exit run only on the samples still in the batch: hidden states, the padding mask and
         the criterion state are compacted (position / token type ids are consumed by the embeddings before any
-        exit, so nothing else needs carrying).
+        exit, so nothing else needs carrying), and trailing positions that are padding for every remaining sample
+        are dropped (:func:`trim_trailing_padding`).
         """
         batch = hidden_states.shape[0]
         if attention_mask is None:
@@ -401,7 +416,7 @@ class BoostedEarlyExitForSequenceClassification(BoostedEarlyExitPreTrainedModel)
                 if not bool(keep.any()):
                     break
                 active, hidden_states, previous = active[keep], hidden_states[keep], previous[keep]
-                attention_mask = attention_mask[keep]
+                hidden_states, attention_mask = trim_trailing_padding(hidden_states, attention_mask[keep])
                 state = {key: (value[keep] if value is not None else None) for key, value in state.items()}
                 mask = self._layer_mask(hidden_states, attention_mask)
         return logits, exit_layer
@@ -486,4 +501,5 @@ __all__ = [
     "exit_entropy",
     "exit_score",
     "find_layer_stack",
+    "trim_trailing_padding",
 ]

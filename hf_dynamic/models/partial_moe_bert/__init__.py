@@ -1,4 +1,7 @@
-"""PartialMoEBert: BERT with PAD-Net partially dynamic MoE FFNs (METHODS.md §1). Registered on ``import hf_dynamic``."""
+"""PartialMoEBert: BERT with PAD-Net partially dynamic MoE FFNs (METHODS.md §1).
+
+Registered with the Auto classes on ``import hf_dynamic``.
+"""
 
 from .configuration_partial_moe_bert import PartialMoEBertConfig
 from .modeling_partial_moe_bert import (

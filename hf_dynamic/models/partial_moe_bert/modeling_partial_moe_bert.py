@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.nn import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
 from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
     BaseModelOutputWithPoolingAndCrossAttentions,
     QuestionAnsweringModelOutput,
@@ -40,7 +41,6 @@ from transformers.models.bert.modeling_bert import (
     BertPreTrainedModel,
     BertSelfAttention,
 )
-from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import logging
 from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import OutputRecorder
@@ -249,7 +249,8 @@ class PartialMoEBertPreTrainedModel(BertPreTrainedModel):
         if missing:
             raise ValueError(f"the dense model lacks weights this model needs: {missing[:5]}")
         if dense is not theirs and type(self).__name__.replace("PartialMoEBert", "Bert") == type(dense).__name__:
-            head_state = {k: v for k, v in dense.state_dict().items() if not k.startswith(f"{dense.base_model_prefix}.")}
+            prefix = f"{dense.base_model_prefix}."
+            head_state = {k: v for k, v in dense.state_dict().items() if not k.startswith(prefix)}
             mine = self.state_dict()
             for key, value in head_state.items():
                 if key in mine and mine[key].shape == value.shape:
