@@ -33,7 +33,9 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from _results import write_results  # noqa: E402
 from hf_dynamic.assets import minilm_path  # noqa: E402
 from hf_dynamic.boost.calibration import (  # noqa: E402
     calibrate_from_logits,
@@ -273,43 +275,39 @@ def main():
         "timings": timings,
         "target_speedup": 1.8,
     }
-    out_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-    os.makedirs(out_dir, exist_ok=True)
-    stem = os.path.join(out_dir, f"early_exit_{machine}")
-    with open(stem + ".json", "w") as f:
-        json.dump(result, f, indent=2)
-    with open(stem + ".md", "w") as f:
-        f.write(f"# Early exit speed-up on SST-2 dev ({machine})\n\n")
-        f.write(f"Machine: {result['machine']}; torch {torch.__version__}; device {device}; dtype {args.dtype}.\n\n")
-        if training:
-            if args.checkpoint:
-                f.write(f"Checkpoint `{args.checkpoint}`, trained by this script earlier (--save_model"
-                        + (f"; `{training['command']}`" if "command" in training else "") + "):\n")
-            rows = training["train_samples"]
-            f.write(f"Model: all-MiniLM-L6-v2 + 6 boosted exits ({model.config.exit_pooling} pooling), fine-tuned by "
-                    f"this script on **{rows} SST-2 train rows for {training['epochs']} epoch(s)** "
-                    f"({training['steps']} steps, {training['train_time_s']:.0f} s)"
-                    + (" — a short training on a subset, so accuracies are below a full fine-tune" if
-                       rows < 60000 else "") + ".\n")
-        else:
-            f.write(f"Model: checkpoint `{args.checkpoint}`.\n")
-        f.write(f"Thresholds calibrated on {args.calib_samples} held-out train rows; budget chosen as the lowest "
-                f"whose dev accuracy is within {args.tolerance} point of the last exit.\n\n")
-        f.write("Anytime dev accuracy per exit (layers 1..6): "
-                + " / ".join(f"{a:.1f}" for a in anytime) + "\n\n")
-        f.write(f"Chosen budget {chosen['budget']}: dev accuracy {chosen['dev_accuracy']:.2f} vs full "
-                f"{full_acc:.2f}, measured cost {chosen['dev_cost']:.3f} (layers executed / 6), exits per layer "
-                f"{chosen['exit_counts']}.\n\n")
-        f.write("| batch | sentences timed | full model s | dynamic s | speed-up | dynamic acc | dynamic cost |\n"
-                "|---|---|---|---|---|---|---|\n")
-        for t in timings:
-            f.write(f"| {t['batch_size']} | {t['timed_samples']} | {t['full_s']:.3f} | {t['dynamic_s']:.3f} | **{t['speedup']:.2f}x** | "
-                    f"{t['dynamic_accuracy']:.2f} | {t['dynamic_cost']:.3f} |\n")
-        f.write(f"\nTimes: one pass over the first N (column 2) of the {len(dev_labels)} dev "
-                f"sentences (max length {args.max_seq_length}, dynamic padding, dataset order), median of "
-                f"{args.repeats} interleaved full / dynamic runs; accuracy and cost columns are measured on those same sentences in dynamic mode. "
-                f"Target: >= 1.8x.\n\n")
-        f.write("Command: `python bench/early_exit.py " + " ".join(sys.argv[1:]) + "`\n")
+    md = []
+    md.append(f"# Early exit speed-up on SST-2 dev ({machine})\n\n")
+    md.append(f"Machine: {result['machine']}; torch {torch.__version__}; device {device}; dtype {args.dtype}.\n\n")
+    if training:
+        if args.checkpoint:
+            md.append(f"Checkpoint `{args.checkpoint}`, trained by this script earlier (--save_model"
+                    + (f"; `{training['command']}`" if "command" in training else "") + "):\n")
+        rows = training["train_samples"]
+        md.append(f"Model: all-MiniLM-L6-v2 + 6 boosted exits ({model.config.exit_pooling} pooling), fine-tuned by "
+                f"this script on **{rows} SST-2 train rows for {training['epochs']} epoch(s)** "
+                f"({training['steps']} steps, {training['train_time_s']:.0f} s)"
+                + (" — a short training on a subset, so accuracies are below a full fine-tune" if
+                   rows < 60000 else "") + ".\n")
+    else:
+        md.append(f"Model: checkpoint `{args.checkpoint}`.\n")
+    md.append(f"Thresholds calibrated on {args.calib_samples} held-out train rows; budget chosen as the lowest "
+            f"whose dev accuracy is within {args.tolerance} point of the last exit.\n\n")
+    md.append("Anytime dev accuracy per exit (layers 1..6): "
+            + " / ".join(f"{a:.1f}" for a in anytime) + "\n\n")
+    md.append(f"Chosen budget {chosen['budget']}: dev accuracy {chosen['dev_accuracy']:.2f} vs full "
+            f"{full_acc:.2f}, measured cost {chosen['dev_cost']:.3f} (layers executed / 6), exits per layer "
+            f"{chosen['exit_counts']}.\n\n")
+    md.append("| batch | sentences timed | full model s | dynamic s | speed-up | dynamic acc | dynamic cost |\n"
+            "|---|---|---|---|---|---|---|\n")
+    for t in timings:
+        md.append(f"| {t['batch_size']} | {t['timed_samples']} | {t['full_s']:.3f} | {t['dynamic_s']:.3f} | **{t['speedup']:.2f}x** | "
+                f"{t['dynamic_accuracy']:.2f} | {t['dynamic_cost']:.3f} |\n")
+    md.append(f"\nTimes: one pass over the first N (column 2) of the {len(dev_labels)} dev "
+            f"sentences (max length {args.max_seq_length}, dynamic padding, dataset order), median of "
+            f"{args.repeats} interleaved full / dynamic runs; accuracy and cost columns are measured on those same sentences in dynamic mode. "
+            f"Target: >= 1.8x.\n\n")
+    md.append("Command: `python bench/early_exit.py " + " ".join(sys.argv[1:]) + "`\n")
+    write_results("early_exit", machine, result, "".join(md))
     print(json.dumps({k: result[k] for k in ("machine", "anytime_dev_accuracy", "full_dev_accuracy", "timings")},
                      indent=2))
 

@@ -15,6 +15,9 @@ import statistics
 import subprocess
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _results import write_results  # noqa: E402
+
 PREREQUISITES = (
     "import transformers.models.bert.modeling_bert, transformers.models.llama.modeling_llama; "
     "from transformers import TrainerCallback"
@@ -48,15 +51,12 @@ def main():
         "median_s": statistics.median(times),
         "target_s": 1.0,
     }
-    out_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-    os.makedirs(out_dir, exist_ok=True)
-    stem = os.path.join(out_dir, f"import_time_{args.machine}")
-    with open(stem + ".json", "w") as f:
-        json.dump(result, f, indent=2)
-    with open(stem + ".md", "w") as f:
-        f.write("| what | median s | runs | target |\n|---|---|---|---|\n")
-        f.write(f"| `import hf_dynamic` after its prerequisites | {result['median_s']:.3f} | {len(times)} | ≤ 1 s |\n")
-        f.write(f"\nMachine: {result['machine']}. Command: `python bench/import_time.py --repeats {args.repeats}`.\n")
+    markdown = (
+        "| what | median s | runs | target |\n|---|---|---|---|\n"
+        f"| `import hf_dynamic` after its prerequisites | {result['median_s']:.3f} | {len(times)} | ≤ 1 s |\n"
+        f"\nMachine: {result['machine']}. Command: `python bench/import_time.py --repeats {args.repeats}`.\n"
+    )
+    write_results("import_time", args.machine, result, markdown)
     print(json.dumps(result, indent=2))
 
 

@@ -20,7 +20,6 @@ Writes bench/results/pad_ffn_<machine>.json and .md.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -33,7 +32,9 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from _results import write_results  # noqa: E402
 from hf_dynamic.models.partial_moe_bert import PartialMoEBertConfig  # noqa: E402
 from hf_dynamic.pad.layers import PartialDynamicFFN  # noqa: E402
 
@@ -298,13 +299,7 @@ def main(argv=None):
               "layers": bench_layers(args, device, dtype)}
     if not args.skip_imp:
         result["imp_and_sizes"] = bench_imp_and_sizes(args, device, dtype)
-    out_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-    os.makedirs(out_dir, exist_ok=True)
-    stem = os.path.join(out_dir, f"pad_ffn_{args.machine}")
-    with open(stem + ".json", "w") as f:
-        json.dump(result, f, indent=2)
-    with open(stem + ".md", "w") as f:
-        f.write(markdown(result))
+    write_results("pad_ffn", args.machine, result, markdown(result))
     print(markdown(result))
 
 

@@ -14,7 +14,6 @@ import importlib
 import transformers
 
 MODEL_PACKAGES = [
-    # e.g. "hf_dynamic.models.partial_moe_bert",
     "hf_dynamic.models.boosted_early_exit",
     "hf_dynamic.models.dms_llama",
     "hf_dynamic.models.partial_moe_bert",

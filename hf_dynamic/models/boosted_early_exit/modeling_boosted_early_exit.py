@@ -19,7 +19,6 @@ Three ways to run it:
 
 import copy
 import inspect
-import math
 from dataclasses import dataclass
 
 import torch
