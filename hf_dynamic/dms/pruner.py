@@ -44,6 +44,7 @@ from transformers.utils import logging
 
 from ..core.resources import count_parameters, llama_forward_flops, llama_param_count
 from ..core.topk import DifferentiableTopK
+from ..core.validation import check_choice
 
 logger = logging.get_logger(__name__)
 
@@ -150,10 +151,8 @@ class DMSPruner(nn.Module):
         unknown = [k for k in prune if k not in ELEMENT_KINDS]
         if unknown or not prune:
             raise ValueError(f"prune: unknown element kind(s) {unknown or prune!r}; choose from {ELEMENT_KINDS}")
-        if resource not in RESOURCES:
-            raise ValueError(f"resource must be one of {RESOURCES}, got {resource!r}")
-        if head_grouping not in HEAD_GROUPINGS:
-            raise ValueError(f"head_grouping must be one of {HEAD_GROUPINGS}, got {head_grouping!r}")
+        check_choice("resource", resource, RESOURCES)
+        check_choice("head_grouping", head_grouping, HEAD_GROUPINGS)
         if float(resource_weight) <= 0:
             raise ValueError(f"resource_weight must be > 0, got {resource_weight}")
         if isinstance(channel_multiple, bool) or not isinstance(channel_multiple, int) or channel_multiple < 1:

@@ -28,6 +28,7 @@ from transformers.utils import logging
 from ..core.importance import normalize_scores
 from ..core.masks import count_to_keep, topk_mask, topk_masks
 from .layers import PartialDynamicFFN
+from ..core.validation import check_choice
 
 logger = logging.get_logger(__name__)
 
@@ -57,10 +58,8 @@ def _check_imp_arguments(model, dynamic_ratio, iterations, num_batches, scope, s
         raise ValueError(f"iterations must be an integer >= 1, got {iterations!r}")
     if not isinstance(num_batches, int) or num_batches < 1:
         raise ValueError(f"num_batches must be an integer >= 1, got {num_batches!r}")
-    if scope not in SCOPES:
-        raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
-    if score not in SCORES:
-        raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+    check_choice("scope", scope, SCOPES)
+    check_choice("score", score, SCORES)
     return float(config.dynamic_ratio if dynamic_ratio is None else dynamic_ratio)
 
 
@@ -232,12 +231,9 @@ class IMPCallback(TrainerCallback):
 
     def __init__(self, dynamic_ratio: float | None = None, iterations: int = 2, num_batches: int = 8,
                  scope: str = "global", score: str = "auto", finalize_at: str = "auto"):
-        if scope not in SCOPES:
-            raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
-        if score not in SCORES:
-            raise ValueError(f"score must be one of {SCORES}, got {score!r}")
-        if finalize_at not in FINALIZE_AT:
-            raise ValueError(f"finalize_at must be one of {FINALIZE_AT}, got {finalize_at!r}")
+        check_choice("scope", scope, SCOPES)
+        check_choice("score", score, SCORES)
+        check_choice("finalize_at", finalize_at, FINALIZE_AT)
         self.kwargs = dict(dynamic_ratio=dynamic_ratio, iterations=iterations, num_batches=num_batches,
                            scope=scope, score=score)
         self.finalize_at = finalize_at

@@ -10,6 +10,8 @@ import math
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from ...core.validation import check_choice
+
 EXIT_CRITERIA = ("confidence", "entropy", "patience")
 EXIT_POOLINGS = ("cls", "mean")
 
@@ -123,10 +125,8 @@ class BoostedEarlyExitConfig(PreTrainedConfig):
         t = self.ensemble_temperature
         if not (isinstance(t, (int, float)) and math.isfinite(t) and t > 0):
             raise ValueError(f"ensemble_temperature must be > 0, got {t!r}")
-        if self.exit_pooling not in EXIT_POOLINGS:
-            raise ValueError(f"exit_pooling must be one of {EXIT_POOLINGS}, got {self.exit_pooling!r}")
-        if self.exit_criterion not in EXIT_CRITERIA:
-            raise ValueError(f"exit_criterion must be one of {EXIT_CRITERIA}, got {self.exit_criterion!r}")
+        check_choice("exit_pooling", self.exit_pooling, EXIT_POOLINGS)
+        check_choice("exit_criterion", self.exit_criterion, EXIT_CRITERIA)
         if self.exit_thresholds is not None:
             if len(self.exit_thresholds) != len(layers):
                 raise ValueError(

@@ -6,6 +6,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import BertConfig
 
 from ...pad.layers import GRANULARITIES, PAD_STATES
+from ...core.validation import check_choice
 
 
 @strict
@@ -58,11 +59,8 @@ class PartialMoEBertConfig(BertConfig):
                              f"{self.num_experts_per_tok}")
         if not 0 < self.dynamic_ratio <= 1:
             raise ValueError(f"dynamic_ratio must be in (0, 1], got {self.dynamic_ratio}")
-        if self.partition_granularity not in GRANULARITIES:
-            raise ValueError(f"partition_granularity must be one of {GRANULARITIES}, got "
-                             f"{self.partition_granularity!r}")
-        if self.pad_state not in PAD_STATES:
-            raise ValueError(f"pad_state must be one of {PAD_STATES}, got {self.pad_state!r}")
+        check_choice("partition_granularity", self.partition_granularity, GRANULARITIES)
+        check_choice("pad_state", self.pad_state, PAD_STATES)
         if self.moe_layers is not None:
             if len(self.moe_layers) == 0:
                 raise ValueError("moe_layers must name at least one layer (or be None for every layer), got []")
