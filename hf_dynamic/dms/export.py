@@ -34,6 +34,14 @@ def _head_rows(heads: torch.Tensor, head_dim: int) -> torch.Tensor:
     return (heads[:, None] * head_dim + torch.arange(head_dim, device=heads.device)[None, :]).flatten()
 
 
+def _slice_linear(out, sd, src, dst, rows, cols):
+    """Copy the ``rows`` (output features) x ``cols`` (input features) block of linear ``src`` into ``out[dst]``;
+    its bias, when present, keeps the same ``rows``."""
+    out[dst + ".weight"] = sd[src + ".weight"][rows][:, cols]
+    if src + ".bias" in sd:
+        out[dst + ".bias"] = sd[src + ".bias"][rows]
+
+
 def slice_state_dict(model, structure, keep_layers: list[int]) -> dict:
     """State dict of the pruned model: kept hidden channels, heads, MLP channels, layers (renumbered)."""
     config = model.config
@@ -60,22 +68,14 @@ def slice_state_dict(model, structure, keep_layers: list[int]) -> dict:
             kv = _head_rows(structure.kv_heads[old], head_dim)
             out[dst + "input_layernorm.weight"] = norm(src + "input_layernorm.weight")
             for name, rows in (("q_proj", q), ("k_proj", kv), ("v_proj", kv)):
-                out[dst + f"self_attn.{name}.weight"] = sd[src + f"self_attn.{name}.weight"][rows][:, hidden]
-                if src + f"self_attn.{name}.bias" in sd:
-                    out[dst + f"self_attn.{name}.bias"] = sd[src + f"self_attn.{name}.bias"][rows]
-            out[dst + "self_attn.o_proj.weight"] = sd[src + "self_attn.o_proj.weight"][hidden][:, q]
-            if src + "self_attn.o_proj.bias" in sd:
-                out[dst + "self_attn.o_proj.bias"] = sd[src + "self_attn.o_proj.bias"][hidden]
+                _slice_linear(out, sd, src + f"self_attn.{name}", dst + f"self_attn.{name}", rows, hidden)
+            _slice_linear(out, sd, src + "self_attn.o_proj", dst + "self_attn.o_proj", hidden, q)
         if structure.mlp_present[old]:
             ch = structure.mlp_channels[old]
             out[dst + "post_attention_layernorm.weight"] = norm(src + "post_attention_layernorm.weight")
             for name in ("gate_proj", "up_proj"):
-                out[dst + f"mlp.{name}.weight"] = sd[src + f"mlp.{name}.weight"][ch][:, hidden]
-                if src + f"mlp.{name}.bias" in sd:
-                    out[dst + f"mlp.{name}.bias"] = sd[src + f"mlp.{name}.bias"][ch]
-            out[dst + "mlp.down_proj.weight"] = sd[src + "mlp.down_proj.weight"][hidden][:, ch]
-            if src + "mlp.down_proj.bias" in sd:
-                out[dst + "mlp.down_proj.bias"] = sd[src + "mlp.down_proj.bias"][hidden]
+                _slice_linear(out, sd, src + f"mlp.{name}", dst + f"mlp.{name}", ch, hidden)
+            _slice_linear(out, sd, src + "mlp.down_proj", dst + "mlp.down_proj", hidden, ch)
     return {k: v.clone().contiguous() for k, v in out.items()}
 
 
