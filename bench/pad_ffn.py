@@ -22,87 +22,21 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 
 import torch
-from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _results import write_results  # noqa: E402
-from hf_dynamic.models.partial_moe_bert import PartialMoEBertConfig  # noqa: E402
-from hf_dynamic.pad.layers import PartialDynamicFFN  # noqa: E402
+from hf_dynamic.pad.experts import EXPERTS_IMPLEMENTATION  # noqa: E402
+from _layers import DTYPES, DenseFFN, machine_name, make_step, moe_layer, time_interleaved  # noqa: E402
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 SIZES = {"bert-base": (768, 3072), "minilm": (384, 1536)}
-
-
-class DenseFFN(nn.Module):
-    def __init__(self, hidden, ffn):
-        super().__init__()
-        self.up = nn.Linear(hidden, ffn)
-        self.down = nn.Linear(ffn, hidden)
-
-    def forward(self, x):
-        return self.down(nn.functional.gelu(self.up(x)))
-
-
-def moe_layer(hidden, ffn, experts, top_k, kappa, granularity, implementation):
-    """A PartialDynamicFFN: κ = 1 (full MoE) or a finalised κ layer (neuron: exactly κ·d_ff dynamic neurons;
-    element: a random mask keeping κ of the entries)."""
-    kwargs = dict(hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=1, num_attention_heads=1,
-                  num_experts=experts, num_experts_per_tok=top_k, dynamic_ratio=kappa,
-                  partition_granularity=granularity)
-    config = PartialMoEBertConfig(**kwargs)
-    config._experts_implementation = implementation
-    layer = PartialDynamicFFN(config, 0)
-    if kappa < 1:
-        with torch.no_grad():
-            flat = torch.zeros(layer.num_partition_entries, dtype=torch.bool)
-            flat[torch.randperm(flat.numel())[: round(kappa * flat.numel())]] = True
-            layer.set_partition_mask(flat)
-        counts = layer.finalize_()
-        config.pad_partition, config.pad_state = {"0": counts}, "finalized"
-    with torch.no_grad():
-        for name, p in layer.named_parameters():
-            if name != "phi":
-                p.normal_(0, 0.02)
-    return layer
-
-
-def make_step(layer, x, grad, backward):
-    def step():
-        if backward:
-            x.grad = None
-            out = layer(x)
-            out = out[0] if isinstance(out, tuple) else out
-            out.backward(grad)
-        else:
-            with torch.no_grad():
-                layer(x)
-        if x.device.type == "cuda":
-            torch.cuda.synchronize()
-    return step
-
-
-def time_interleaved(steps: dict, repeats: int) -> dict:
-    """Median seconds per named step; the steps run round-robin (after 2 warm-ups each), so a change in machine
-    load affects them alike and the ratios stay meaningful on a shared machine."""
-    for step in steps.values():
-        for _ in range(2):
-            step()
-    times = {name: [] for name in steps}
-    for _ in range(repeats):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def bench_layers(args, device, dtype):
@@ -274,7 +208,8 @@ def main(argv=None):
     parser.add_argument("--experts", type=int, default=8)
     parser.add_argument("--top_k", type=int, default=2)
     parser.add_argument("--dynamic_ratio", type=float, default=0.5)
-    parser.add_argument("--experts_implementation", default="grouped_mm")
+    parser.add_argument("--experts_implementation", default=None,
+                        help="default: PartialMoEBert's (hf_dynamic_grouped_mm)")
     parser.add_argument("--repeats", type=int, default=None, help="default: 20 on cuda, 3 on cpu")
     parser.add_argument("--imp_iterations", type=int, default=2)
     parser.add_argument("--imp_num_batches", type=int, default=8)
@@ -290,10 +225,9 @@ def main(argv=None):
     args.repeats = args.repeats or (20 if cuda else 3)
     args.train_steps = args.train_steps or (20 if cuda else 3)
     args.machine = args.machine or ("gpu" if cuda else "cpu")
+    args.experts_implementation = args.experts_implementation or EXPERTS_IMPLEMENTATION
     dtype = DTYPES[args.dtype]
-    machine = (torch.cuda.get_device_name(device) if cuda else
-               f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-               f"{torch.get_num_threads()} torch threads")
+    machine = machine_name(device)
     result = {"benchmark": "pad_ffn", "machine": machine, "torch": torch.__version__,
               "command": "python bench/pad_ffn.py " + " ".join(sys.argv[1:] if argv is None else argv),
               "layers": bench_layers(args, device, dtype)}

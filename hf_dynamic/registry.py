@@ -7,6 +7,9 @@ Each model package under ``hf_dynamic/models/`` exposes two names:
 
 and may expose ``PUBLIC`` (extra public names such as helper functions). Adding a model type means adding its
 module path to :data:`MODEL_PACKAGES`; nothing else changes.
+
+:func:`register_all` also registers hf_dynamic's experts kernel (``"hf_dynamic_grouped_mm"``) in transformers'
+``ALL_EXPERTS_FUNCTIONS``, so any transformers MoE model can select it.
 """
 
 import importlib
@@ -37,7 +40,11 @@ def register_model(config_class, auto_classes):
 
 
 def register_all():
-    """Import every model package, register it, and return its public names (for ``hf_dynamic.__init__``)."""
+    """Import every model package, register it and our experts kernel; return the public names (for
+    ``hf_dynamic.__init__``)."""
+    from .pad.experts import register_experts_implementation
+
+    register_experts_implementation()
     public = {}
     for path in MODEL_PACKAGES:
         package = importlib.import_module(path)

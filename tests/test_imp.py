@@ -61,6 +61,34 @@ def test_deterministic_and_data_dependent():
     assert not all(torch.equal(a, b) for a, b in zip(masks_of(first), masks_of(third)))
 
 
+class CountingBatches:
+    """An iterable of batches that counts how many it has handed out."""
+
+    def __init__(self, items):
+        self.items, self.served = items, 0
+
+    def __iter__(self):
+        for item in self.items:
+            self.served += 1
+            yield item
+
+
+def test_tied_experts_are_scored_once_and_equal_one_shot():
+    data = CountingBatches(batches())
+    iterated = upcycled(dynamic_ratio=0.3)
+    summary = iterative_mode_partition(iterated, data, iterations=3, num_batches=2, finalize=False)
+    assert summary["scored_iterations"] == 1 and data.served == 2
+    one_shot = upcycled(dynamic_ratio=0.3)
+    iterative_mode_partition(one_shot, batches(), iterations=1, num_batches=2, finalize=False)
+    assert all(torch.equal(a, b) for a, b in zip(masks_of(iterated), masks_of(one_shot)))
+    # untied experts: every iteration is scored on fresh gradients
+    torch.manual_seed(3)
+    untied = PartialMoEBertForSequenceClassification(upcycled(dynamic_ratio=0.3).config)
+    data = CountingBatches(batches())
+    summary = iterative_mode_partition(untied, data, iterations=3, num_batches=2, finalize=False)
+    assert summary["scored_iterations"] == 3 and data.served == 6
+
+
 def test_snip_is_zero_on_upcycled_model_and_auto_switches():
     model = upcycled()
     layers = pad_layers(model)

@@ -100,7 +100,7 @@ def random_layer(config, std=0.3):
     return layer.eval()
 
 
-@pytest.mark.parametrize("implementation", ["eager", "grouped_mm"])
+@pytest.mark.parametrize("implementation", ["eager", "grouped_mm", "hf_dynamic_grouped_mm"])
 def test_kappa_one_equals_reference_moe(implementation):
     config = tiny_config(dynamic_ratio=1.0)
     config._experts_implementation = implementation
@@ -130,7 +130,7 @@ def pad_reference(layer, x, mask_parts):
 
 
 @pytest.mark.parametrize("granularity", ["element", "neuron"])
-@pytest.mark.parametrize("implementation", ["eager", "grouped_mm"])
+@pytest.mark.parametrize("implementation", ["eager", "grouped_mm", "hf_dynamic_grouped_mm"])
 def test_pad_layer_matches_formula_masked_and_finalized(granularity, implementation):
     config = tiny_config(partition_granularity=granularity)
     config._experts_implementation = implementation
@@ -299,3 +299,22 @@ def test_finalized_checkpoint_with_wrong_shapes_is_rejected(tmp_path):
         AutoModelForSequenceClassification.from_pretrained(tmp_path)
     with pytest.raises(ValueError, match="pad_state='finalized'"):
         finalize_partition(model)
+
+
+def test_zero3_registers_moe_layers_as_leaf_modules(monkeypatch):
+    import sys
+    import types
+
+    import transformers.integrations.deepspeed as hf_deepspeed
+
+    calls = []
+    fake = types.ModuleType("deepspeed.utils")
+    fake.set_z3_leaf_modules = lambda model, classes: calls.append((model, classes))
+    monkeypatch.setitem(sys.modules, "deepspeed", types.ModuleType("deepspeed"))
+    monkeypatch.setitem(sys.modules, "deepspeed.utils", fake)
+    PartialMoEBertForSequenceClassification(tiny_config())
+    assert calls == []  # not under ZeRO-3
+    monkeypatch.setattr(hf_deepspeed, "is_deepspeed_zero3_enabled", lambda: True)
+    model = PartialMoEBertForSequenceClassification(tiny_config())
+    # the inner PartialMoEBertModel registers too (harmless: the same modules); the last call covers the whole model
+    assert calls[-1] == (model, [PartialDynamicFFN]) and all(classes == [PartialDynamicFFN] for _, classes in calls)

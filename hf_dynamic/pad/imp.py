@@ -101,8 +101,6 @@ def _score_iteration(model, layers, dataloader, num_batches: int, kind: str, dev
         layer.imp_begin()
     seen = 0
     for batch in dataloader:
-        if seen >= num_batches:
-            break
         outputs = model(**_to_device(batch, device))
         loss = outputs.loss if hasattr(outputs, "loss") else None
         if loss is None:
@@ -116,6 +114,8 @@ def _score_iteration(model, layers, dataloader, num_batches: int, kind: str, dev
             layer.imp_accumulate(grads[offset:offset + n])
             offset += n
         seen += 1
+        if seen >= num_batches:  # stop before fetching a batch that would go unused
+            break
     if seen == 0:
         raise ValueError("the IMP dataloader yielded no batches")
     # Sum the gradients over ranks before scoring (|.| and the variance are not additive over ranks).
@@ -139,7 +139,8 @@ def iterative_mode_partition(model, dataloader, dynamic_ratio: float | None = No
         finalize: drop the redundant entries afterwards (:func:`finalize_partition`).
 
     Scoring runs in eval mode (no dropout, no router noise), so the masks are a deterministic function of the
-    model and the batches. Returns a summary (score used, batches, kept fraction per layer, seconds).
+    model and the batches. On a freshly upcycled model (experts identical to the static weight) the gradients do
+    not depend on the mask, so the batches are scored once and reused by every iteration. Returns a summary (score used, batches, kept fraction per layer, seconds).
     Raises ValueError, before any work, on a plain MoE (κ = 1), a model already partitioned or finalised, or bad
     arguments.
     """
@@ -154,11 +155,22 @@ def iterative_mode_partition(model, dataloader, dynamic_ratio: float | None = No
     model.eval()
     batches = 0
     schedule, kept_counts = [], []
+    # While every layer's experts are copies of its static weight (λ_s = λ_d = 1), the merged weights, hence the
+    # loss and its gradients, do not depend on M: every iteration would see the same scores, so they are computed
+    # once (T iterations then cost one, and equal T = 1's one-shot top-κ).
+    reuse = kind == "grad_variance" and all(layer.experts_tied() for layer in layers)
+    base_scores, scored = None, 0
     try:
         for t in range(iterations):
             keep = kappa ** ((t + 1) / iterations)
-            scores, batches = _score_iteration(model, layers, dataloader, num_batches, kind, device)
-            scores = normalize_scores(scores)
+            if base_scores is None:
+                scores, batches = _score_iteration(model, layers, dataloader, num_batches, kind, device)
+                scores = normalize_scores(scores)
+                scored += 1
+                if reuse:
+                    base_scores = scores
+            else:
+                scores = base_scores
             current = [layer.partition_mask().to(s.device) for layer, s in zip(layers, scores)]
             scores = [s.masked_fill(~m, float("-inf")) for s, m in zip(scores, current)]
             if scope == "global":
@@ -183,6 +195,7 @@ def iterative_mode_partition(model, dataloader, dynamic_ratio: float | None = No
         "dynamic_ratio": kappa,
         "iterations": iterations,
         "batches_per_iteration": batches,
+        "scored_iterations": scored,
         "scope": scope,
         "schedule": schedule,
         "kept_counts": kept_counts,

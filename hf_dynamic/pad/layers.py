@@ -63,6 +63,7 @@ class PartialDynamicFFN(nn.Module):
         self.router = TopKRouter(H, E, self.top_k, config.router_jitter_noise, config.router_noise_std)
         self._imp = None
         self._mask_cache = None
+        self._merged_cache = None
 
         if config.dynamic_ratio == 1:
             self.layout = "moe"
@@ -253,8 +254,7 @@ class PartialDynamicFFN(nn.Module):
             hidden = self.act_fn(F.linear(x, static_up, static_up_bias) * lambda_s.to(x.dtype))
             output = output + F.linear(hidden, static_down) * lambda_s.to(x.dtype)
         if up_proj.shape[1] > 0:
-            zero_bias = torch.zeros(self.num_experts, self.hidden_size, dtype=down_proj.dtype, device=x.device)
-            weights = ExpertWeights(up_proj, up_proj_bias * lambda_d, down_proj, zero_bias, self.act_fn)
+            weights = ExpertWeights(up_proj, up_proj_bias * lambda_d, down_proj, None, self.act_fn)
             routed = experts_forward(weights, x * lambda_d.to(x.dtype), top_k_index, top_k_weights,
                                      getattr(self.config, "_experts_implementation", None))
             output = output + routed * lambda_d.to(routed.dtype)
@@ -263,10 +263,25 @@ class PartialDynamicFFN(nn.Module):
     def merged_expert_weights(self) -> ExpertWeights:
         """Every expert's computed weight ``λ_d·M⊙W_i + λ_s·(1−M)⊙W_s`` as dense ``[E, ...]`` tensors.
 
-        Used in element mode (masked and finalised: no FLOP saving is possible there, so the routed experts run at
-        the full MoE's cost on merged weights; the static values are stored once) and while IMP scores the mask
-        (the mask is then a continuous leaf tensor and the merged weights keep their gradients).
+        Used in element mode (masked and finalised) and while IMP scores the mask (the mask is then a continuous
+        leaf tensor and the merged weights keep their gradients). Element mode saves no FLOPs: an unstructured
+        mask leaves every expert a dense matrix, and splitting ``W_i x`` into a static and a dynamic product by
+        linearity would *add* a ``[tokens, d_ff, H]`` product. So the routed experts run at the full MoE's cost
+        on merged weights, while only the static values are stored once. Without gradients (inference) the
+        finalised layer caches the merged weights until a parameter changes (``_version``, storage, device or
+        dtype), so it then runs at the full MoE's speed, holding the full MoE's expert weights in memory.
         """
+        if self._imp is None and self.layout == "finalized" and self.granularity == "element" and not (
+                torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters(recurse=False))):
+            key = tuple((t.data_ptr(), t._version, t.dtype, t.device)
+                        for t in [*self.parameters(recurse=False), *self.buffers(recurse=False)])
+            if self._merged_cache is None or self._merged_cache[0] != key:
+                self._merged_cache = None  # free the stale copy before building the new one
+                self._merged_cache = (key, self._merge_weights())
+            return self._merged_cache[1]
+        return self._merge_weights()
+
+    def _merge_weights(self) -> ExpertWeights:
         lambda_s, lambda_d = self.lambdas()
         E = self.num_experts
         merged = {}
@@ -394,6 +409,7 @@ class PartialDynamicFFN(nn.Module):
                 counts[part] = int(flat.sum())
         self.layout = "finalized"
         self._mask_cache = None
+        self._merged_cache = None
         return counts
 
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:

@@ -46,6 +46,7 @@ from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import OutputRecorder
 
 from ...core.routing import TopKRouter, load_balancing_loss
+from ...pad.experts import EXPERTS_IMPLEMENTATION
 from ...pad.layers import PARTS, PartialDynamicFFN
 from .configuration_partial_moe_bert import PartialMoEBertConfig
 
@@ -128,6 +129,21 @@ class PartialMoEBertEncoder(BertEncoder):
             for i in range(config.num_hidden_layers)])
 
 
+def register_zero3_leaf_modules(model) -> bool:
+    """Under DeepSpeed ZeRO-3, mark every :class:`PartialDynamicFFN` a ZeRO-3 *leaf*: its parameters are gathered
+    all at once rather than hooked one submodule at a time. Routing leaves some experts without tokens, so per-module
+    prefetching would wait for parameters a rank never uses and hang (DeepSpeed's ``set_z3_leaf_modules``, the
+    documented remedy for MoE models). Returns True when it registered; a no-op outside ZeRO-3."""
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+    if not is_deepspeed_zero3_enabled():
+        return False
+    from deepspeed.utils import set_z3_leaf_modules
+
+    set_z3_leaf_modules(model, [PartialDynamicFFN])
+    return True
+
+
 # ------------------------------------------------------------------------------------------------------- models
 class PartialMoEBertPreTrainedModel(BertPreTrainedModel):
     config: PartialMoEBertConfig
@@ -146,6 +162,15 @@ class PartialMoEBertPreTrainedModel(BertPreTrainedModel):
     def _can_set_experts_implementation(cls) -> bool:
         # The experts kernels are dispatched by PartialDynamicFFN through transformers' ALL_EXPERTS_FUNCTIONS.
         return True
+
+    def post_init(self):
+        super().post_init()
+        register_zero3_leaf_modules(self)
+
+    def get_correct_experts_implementation(self, requested_experts: str | None) -> str:
+        # Unset means hf_dynamic's kernel (registered on `import hf_dynamic`), not transformers' `grouped_mm`.
+        return super().get_correct_experts_implementation(
+            EXPERTS_IMPLEMENTATION if requested_experts is None else requested_experts)
 
     @torch.no_grad()
     def _init_weights(self, module):
