@@ -38,3 +38,10 @@ def test_unknown_variant_is_rejected_before_work(tmp_path):
 def test_unknown_task_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="'mnli2'"):
         run_glue.main(["--task", "mnli2", "--output_dir", str(tmp_path)])
+
+
+def test_default_output_dir_names_task_variant_and_seed():
+    script_args, training_args, _, _ = run_glue.parse_args(["--task", "rte", "--variant", "pad_moe", "--seed", "3"])
+    assert training_args.output_dir == os.path.join("outputs", "glue", "rte-pad_moe-s3")
+    _, explicit, _, _ = run_glue.parse_args(["--output_dir", "/tmp/somewhere"])
+    assert explicit.output_dir == "/tmp/somewhere"

@@ -75,7 +75,9 @@ class ScriptArguments:
 class GlueTrainingArguments(TrainingArguments):
     """TrainingArguments with the GLUE recipe's defaults (every field stays overridable)."""
 
-    output_dir: str | None = field(default=None, metadata={"help": "Default: outputs/glue/<task>-<variant>-s<seed>"})
+    # A template, filled after parsing (TrainingArguments turns a None default into "trainer_output").
+    output_dir: str = field(default="outputs/glue/{task}-{variant}-s{seed}",
+                            metadata={"help": "Output folder; {task}, {variant} and {seed} are filled in"})
     learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate"})
     num_train_epochs: float = field(default=5.0, metadata={"help": "Training epochs"})
     per_device_train_batch_size: int = field(default=32, metadata={"help": "Training batch size per device"})
@@ -95,9 +97,8 @@ def parse_args(argv=None):
     if script_args.variant != "dense" and script_args.variant not in by_variant:
         raise ValueError(f"--variant {script_args.variant!r} is unknown; choose from "
                          f"{['dense', *sorted(by_variant)]}")
-    if training_args.output_dir is None:
-        training_args.output_dir = os.path.join(
-            "outputs", "glue", f"{script_args.task}-{script_args.variant}-s{training_args.seed}")
+    training_args.output_dir = training_args.output_dir.format(
+        task=script_args.task, variant=script_args.variant, seed=training_args.seed)
     return script_args, training_args, by_variant, variant_args
 
 
