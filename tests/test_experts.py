@@ -208,3 +208,28 @@ def test_element_mode_caches_merged_weights_at_inference_only():
         out_after, _ = layer(x)
     torch.testing.assert_close(out_after, layer(x)[0].detach())
     assert not torch.allclose(out_after, out_cached)
+
+
+def test_autocast_computes_in_the_autocast_dtype_with_fp32_gradients(monkeypatch):
+    import hf_dynamic.pad.experts as experts_module
+
+    seen = []
+    original = experts_module._grouped_mm
+
+    def spy(x, weight, offsets):
+        seen.append((x.dtype, weight.dtype))
+        return original(x, weight, offsets)
+
+    monkeypatch.setattr(experts_module, "_grouped_mm", spy)
+    weights, x, index, w = make_case(4, 2, tokens=32, hidden=16, ffn=32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = sorted_grouped_mm_experts_forward(weights, x, index, w)
+    assert seen == [(torch.bfloat16, torch.bfloat16)] * 2  # both GEMMs in bf16, as nn.Linear under autocast
+    assert out.dtype == torch.float32
+    grads = torch.autograd.grad(out.sum(), inputs_of(weights, x, w))
+    assert all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
+    reference = eager_experts_forward(weights, x, index, w).detach()
+    torch.testing.assert_close(out.detach(), reference, atol=0.02 * float(reference.abs().max()), rtol=0)
+    seen.clear()
+    sorted_grouped_mm_experts_forward(weights, x, index, w)
+    assert seen == [(torch.float32, torch.float32)] * 2

@@ -157,18 +157,19 @@ def _grouped_mm(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor) ->
 
 
 def _grouped_weight(weight: torch.Tensor, bias: torch.Tensor | None, is_transposed: bool, in_width: int,
-                    out_width: int) -> torch.Tensor:
+                    out_width: int, dtype: torch.dtype) -> torch.Tensor:
     """The right operand ``[E, in_width, out_width]`` of the grouped GEMM: ``W^T`` per expert, zero-padded, with the
     bias as row ``in`` (it meets the ones column :class:`_GatherSortedRows` appends).
 
     Padding happens in the stored layout (``[E, out, in]`` unless ``is_transposed``), a contiguous copy; the
     transpose stays a view (a transposing copy costs more than the GEMM's layout preference on the CPU).
     """
+    weight = weight.to(dtype)
     in_dim, out_dim = (1, 2) if is_transposed else (2, 1)
     fan_in, fan_out = weight.shape[in_dim], weight.shape[out_dim]
     pieces = [weight]
     if bias is not None:
-        pieces.append(bias.to(weight.dtype).unsqueeze(in_dim))
+        pieces.append(bias.to(dtype).unsqueeze(in_dim))
     extra_in = in_width - fan_in - (bias is not None)
     if extra_in:
         shape = list(weight.shape)
@@ -210,8 +211,11 @@ def sorted_grouped_mm_experts_forward(self, hidden_states: torch.Tensor, top_k_i
     else:
         up_weight, up_bias = self.up_proj, (self.up_proj_bias if has_bias else None)
     down_bias = getattr(self, "down_proj_bias", None) if has_bias else None
-    weight_dtype = up_weight.dtype
-    x = hidden_states.contiguous().to(weight_dtype)
+    # torch's grouped GEMM is not autocast-aware: under autocast, compute in its dtype as nn.Linear would.
+    device_type = hidden_states.device.type
+    autocast = torch.is_autocast_enabled(device_type)
+    compute_dtype = torch.get_autocast_dtype(device_type) if autocast else up_weight.dtype
+    x = hidden_states.contiguous().to(compute_dtype)
 
     with torch.no_grad():
         expert_ids = top_k_index.reshape(-1)
@@ -228,7 +232,8 @@ def sorted_grouped_mm_experts_forward(self, hidden_states: torch.Tensor, top_k_i
     up_out = up_weight.shape[-1] if self.is_transposed else up_weight.shape[-2]
     up_width = _aligned(up_out)
     rows = _GatherSortedRows.apply(x, perm, inv_perm, top_k, in_width, up_bias is not None)
-    h = _grouped_mm(rows, _grouped_weight(up_weight, up_bias, self.is_transposed, in_width, up_width), offsets)
+    h = _grouped_mm(rows, _grouped_weight(up_weight, up_bias, self.is_transposed, in_width, up_width, compute_dtype),
+                    offsets)
     if up_width != up_out:
         h = h[:, :up_out]
     h = self._apply_gate(h) if self.has_gate else self.act_fn(h)
@@ -238,16 +243,18 @@ def sorted_grouped_mm_experts_forward(self, hidden_states: torch.Tensor, top_k_i
     ffn_width, out_width = _aligned(ffn), _aligned(hidden)
     if ffn_width != ffn:
         h = torch.nn.functional.pad(h, (0, ffn_width - ffn))
-    y = _grouped_mm(h, _grouped_weight(self.down_proj, None, self.is_transposed, ffn_width, out_width), offsets)
+    y = _grouped_mm(h, _grouped_weight(self.down_proj, None, self.is_transposed, ffn_width, out_width, compute_dtype),
+                    offsets)
     if out_width != hidden:
         y = y[:, :hidden]
     y = _PermuteRows.apply(y, inv_perm, perm).view(num_tokens, top_k, hidden)
-    accumulate = torch.promote_types(weight_dtype, torch.float32)
-    weights = top_k_weights.to(accumulate)
-    output = (y * weights.unsqueeze(-1)).sum(dim=1)
-    if down_bias is not None:
-        routing = weights.new_zeros(num_tokens, num_experts).scatter_add(1, top_k_index, weights)
-        output = torch.addmm(output, routing, down_bias.to(accumulate))
+    accumulate = torch.promote_types(compute_dtype, torch.float32)
+    with torch.autocast(device_type, enabled=False):  # the mix and the bias GEMM stay in fp32 (or fp64)
+        weights = top_k_weights.to(accumulate)
+        output = (y * weights.unsqueeze(-1)).sum(dim=1)
+        if down_bias is not None:
+            routing = weights.new_zeros(num_tokens, num_experts).scatter_add(1, top_k_index, weights)
+            output = torch.addmm(output, routing, down_bias.to(accumulate))
     return output.to(hidden_states.dtype)
 
 
