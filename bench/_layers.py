@@ -37,10 +37,7 @@ def moe_layer(hidden, ffn, experts, top_k, kappa, granularity, implementation=No
     config._experts_implementation = implementation
     layer = PartialDynamicFFN(config, 0)
     if kappa < 1:
-        with torch.no_grad():
-            flat = torch.zeros(layer.num_partition_entries, dtype=torch.bool)
-            flat[torch.randperm(flat.numel())[: round(kappa * flat.numel())]] = True
-            layer.set_partition_mask(flat)
+        random_partition_(layer, kappa)
         counts = layer.finalize_()
         config.pad_partition, config.pad_state = {"0": counts}, "finalized"
     with torch.no_grad():
@@ -48,6 +45,15 @@ def moe_layer(hidden, ffn, experts, top_k, kappa, granularity, implementation=No
             if name != "phi":
                 p.normal_(0, 0.02)
     return layer
+
+
+@torch.no_grad()
+def random_partition_(layer: PartialDynamicFFN, kappa: float) -> None:
+    """Set a random mask keeping exactly ``round(κ·m)`` of the layer's ``m`` entries dynamic (the speed of a
+    partition does not depend on which entries IMP would pick)."""
+    flat = torch.zeros(layer.num_partition_entries, dtype=torch.bool)
+    flat[torch.randperm(flat.numel())[: round(kappa * flat.numel())]] = True
+    layer.set_partition_mask(flat)
 
 
 def make_step(layer, x, grad, backward, inner=1):

@@ -24,13 +24,22 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _layers import DTYPES, DenseFFN, machine_name, make_step, moe_layer, time_interleaved  # noqa: E402
+from _layers import (  # noqa: E402
+    DTYPES,
+    DenseFFN,
+    machine_name,
+    make_step,
+    moe_layer,
+    random_partition_,
+    time_interleaved,
+)
 from _results import write_results  # noqa: E402
 from hf_dynamic.pad.experts import EXPERTS_IMPLEMENTATION  # noqa: E402
 
@@ -134,20 +143,15 @@ def build_model(size, variant, experts, top_k, kappa):
     model = PartialMoEBertForSequenceClassification(config)
     model.set_experts_implementation("grouped_mm" if variant == "moe_transformers_grouped_mm" else
                                      EXPERTS_IMPLEMENTATION)
-    if kappa < 1:  # a random partition keeping exactly κ (IMP's choice does not change the speed)
-        with torch.no_grad():
-            for layer in pad_layers(model):
-                flat = torch.zeros(layer.num_partition_entries, dtype=torch.bool)
-                flat[torch.randperm(flat.numel())[: round(kappa * flat.numel())]] = True
-                layer.set_partition_mask(flat)
+    if kappa < 1:
+        for layer in pad_layers(model):
+            random_partition_(layer, kappa)
         model.config.pad_state = "partitioned"
         finalize_partition(model)
     return model
 
 
 def bench_models(args, device):
-    import time
-
     rows = []
     cuda = device.type == "cuda"
     for size in args.model_sizes:

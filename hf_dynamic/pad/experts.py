@@ -275,8 +275,8 @@ def pad_for_grouped_mm(weights: ExpertWeights, hidden_states: torch.Tensor):
     the sizes are already aligned (PAD-Net's neuron split can make ``d_ff`` odd).
     """
     num_experts, ffn, hidden = weights.up_proj.shape
-    pad_f = (-ffn) % GROUPED_MM_ALIGNMENT
-    pad_h = (-hidden) % GROUPED_MM_ALIGNMENT
+    pad_f = _aligned(ffn) - ffn
+    pad_h = _aligned(hidden) - hidden
     if pad_f == 0 and pad_h == 0:
         return weights, hidden_states, hidden
     F = torch.nn.functional

@@ -140,7 +140,8 @@ def iterative_mode_partition(model, dataloader, dynamic_ratio: float | None = No
 
     Scoring runs in eval mode (no dropout, no router noise), so the masks are a deterministic function of the
     model and the batches. On a freshly upcycled model (experts identical to the static weight) the gradients do
-    not depend on the mask, so the batches are scored once and reused by every iteration. Returns a summary (score used, batches, kept fraction per layer, seconds).
+    not depend on the mask, so the batches are scored once and reused by every iteration. Returns a summary
+    (score used, batches, scored iterations, kept fraction per layer, seconds).
     Raises ValueError, before any work, on a plain MoE (κ = 1), a model already partitioned or finalised, or bad
     arguments.
     """
@@ -159,20 +160,16 @@ def iterative_mode_partition(model, dataloader, dynamic_ratio: float | None = No
     # loss and its gradients, do not depend on M: every iteration would see the same scores, so they are computed
     # once (T iterations then cost one, and equal T = 1's one-shot top-κ).
     reuse = kind == "grad_variance" and all(layer.experts_tied() for layer in layers)
-    base_scores, scored = None, 0
+    scored = 0
     try:
         for t in range(iterations):
             keep = kappa ** ((t + 1) / iterations)
-            if base_scores is None:
-                scores, batches = _score_iteration(model, layers, dataloader, num_batches, kind, device)
-                scores = normalize_scores(scores)
+            if t == 0 or not reuse:
+                raw_scores, batches = _score_iteration(model, layers, dataloader, num_batches, kind, device)
+                raw_scores = normalize_scores(raw_scores)
                 scored += 1
-                if reuse:
-                    base_scores = scores
-            else:
-                scores = base_scores
-            current = [layer.partition_mask().to(s.device) for layer, s in zip(layers, scores)]
-            scores = [s.masked_fill(~m, float("-inf")) for s, m in zip(scores, current)]
+            current = [layer.partition_mask().to(s.device) for layer, s in zip(layers, raw_scores)]
+            scores = [s.masked_fill(~m, float("-inf")) for s, m in zip(raw_scores, current)]
             if scope == "global":
                 masks = topk_masks(scores, count_to_keep(keep, sum(s.numel() for s in scores)))
             else:
