@@ -45,3 +45,5 @@ def test_default_output_dir_names_task_variant_and_seed():
     assert training_args.output_dir == os.path.join("outputs", "glue", "rte-pad_moe-s3")
     _, explicit, _, _ = run_glue.parse_args(["--output_dir", "/tmp/somewhere"])
     assert explicit.output_dir == "/tmp/somewhere"
+    with pytest.raises(ValueError, match=r"--output_dir 'out/\{name\}': only \{task\}"):
+        run_glue.parse_args(["--output_dir", "out/{name}"])

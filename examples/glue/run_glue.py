@@ -97,8 +97,12 @@ def parse_args(argv=None):
     if script_args.variant != "dense" and script_args.variant not in by_variant:
         raise ValueError(f"--variant {script_args.variant!r} is unknown; choose from "
                          f"{['dense', *sorted(by_variant)]}")
-    training_args.output_dir = training_args.output_dir.format(
-        task=script_args.task, variant=script_args.variant, seed=training_args.seed)
+    try:
+        training_args.output_dir = training_args.output_dir.format(
+            task=script_args.task, variant=script_args.variant, seed=training_args.seed)
+    except (KeyError, IndexError, ValueError) as error:
+        raise ValueError(f"--output_dir {training_args.output_dir!r}: only {{task}}, {{variant}} and {{seed}} may "
+                         f"be filled in ({error!r})") from None
     return script_args, training_args, by_variant, variant_args
 
 
