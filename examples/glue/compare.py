@@ -1,27 +1,51 @@
 #!/usr/bin/env python
-"""Run GLUE variants × tasks × seeds through run_glue.py and tabulate dev metrics (mean ± std) with parameter
-counts, like PAD-Net's table (METHODS.md §1).
+"""The GLUE evidence tables: PAD-Net (dense / MoE / PAD element / PAD neuron) and BoostNet (boosted vs joint exits),
+RTE, MRPC and CoLA, 3 seeds, on the CPU. Each run is one `run_glue.py` process; its result is one JSON file.
 
-    # the issue's table (GPU): dense, MoE (κ = 1), PAD κ = 0.5 (element and neuron), 3 seeds, bf16
-    python examples/glue/compare.py --tasks rte mrpc cola sst2 --runs dense moe pad_element pad_neuron \\
-        --seeds 1 2 3 --device cuda --bf16 --output_dir outputs/compare
-    # a small CPU slice
-    python examples/glue/compare.py --tasks rte --runs dense pad_neuron --seeds 1 --device cpu \\
-        --output_dir outputs/compare_cpu -- --max_train_samples 256 --num_train_epochs 1
+    # start (or continue) the PAD-Net table in the background; finished runs are skipped
+    nice python examples/glue/compare.py --table pad
+    # the early-exit table
+    nice python examples/glue/compare.py --table exit
+    # only regenerate the Markdown tables (and plots) from the run files that exist
+    python examples/glue/compare.py --table pad --tables_only
+    # on a GPU machine (bf16), into its own folder
+    python examples/glue/compare.py --table pad --device cuda --bf16 --results_dir examples/glue/results/gpu
 
-Arguments after `--` go to every run_glue.py call (they override the per-task recipe below). Each run writes
-`<output_dir>/<task>/<run>/s<seed>/eval_results.json`; finished runs are reused unless `--overwrite`. The
-summary goes to `<output_dir>/compare.json` and `compare.md`.
+Protocol (fixed before any result was looked at; the same for every variant of a task):
+- Backbone: the packaged all-MiniLM-L6-v2. Seeds 1, 2, 3. Full train and dev sets.
+- Metrics: RTE accuracy, MRPC F1 (accuracy also recorded), CoLA MCC; a table's average is their mean.
+- Recipe ``naive`` (:data:`RECIPES`): AdamW, linear schedule, 6 % warm-up, batch 32, max length 128 (no
+  truncation change), ``--train_sampling_strategy group_by_length``; RTE 3 epochs at lr 1e-4, MRPC 3 epochs at
+  lr 1e-4, CoLA 3 epochs at lr 5e-5. PAD/MoE: E = 8 experts, top-2, router balance loss 0.01; PAD κ = 0.5 with
+  IMP (2 rounds, 8 batches, gradient-variance score on the identical upcycled experts, global scope) at the
+  start of training. Exits: a head on every layer, CLS pooling, t = 0.5 (boosted), no rescaling for joint.
+- Why these epochs: each run must finish in ~15 minutes on 2 CPU cores. The slowest variant (MoE, κ = 1) was
+  timed at ≈ 4.8 s per step on RTE with random batches (padding to ≈ 128 tokens in every batch) and ≈ 3.5 s with
+  length-grouped batches, so RTE (78 steps per epoch) gets 3 epochs (≈ 12 min); MRPC (115 steps per epoch,
+  ≈ 53 tokens mean) 3 epochs; CoLA (268 steps per epoch, ≈ 11 tokens) 3 epochs. ASSETS.md's dense anchors used
+  more epochs (RTE 10 at 5e-5, MRPC 5 at 1e-4, CoLA 5 at 5e-5); the shorter runs take the larger learning rate
+  where the epochs were cut most (RTE). Group-by-length batching halves RTE's padded tokens; it is a sampler
+  choice, identical for all variants.
+
+Files: each run writes ``<results_dir>/<recipe>/<task>/<run>-s<seed>.json`` (metrics, parameters, train time,
+the exact command, the machine with its torch threads, the code's commit); re-running skips runs whose file
+exists; the model outputs go to ``--work_dir`` (not committed). The tables ``<results_dir>/pad_table.{md,json}``
+and ``<results_dir>/exit_table.{md,json}`` (+ ``exit_<task>.png``) are regenerated from whatever run files exist,
+with n per cell, after every run.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import glob
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -33,13 +57,24 @@ RUNS = {
     "moe": ("moe", []),
     "pad_element": ("pad_moe", ["--pad_granularity", "element", "--pad_dynamic_ratio", "0.5"]),
     "pad_neuron": ("pad_moe", ["--pad_granularity", "neuron", "--pad_dynamic_ratio", "0.5"]),
+    "boosted": ("boosted_exit", []),
+    "joint": ("joint_exit", []),
 }
-# Per-task recipe (ASSETS.md's dense recipe for MiniLM: batch 32, max length 128, 6 % warm-up, linear schedule).
-TASK_RECIPES = {
-    "rte": ["--learning_rate", "5e-5", "--num_train_epochs", "10"],
-    "mrpc": ["--learning_rate", "1e-4", "--num_train_epochs", "5"],
-    "cola": ["--learning_rate", "5e-5", "--num_train_epochs", "5"],
-    "sst2": ["--learning_rate", "5e-5", "--num_train_epochs", "3"],
+TABLES = {"pad": ("dense", "moe", "pad_element", "pad_neuron"), "exit": ("boosted", "joint")}
+TASKS = ("rte", "mrpc", "cola")
+SEEDS = (1, 2, 3)
+_COMMON = ["--train_sampling_strategy", "group_by_length", "--max_seq_length", "128"]
+# recipe -> task -> (run_glue flags, the reason written into every run file)
+RECIPES = {
+    "naive": {
+        "rte": (_COMMON + ["--learning_rate", "1e-4", "--num_train_epochs", "3"],
+                "3 epochs: MoE (the slowest variant) ≈ 3.5 s/step with length-grouped batches × 78 steps/epoch "
+                "≈ 4.5 min/epoch on 2 cores; lr 1e-4 as fewer epochs than the anchor's 10"),
+        "mrpc": (_COMMON + ["--learning_rate", "1e-4", "--num_train_epochs", "3"],
+                 "3 epochs: MoE ≈ 2.5 s/step × 115 steps/epoch ≈ 5 min/epoch on 2 cores (the main job's epochs)"),
+        "cola": (_COMMON + ["--learning_rate", "5e-5", "--num_train_epochs", "3"],
+                 "3 epochs: MoE ≈ 0.9 s/step × 268 steps/epoch ≈ 4 min/epoch on 2 cores"),
+    },
 }
 MAIN_METRIC = {"cola": "matthews_correlation", "sst2": "accuracy", "mrpc": "f1", "qqp": "f1", "stsb": "pearson",
                "mnli": "accuracy", "qnli": "accuracy", "rte": "accuracy", "wnli": "accuracy"}
@@ -52,32 +87,42 @@ def parse_args(argv=None):
         cut = argv.index("--")
         argv, passthrough = argv[:cut], argv[cut + 1:]
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tasks", nargs="+", default=["rte", "mrpc", "cola", "sst2"])
-    parser.add_argument("--runs", nargs="+", default=list(RUNS), help=f"any of {list(RUNS)}")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
-    parser.add_argument("--output_dir", default="outputs/compare")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda")
+    parser.add_argument("--table", choices=sorted(TABLES), default="pad")
+    parser.add_argument("--runs", nargs="+", default=None, help="subset of the table's runs (default: all)")
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
+    parser.add_argument("--recipe", default="naive", help=f"one of {sorted(RECIPES)}")
+    parser.add_argument("--results_dir", default=os.path.join(HERE, "results", "cpu"))
+    parser.add_argument("--work_dir", default=os.path.join(REPO, "outputs", "compare"))
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (the GPU recipe)")
-    parser.add_argument("--overwrite", action="store_true", help="re-run finished runs")
+    parser.add_argument("--tables_only", action="store_true", help="only regenerate the tables from run files")
     parser.add_argument("--dry_run", action="store_true", help="print the commands only")
     args = parser.parse_args(argv)
+    args.runs = list(args.runs or TABLES[args.table])
     for run in args.runs:
-        if run not in RUNS:
-            raise ValueError(f"--runs: unknown run {run!r}; choose from {list(RUNS)}")
+        if run not in TABLES[args.table]:
+            raise ValueError(f"--runs: {run!r} is not a run of table {args.table!r}; choose from "
+                             f"{list(TABLES[args.table])}")
+    if args.recipe not in RECIPES:
+        raise ValueError(f"--recipe: unknown recipe {args.recipe!r}; choose from {sorted(RECIPES)}")
     for task in args.tasks:
-        if task not in MAIN_METRIC:
-            raise ValueError(f"--tasks: unknown GLUE task {task!r}; choose from {list(MAIN_METRIC)}")
+        if task not in RECIPES[args.recipe]:
+            raise ValueError(f"--tasks: task {task!r} has no entry in recipe {args.recipe!r}; choose from "
+                             f"{sorted(RECIPES[args.recipe])}")
     return args, passthrough
 
 
-def run_dir(args, task, run, seed):
-    return os.path.join(args.output_dir, task, run, f"s{seed}")
+def run_file(results_dir, recipe, task, run, seed) -> str:
+    return os.path.join(results_dir, recipe, task, f"{run}-s{seed}.json")
 
 
-def command(args, task, run, seed, passthrough):
+def command(args, task, run, seed, passthrough) -> list[str]:
     variant, flags = RUNS[run]
+    recipe_flags, _ = RECIPES[args.recipe][task]
     cmd = [sys.executable, os.path.join(HERE, "run_glue.py"), "--task", task, "--variant", variant, *flags,
-           "--seed", str(seed), "--output_dir", run_dir(args, task, run, seed), *TASK_RECIPES.get(task, [])]
+           "--seed", str(seed), "--output_dir", os.path.join(args.work_dir, args.recipe, task, run, f"s{seed}"),
+           *recipe_flags]
     if args.device == "cpu":
         cmd.append("--use_cpu")
     if args.bf16:
@@ -85,75 +130,271 @@ def command(args, task, run, seed, passthrough):
     return cmd + passthrough
 
 
-def summarise(results: list[dict], runs, tasks) -> dict:
-    """Per run and task: mean ± std (× 100) of the task's main metric on its first validation split."""
+def machine_info(device: str) -> dict:
+    """CPU model, cores, torch threads and versions (the GPU's name on cuda)."""
+    import torch
+    import transformers
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "transformers": transformers.__version__, "device": device}
+    if device == "cuda" and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def git_commit() -> str | None:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "hf_dynamic", "examples/glue/run_glue.py",
+                                "examples/glue/variant_pad.py", "examples/glue/variant_exit.py"],
+                               cwd=REPO, capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def write_json_atomic(path: str, payload) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(payload, f, indent=2)
+    os.replace(tmp, path)
+
+
+def run_record(args, task, run, seed, cmd, eval_results: dict, wall_s: float) -> dict:
+    """One run file's content: the run's identity, recipe, machine, commit and what run_glue.py measured."""
+    metrics = eval_results["metrics"]
+    split = next(iter(metrics))
+    record = {
+        "task": task, "run": run, "seed": seed, "recipe": args.recipe, "split": split,
+        "main_metric_name": MAIN_METRIC[task], "main_metric": metrics[split][MAIN_METRIC[task]],
+        "metrics": metrics, "num_parameters": eval_results.get("num_parameters"),
+        "num_parameters_active": eval_results.get("num_parameters_active", eval_results.get("num_parameters")),
+        "train_runtime_s": eval_results.get("train_runtime_s"), "wall_s": wall_s,
+        "epochs_reason": RECIPES[args.recipe][task][1],
+        "command": " ".join(["python", os.path.relpath(cmd[1], REPO), *cmd[2:]]),
+        "machine": machine_info(args.device), "commit": git_commit(),
+        "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    for key in ("moe", "imp", "num_parameters_moe_ffn", "num_parameters_router"):
+        if key in eval_results:
+            record[key] = eval_results[key]
+    if "exits" in eval_results:
+        record["exit_anytime"] = [{"exit_layer": e["exit_layer"], "metric": e[MAIN_METRIC[task]]}
+                                  for e in eval_results["exits"][split]["anytime"]]
+    return record
+
+
+def load_runs(results_dir: str, recipe: str) -> list[dict]:
+    """Every run file of ``recipe`` under ``results_dir`` (unreadable files are reported, not skipped silently)."""
+    runs = []
+    for path in sorted(glob.glob(os.path.join(results_dir, recipe, "*", "*.json"))):
+        with open(path) as f:
+            try:
+                runs.append(json.load(f))
+            except json.JSONDecodeError as error:
+                raise ValueError(f"run file {path} is not valid JSON: {error}") from None
+    return runs
+
+
+def mean_std(values: list[float]) -> dict:
+    """Mean, sample standard deviation (0 for one value) and n, all × 100 for metrics in [0, 1]."""
+    return {"mean": 100 * statistics.mean(values), "std": 100 * statistics.stdev(values) if len(values) > 1 else 0.0,
+            "n": len(values), "values": values}
+
+
+def _cell(stats: dict | None, digits: int = 1) -> str:
+    return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f} (n={stats['n']})" if stats else "–"
+
+
+def summarise_pad(runs: list[dict], run_names, tasks) -> dict:
+    """Per run: per task mean ± std of the main metric (MRPC accuracy too), average over tasks that all have
+    results, parameters (total, active per token) and mean train time."""
     table = {}
-    for run in runs:
-        row = {}
+    for name in run_names:
+        rows = [r for r in runs if r["run"] == name]
+        cells = {}
         for task in tasks:
-            values = [r["main_metric"] for r in results if r["run"] == run and r["task"] == task]
+            values = [r["main_metric"] for r in rows if r["task"] == task]
             if values:
-                row[task] = {"mean": 100 * statistics.mean(values),
-                             "std": 100 * statistics.stdev(values) if len(values) > 1 else 0.0,
-                             "n": len(values), "values": values}
-        means = [row[t]["mean"] for t in tasks if t in row]
-        params = [r["num_parameters"] for r in results if r["run"] == run]
-        table[run] = {"tasks": row, "average": statistics.mean(means) if len(means) == len(tasks) else None,
-                      "num_parameters": params[0] if params else None,
-                      "num_parameters_moe_ffn": next((r.get("num_parameters_moe_ffn") for r in results
-                                                      if r["run"] == run), None)}
+                cells[task] = mean_std(values)
+                if task == "mrpc":
+                    cells["mrpc_accuracy"] = mean_std([r["metrics"][r["split"]]["accuracy"] for r in rows
+                                                       if r["task"] == task])
+        complete = all(task in cells for task in tasks)
+        times = [r["train_runtime_s"] for r in rows if r.get("train_runtime_s") is not None]
+        table[name] = {
+            "tasks": cells,
+            "average": statistics.mean(cells[t]["mean"] for t in tasks) if complete and tasks else None,
+            "num_parameters": rows[0]["num_parameters"] if rows else None,
+            "num_parameters_active": rows[0]["num_parameters_active"] if rows else None,
+            "train_min_per_run": statistics.mean(times) / 60 if times else None,
+        }
     return table
 
 
-def markdown(table: dict, tasks, args) -> str:
-    head = ["run", "params (M)", *[f"{t} ({MAIN_METRIC[t]})" for t in tasks], "avg"]
-    lines = [f"GLUE dev, seeds {args.seeds}, device {args.device}{' bf16' if args.bf16 else ''}; mean ± std × 100.",
-             "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for run, row in table.items():
-        cells = [run, f"{row['num_parameters'] / 1e6:.2f}" if row["num_parameters"] else "–"]
+def markdown_pad(table: dict, tasks, recipe: str, machine: str) -> str:
+    head = ["run", *[f"{t} ({MAIN_METRIC[t]})" for t in tasks]]
+    if "mrpc" in tasks:
+        head.insert(head.index(f"mrpc ({MAIN_METRIC['mrpc']})") + 1, "mrpc (accuracy)")
+    head += ["average", "params total (M)", "params active/token (M)", "train min/run"]
+    lines = [f"# PAD-Net GLUE table (recipe `{recipe}`), dev set, mean ± std × 100 over seeds (n per cell)", "",
+             f"Machine: {machine}. Average: mean of the task means, shown once every task has a result.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, row in table.items():
+        cells = [name]
         for task in tasks:
-            cell = row["tasks"].get(task)
-            cells.append(f"{cell['mean']:.1f} ± {cell['std']:.1f} (n={cell['n']})" if cell else "–")
+            cells.append(_cell(row["tasks"].get(task)))
+            if task == "mrpc":
+                cells.append(_cell(row["tasks"].get("mrpc_accuracy")))
         cells.append(f"{row['average']:.1f}" if row["average"] is not None else "–")
+        for key in ("num_parameters", "num_parameters_active"):
+            cells.append(f"{row[key] / 1e6:.2f}" if row[key] else "–")
+        cells.append(f"{row['train_min_per_run']:.1f}" if row["train_min_per_run"] is not None else "–")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def summarise_exit(runs: list[dict], tasks) -> dict:
+    """Per task and exit layer: boosted and joint mean ± std of the anytime metric and boosted − joint (of the
+    means); an "average" entry over tasks where every task has both runs at that exit."""
+    table = {}
+    for task in tasks:
+        per_exit = {}
+        for name in ("boosted", "joint"):
+            for r in (r for r in runs if r["task"] == task and r["run"] == name and "exit_anytime" in r):
+                for e in r["exit_anytime"]:
+                    per_exit.setdefault(e["exit_layer"], {}).setdefault(name, []).append(e["metric"])
+        table[task] = {}
+        for layer in sorted(per_exit):
+            cell = {name: mean_std(v) for name, v in per_exit[layer].items()}
+            if "boosted" in cell and "joint" in cell:
+                cell["diff"] = cell["boosted"]["mean"] - cell["joint"]["mean"]
+            table[task][layer] = cell
+    layers = sorted({layer for t in table.values() for layer in t})
+    average = {}
+    for layer in layers:
+        if all(layer in table[t] and "diff" in table[t][layer] for t in tasks):
+            average[layer] = {name: statistics.mean(table[t][layer][name]["mean"] for t in tasks)
+                              for name in ("boosted", "joint")}
+            average[layer]["diff"] = average[layer]["boosted"] - average[layer]["joint"]
+    return {"tasks": table, "average": average}
+
+
+def markdown_exit(summary: dict, tasks, recipe: str, machine: str) -> str:
+    lines = [f"# Early-exit GLUE table (recipe `{recipe}`): anytime dev metric of every exit, mean ± std × 100 "
+             "over seeds (n per cell)", "", f"Machine: {machine}. Metric: "
+             + ", ".join(f"{t} {MAIN_METRIC[t]}" for t in tasks) + "; diff = boosted − joint (of the means).", ""]
+    for task in tasks:
+        rows = summary["tasks"].get(task, {})
+        lines += [f"## {task}", "", "| exit layer | boosted | joint | boosted − joint |", "|---|---|---|---|"]
+        for layer, cell in rows.items():
+            diff = f"{cell['diff']:+.1f}" if "diff" in cell else "–"
+            lines.append(f"| {layer} | {_cell(cell.get('boosted'))} | {_cell(cell.get('joint'))} | {diff} |")
+        lines.append("")
+    lines += ["## average over tasks", "", "| exit layer | boosted | joint | boosted − joint |", "|---|---|---|---|"]
+    for layer, cell in summary["average"].items():
+        lines.append(f"| {layer} | {cell['boosted']:.1f} | {cell['joint']:.1f} | {cell['diff']:+.1f} |")
+    if not summary["average"]:
+        lines.append("| – | – | – | – |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_exit(summary: dict, task: str, path: str) -> bool:
+    """Metric vs exit layer, boosted and joint, mean ± std band; False when there is nothing to plot."""
+    rows = summary["tasks"].get(task)
+    if not rows:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for name in ("boosted", "joint"):
+        layers = [layer for layer, cell in rows.items() if name in cell]
+        if not layers:
+            continue
+        mean = [rows[layer][name]["mean"] for layer in layers]
+        std = [rows[layer][name]["std"] for layer in layers]
+        n = min(rows[layer][name]["n"] for layer in layers)
+        ax.plot(layers, mean, marker="o", label=f"{name} (n={n})")
+        ax.fill_between(layers, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2)
+    ax.set_xlabel("exit layer")
+    ax.set_ylabel(f"dev {MAIN_METRIC[task]} × 100")
+    ax.set_title(f"{task}: anytime metric per exit, mean ± std")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def _machines(runs: list[dict]) -> str:
+    names = sorted({f"{r['machine']['cpu']}, {r['machine']['cores']} cores, {r['machine']['torch_threads']} torch "
+                    f"threads, torch {r['machine']['torch']}" for r in runs if r.get("machine")})
+    return "; ".join(names) or "–"
+
+
+def write_tables(args) -> tuple[dict, str]:
+    """Regenerate the table of ``args.table`` from the run files; returns the summary and the Markdown path."""
+    runs = [r for r in load_runs(args.results_dir, args.recipe) if r["run"] in TABLES[args.table]]
+    machine = _machines(runs)
+    base = os.path.join(args.results_dir, f"{args.table}_table" + ("" if args.recipe == "naive" else
+                                                                   f"_{args.recipe}"))
+    if args.table == "pad":
+        summary = summarise_pad(runs, TABLES["pad"], args.tasks)
+        text = markdown_pad(summary, args.tasks, args.recipe, machine)
+    else:
+        summary = summarise_exit(runs, args.tasks)
+        text = markdown_exit(summary, args.tasks, args.recipe, machine)
+        for task in args.tasks:
+            plot_exit(summary, task, f"{base}_{task}.png")
+    write_json_atomic(base + ".json", {"recipe": args.recipe, "tasks": args.tasks, "machine": machine,
+                                       "summary": summary})
+    with open(base + ".md", "w") as f:
+        f.write(text)
+    return summary, base + ".md"
 
 
 def main(argv=None):
     args, passthrough = parse_args(argv)
     env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    results = []
-    for task in args.tasks:
-        for run in args.runs:
-            for seed in args.seeds:
-                path = os.path.join(run_dir(args, task, run, seed), "eval_results.json")
-                cmd = command(args, task, run, seed, passthrough)
-                if args.dry_run:
-                    print(" ".join(cmd))
-                    continue
-                if args.overwrite or not os.path.exists(path):
-                    start = time.time()
+    if not args.tables_only:
+        # seed-major: the first seed of every cell first, so a partial table is as wide as possible
+        for seed in args.seeds:
+            for task in args.tasks:
+                for run in args.runs:
+                    path = run_file(args.results_dir, args.recipe, task, run, seed)
+                    cmd = command(args, task, run, seed, passthrough)
+                    if args.dry_run:
+                        print(" ".join(cmd))
+                        continue
+                    if os.path.exists(path):
+                        continue
                     print(f"[compare] {task} {run} seed {seed}: {' '.join(cmd)}", flush=True)
+                    start = time.time()
                     subprocess.run(cmd, env=env, check=True)
-                    print(f"[compare] done in {time.time() - start:.0f} s", flush=True)
-                with open(path) as f:
-                    result = json.load(f)
-                split = next(iter(result["metrics"]))
-                results.append({"task": task, "run": run, "seed": seed, "split": split,
-                                "main_metric": result["metrics"][split][MAIN_METRIC[task]],
-                                "command": cmd[1:], **{k: v for k, v in result.items() if k != "metrics"},
-                                "metrics": result["metrics"]})
+                    wall = time.time() - start
+                    out_dir = cmd[cmd.index("--output_dir") + 1]
+                    with open(os.path.join(out_dir, "eval_results.json")) as f:
+                        eval_results = json.load(f)
+                    write_json_atomic(path, run_record(args, task, run, seed, cmd, eval_results, wall))
+                    print(f"[compare] done in {wall:.0f} s -> {path}", flush=True)
+                    write_tables(args)
     if args.dry_run:
         return None
-    table = summarise(results, args.runs, args.tasks)
-    os.makedirs(args.output_dir, exist_ok=True)
-    with open(os.path.join(args.output_dir, "compare.json"), "w") as f:
-        json.dump({"args": vars(args), "passthrough": passthrough, "summary": table, "runs": results}, f, indent=2)
-    text = markdown(table, args.tasks, args)
-    with open(os.path.join(args.output_dir, "compare.md"), "w") as f:
-        f.write(text)
-    print(text)
-    return table
+    summary, markdown_path = write_tables(args)
+    with open(markdown_path) as f:
+        print(f.read())
+    return summary
 
 
 if __name__ == "__main__":

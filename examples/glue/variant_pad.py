@@ -59,15 +59,26 @@ def make_callbacks(variant, script_args, args):
                         score=args.imp_score)]
 
 
+EXPERT_PARAMETERS = ("up_proj", "up_proj_bias", "down_proj", "down_proj_bias")
+
+
 def parameter_counts(model) -> dict:
-    """Total parameters and those of the MoE FFNs (experts + static + λ, router excluded), routers apart."""
-    ffn = router = 0
+    """Total parameters, those of the MoE FFNs (experts + static + λ, router excluded), the routers, and the
+    parameters *active per token*: the total less the ``(E − k)/E`` share of the per-expert tensors
+    (``[E, ...]``) that a token's top-k routing leaves unused (static parts and routers are always active)."""
+    ffn = router = idle = 0
+    config = model.config
+    idle_share = (config.num_experts - config.num_experts_per_tok) / config.num_experts
     for name, param in model.named_parameters():
         if ".mlp.router." in name:
             router += param.numel()
         elif ".mlp." in name:
             ffn += param.numel()
-    return {"num_parameters": model.num_parameters(), "num_parameters_moe_ffn": ffn, "num_parameters_router": router}
+            if name.rsplit(".", 1)[-1] in EXPERT_PARAMETERS:
+                idle += param.numel() * idle_share
+    total = model.num_parameters()
+    return {"num_parameters": total, "num_parameters_active": round(total - idle), "num_parameters_moe_ffn": ffn,
+            "num_parameters_router": router}
 
 
 def after_training(variant, script_args, args, trainer, eval_datasets, task):
