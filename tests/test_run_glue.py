@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import SHARED_GLUE
+SHARED_GLUE = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "glue"))
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples", "glue"))
 

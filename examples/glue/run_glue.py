@@ -4,9 +4,14 @@
     python examples/glue/run_glue.py --task mrpc                       # dense all-MiniLM-L6-v2 on MRPC
     python examples/glue/run_glue.py --task rte --variant pad_moe ...  # another model variant
 
-Every `transformers.TrainingArguments` flag is accepted; the defaults below are the recipe of
-../shared/docs/ASSETS.md (AdamW, linear schedule, 6 % warm-up, batch 32, max length 128). The dev metrics of
-the final model are printed and written to `<output_dir>/<results_file>` as JSON.
+Every `transformers.TrainingArguments` flag is accepted; the defaults below are the dense MiniLM recipe (AdamW,
+linear schedule, 6 % warm-up, batch 32, max length 128). The dev metrics of the final model are printed and
+written to `<output_dir>/<results_file>` as JSON. The final model is saved into `<output_dir>` (safetensors, the
+tokenizer, the task's label names in `id2label`, and a model card `README.md`), so it loads with
+
+    pipeline("text-classification", model="<output_dir>")       # after `import hf_dynamic`
+
+(`--save_model false` skips saving.)
 
 Variants other than `dense` live in `variant_*.py` modules beside this script; each provides `VARIANTS`, an
 `Arguments` dataclass (its own flags), `build_model`, `make_callbacks` and `after_training`.
@@ -69,6 +74,8 @@ class ScriptArguments:
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training rows"})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N dev rows"})
     results_file: str = field(default="eval_results.json", metadata={"help": "JSON written in output_dir"})
+    save_model: bool = field(default=True, metadata={
+        "help": "Save the final model, tokenizer and a model card into output_dir (loadable with pipeline)"})
 
 
 @dataclass
@@ -85,6 +92,9 @@ class GlueTrainingArguments(TrainingArguments):
     warmup_steps: float = field(default=0.06, metadata={"help": "Warm-up steps (< 1: fraction of all steps)"})
     save_strategy: str = field(default="no", metadata={"help": "Checkpointing during training"})
     logging_steps: float = field(default=20, metadata={"help": "Log every N steps"})
+    # Pinned memory only helps when batches go to an accelerator; on a CPU-only machine torch warns about it.
+    dataloader_pin_memory: bool = field(default=torch.cuda.is_available(),
+                                        metadata={"help": "Pin data-loader memory (default: when CUDA is present)"})
 
 
 def parse_args(argv=None):
@@ -157,6 +167,7 @@ def main(argv=None):
         args = variant_args[module.__name__]
         model = module.build_model(script_args.variant, script_args, args, task_info.num_labels, problem_type)
         callbacks = module.make_callbacks(script_args.variant, script_args, args)
+    set_label_names(model.config, task_info)
 
     trainer = Trainer(
         model=model,
@@ -189,16 +200,75 @@ def main(argv=None):
             script_args.variant, script_args, variant_args[module.__name__], trainer, eval_datasets,
             script_args.task) or {})
 
+    if script_args.save_model:
+        trainer.save_model(training_args.output_dir)  # safetensors + config (label names) + tokenizer
     if trainer.is_world_process_zero():
         os.makedirs(training_args.output_dir, exist_ok=True)
         path = os.path.join(training_args.output_dir, script_args.results_file)
         with open(path, "w") as f:
             json.dump(results, f, indent=2)
+        if script_args.save_model:
+            with open(os.path.join(training_args.output_dir, "README.md"), "w") as f:
+                f.write(model_card(results, script_args, training_args, argv))
         print(json.dumps({"task": script_args.task, "variant": script_args.variant, **{
             split: {k: round(v, 4) for k, v in m.items() if isinstance(v, float) and not k.endswith(("runtime",
                     "per_second"))} for split, m in results["metrics"].items()}}, indent=2))
         logger.info("results written to %s", path)
+        if script_args.save_model:
+            print(f"Model saved to {training_args.output_dir}; load it with\n"
+                  f"    import hf_dynamic\n    from transformers import pipeline\n"
+                  f"    classifier = pipeline('text-classification', model={training_args.output_dir!r})")
     return results
+
+
+def set_label_names(config, task_info) -> None:
+    """Give the config the task's label names (``id2label``/``label2id``) instead of ``LABEL_0``…; regression
+    tasks keep one unnamed output."""
+    if task_info.is_regression:
+        return
+    names = list(task_info.label_names)
+    config.id2label = dict(enumerate(names))
+    config.label2id = {name: i for i, name in enumerate(names)}
+
+
+def model_card(results: dict, script_args, training_args, argv=None) -> str:
+    """A model card (``README.md``) for the saved model: what it is, how it was trained, the measured dev metrics
+    and how to load it (with hf_dynamic installed)."""
+    command = " ".join(["python examples/glue/run_glue.py", *(sys.argv[1:] if argv is None else argv)])
+    metrics = "\n".join(
+        f"| {split} | " + ", ".join(f"{k} {v:.4f}" for k, v in m.items()
+                                    if isinstance(v, float) and not k.endswith(("runtime", "per_second")))
+        + " |" for split, m in results["metrics"].items())
+    return f"""---
+library_name: transformers
+tags: [hf_dynamic, {results["variant"]}, glue, {results["task"]}]
+datasets: [nyu-mll/glue]
+pipeline_tag: text-classification
+---
+
+# {results["variant"]} on GLUE {results["task"].upper()}
+
+Fine-tuned from `{results["model_name_or_path"]}` with `examples/glue/run_glue.py` of
+[hf_dynamic](https://pypi.org/project/hf-dynamic/) (variant `{results["variant"]}`, seed {results["seed"]},
+learning rate {results["learning_rate"]}, {results["num_train_epochs"]} epochs, max length
+{script_args.max_seq_length}); {results["num_parameters"]:,} parameters.
+
+| dev split | metrics |
+|---|---|
+{metrics}
+
+Command: `{command}`
+
+## Use
+
+```python
+import hf_dynamic  # registers hf_dynamic's model types with the Auto classes
+from transformers import pipeline
+
+classifier = pipeline("text-classification", model="{training_args.output_dir}")
+print(classifier({{"text": "first sentence", "text_pair": "second sentence"}}))
+```
+"""
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""GLUE variants with early exits (METHODS.md §2), for run_glue.py:
+"""GLUE variants with early exits (docs/boost.md), for run_glue.py:
 
     --variant boosted_exit   BoostNet: boosted exits F_n = t·F_{n-1} + f_n, trained with stop-gradient and
                              gradient rescaling

@@ -1,12 +1,12 @@
 #!/usr/bin/env python
 """Prune SmolLM2-135M (or any Llama checkpoint) with DMS and compare with structured-pruning baselines.
 
-Pipeline (issue 5, METHODS.md §3):
+Pipeline (DMS: ``docs/dms.md``):
 
 1. dense model: WikiText-2 test perplexity, parameters, prefill / greedy-decode speed;
-2. DMS search under ``Trainer`` + ``DMSCallback`` on War and Peace (structure-only on the frozen model by default,
-   ``--search_mode joint`` to train the weights too), then export (stock ``LlamaForCausalLM`` with ``--uniform``,
-   the default, else ``dms_llama``);
+2. DMS search under ``DMSTrainer`` + ``DMSCallback`` on War and Peace (structure-only on the frozen model by
+   default, ``--search_mode joint`` to train the weights too), then export (stock ``LlamaForCausalLM``, the default,
+   or ``dms_llama`` with ``--per_layer``, by ``DMSLlamaForCausalLM.from_pruned``);
 3. baselines at the DMS model's parameter count: L2-magnitude and one-shot first-order Taylor (LLM-Pruner-style)
    structured pruning of heads and MLP channels, uniform across layers;
 4. the same recovery fine-tuning budget for every pruned model (``--recovery full|lora|none``);
@@ -32,6 +32,7 @@ import gc
 import json
 import os
 import time
+import warnings
 from contextlib import nullcontext
 
 import torch
@@ -174,7 +175,9 @@ def recover(model, blocks, args):
             r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=0.0,
             target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         )
-        model = get_peft_model(model, config)
+        with warnings.catch_warnings():  # peft reads transformers' deprecated is_gradient_checkpointing alias
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+            model = get_peft_model(model, config)
     else:
         model.requires_grad_(True)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -209,9 +212,9 @@ def load_dense(path, device):
 
 def dms_search(model, blocks, args):
     from datasets import Dataset
-    from transformers import Trainer, TrainingArguments
+    from transformers import TrainingArguments
 
-    from hf_dynamic import DMSCallback, DMSPruner
+    from hf_dynamic import DMSCallback, DMSPruner, DMSTrainer
 
     if args.search_mode == "frozen":
         model.requires_grad_(False)
@@ -232,7 +235,7 @@ def dms_search(model, blocks, args):
         save_strategy="no", use_cpu=args.device == "cpu", bf16=args.device.startswith("cuda"),
         disable_tqdm=True, seed=args.seed, dataloader_drop_last=True,
     )
-    trainer = Trainer(model=model, args=targs, train_dataset=data, callbacks=[callback])
+    trainer = DMSTrainer(model=model, args=targs, train_dataset=data, callbacks=[callback], pruner=pruner)
     sync(args.device)
     t0 = time.perf_counter()
     trainer.train()
@@ -344,7 +347,12 @@ def main(argv=None):
     pruner, callback, search_s = dms_search(model, blocks, args)
     summary = pruner.summary()
     print(f"DMS search: {search_s:.1f} s; {json.dumps({k: round(v, 4) for k, v in summary.items()})}")
-    dms = pruner.export(uniform=not args.per_layer, dtype=torch.float32)
+    if args.per_layer:
+        from hf_dynamic import DMSLlamaForCausalLM
+
+        dms = DMSLlamaForCausalLM.from_pruned(pruner, dtype=torch.float32)
+    else:
+        dms = pruner.export(dtype=torch.float32)
     pruner.remove()
     del model, pruner
     gc.collect()

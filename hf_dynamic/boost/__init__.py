@@ -1,6 +1,13 @@
-"""BoostNet's inference side (METHODS.md §2): budgeted batch classification for boosted early exits.
+"""BoostNet, the method (docs/boost.md): boosted early exits for any encoder with the BERT layout.
 
-The model itself is :mod:`hf_dynamic.models.boosted_early_exit`; :mod:`hf_dynamic.boost.calibration` chooses its
-exit thresholds for a compute budget (``calibrate_thresholds``) and traces accuracy vs measured cost
-(``accuracy_cost_curve``, ``plot_accuracy_cost_curve``). Imported lazily by ``hf_dynamic``.
+- :mod:`~hf_dynamic.boost.heads`: the exit heads f_n;
+- :mod:`~hf_dynamic.boost.loss`: the boosted ensemble ``F_n = t·F_{n-1} + f_n`` (stop-gradient on F_{n-1}), the
+  gradient rescaling of the trunk and the boosted loss;
+- :mod:`~hf_dynamic.boost.criteria`: the exit criteria (one class each, registry ``EXIT_CRITERIA``) and the one
+  exit rule (``ExitRule``);
+- :mod:`~hf_dynamic.boost.calibration`: exit thresholds for a compute budget (``calibrate_thresholds``) and
+  accuracy vs measured cost (``accuracy_cost_curve``, ``plot_accuracy_cost_curve``).
+
+The model that uses them is :mod:`hf_dynamic.models.boosted_early_exit`; this package never imports it. Nothing is
+imported here, so importing a submodule stays cheap.
 """

@@ -1,5 +1,5 @@
-"""Budgeted batch classification for boosted early exits (METHODS.md §2, the MSDNet protocol: Huang et al., ICLR
-2018, §4 "budgeted batch classification"; used by BoostNet, Yu et al., AAAI 2023).
+"""Budgeted batch classification for boosted early exits (docs/boost.md, "## Calibration"; the MSDNet protocol:
+Huang et al., ICLR 2018, §4 "budgeted batch classification"; used by BoostNet, Yu et al., AAAI 2023).
 
 Given a target average cost B (a fraction of the full model; cost of exiting at backbone layer l of L is l/L), pick
 exit fractions ``q_k ∝ p^k`` (k = 1..N), solve p so that the expected cost ``Σ_k q_k·cost_k`` equals B, then walk the
@@ -16,13 +16,10 @@ import math
 from dataclasses import dataclass
 
 import torch
+from scipy.optimize import brentq
 from transformers.utils import logging
 
-from ..models.boosted_early_exit.modeling_boosted_early_exit import (
-    exit_score,
-    score_to_threshold,
-    threshold_to_score,
-)
+from .criteria import ExitRule, get_criterion
 
 logger = logging.get_logger(__name__)
 
@@ -60,8 +57,10 @@ def exit_fractions(log_p: float, num_exits: int) -> torch.Tensor:
 def solve_exit_fractions(budget: float, costs) -> tuple:
     """Solve p of q_k ∝ p^k so that ``Σ_k q_k·cost_k == budget``; return ``(p, q)``.
 
-    The expected cost grows monotonically with p from cost_1 (p → 0) to cost_N (p → ∞), so a bisection on
-    log p finds it. Raises ``ValueError`` if the budget is outside (0, 1] or below the first exit's cost.
+    The expected cost grows monotonically with p from cost_1 (p → 0) to cost_N (p → ∞), so Brent's method on
+    log p ∈ [-60, 60] finds it (``scipy.optimize.brentq``; the expected cost matches the budget within 1e-12, as
+    the former 200-step bisection did). Raises ``ValueError`` if the budget is outside (0, 1] or below the first
+    exit's cost.
     """
     if not (isinstance(budget, (int, float)) and 0 < budget <= 1):
         raise ValueError(f"budget must be in (0, 1], got {budget!r}")
@@ -79,14 +78,8 @@ def solve_exit_fractions(budget: float, costs) -> tuple:
         q = torch.zeros(n, dtype=torch.float64)
         q[0] = 1.0
         return 0.0, q
-    lo, hi = -60.0, 60.0
-    for _ in range(200):
-        mid = (lo + hi) / 2
-        if float((exit_fractions(mid, n) * costs64).sum()) < budget:
-            lo = mid
-        else:
-            hi = mid
-    log_p = (lo + hi) / 2
+    log_p = brentq(lambda x: float((exit_fractions(x, n) * costs64).sum()) - budget, -60.0, 60.0,
+                   xtol=1e-14, rtol=1e-15, maxiter=500)
     return math.exp(log_p), exit_fractions(log_p, n)
 
 
@@ -127,19 +120,19 @@ def thresholds_for_fractions(scores: torch.Tensor, fractions: torch.Tensor) -> t
 def simulate_exits(config, all_exit_logits, thresholds=None) -> torch.Tensor:
     """Exit index (0-based) each sample would take in dynamic mode, from its anytime logits ``(n, N, C)``.
 
-    Same rule as the model's dynamic mode for the ``confidence`` / ``entropy`` criteria: the first exit whose score
-    passes its threshold, the last exit otherwise. For budget sweeps without re-running the model; the model's
-    real dynamic mode gives the same exits up to floating-point ties (tested).
+    The model's dynamic mode and this function share one exit rule (:class:`~hf_dynamic.boost.criteria.ExitRule`):
+    the first exit whose criterion fires, the last exit otherwise. For budget sweeps without re-running the model;
+    the model's real dynamic mode gives the same exits up to floating-point ties (tested).
     """
     thresholds = config.exit_thresholds if thresholds is None else thresholds
-    if thresholds is None or len(thresholds) != config.num_exits:
+    if get_criterion(config.exit_criterion).calibratable and (thresholds is None or len(thresholds) != config.num_exits):
         raise ValueError(f"thresholds must give one value per exit ({config.num_exits}), got {thresholds!r}")
     n, num_exits = all_exit_logits.shape[:2]
+    rule = ExitRule(config, n, all_exit_logits.device, thresholds)
     exit_index = torch.full((n,), num_exits - 1, dtype=torch.long)
     undecided = torch.ones(n, dtype=torch.bool)
     for k in range(num_exits - 1):
-        score = exit_score(all_exit_logits[:, k], config.exit_criterion)
-        fires = undecided & (score >= threshold_to_score(thresholds[k], config.exit_criterion))
+        fires = undecided & rule.fires(all_exit_logits[:, k], k)
         exit_index[fires] = k
         undecided &= ~fires
     return exit_index
@@ -171,7 +164,7 @@ def collect_exit_logits(model, dataloader) -> tuple:
 
 def _check_calibratable(model):
     config = model.config
-    if config.exit_criterion not in ("confidence", "entropy"):
+    if not get_criterion(config.exit_criterion).calibratable:
         raise ValueError(
             f"exit_criterion={config.exit_criterion!r}: budget calibration sets per-exit thresholds, which only the "
             "'confidence' and 'entropy' criteria have"
@@ -183,15 +176,14 @@ def _check_calibratable(model):
 def calibrate_from_logits(config, all_exit_logits, budget) -> Calibration:
     """The calibration of :func:`calibrate_thresholds` from precomputed anytime logits ``(n, N, C)``; the config is
     not modified."""
+    criterion = get_criterion(config.exit_criterion)
     costs = exit_costs(config)
     p, q = solve_exit_fractions(budget, costs)
-    scores = torch.stack(
-        [exit_score(all_exit_logits[:, k], config.exit_criterion) for k in range(config.num_exits)], dim=1
-    )
+    scores = torch.stack([criterion.score(all_exit_logits[:, k]) for k in range(config.num_exits)], dim=1)
     score_thresholds, exit_index = thresholds_for_fractions(scores, q)
-    thresholds = [score_to_threshold(s, config.exit_criterion) for s in score_thresholds]
     # the last exit accepts every sample: store a finite value that always fires (JSON has no infinities)
-    thresholds = [_finite_threshold(t, config) for t in thresholds]
+    thresholds = [criterion.finite_threshold(criterion.score_to_threshold(s), config.num_labels)
+                  for s in score_thresholds]
     calibration_cost = float(torch.tensor(costs, dtype=torch.float64)[exit_index].mean())
     return Calibration(
         thresholds=thresholds,
@@ -202,19 +194,8 @@ def calibrate_from_logits(config, all_exit_logits, budget) -> Calibration:
     )
 
 
-def _finite_threshold(threshold, config):
-    """Replace ±inf by a finite threshold with the same effect (never / always fires), for JSON."""
-    if math.isfinite(threshold):
-        return threshold
-    never = threshold == (math.inf if config.exit_criterion == "confidence" else -math.inf)
-    if config.exit_criterion == "confidence":
-        return 2.0 if never else 0.0  # max probability is in [1/C, 1]
-    max_entropy = math.log(config.num_labels)
-    return -1.0 if never else max_entropy + 1.0  # entropy is in [0, log C]
-
-
 def calibrate_thresholds(model, dataloader, budget: float) -> Calibration:
-    """Budgeted batch classification (METHODS.md §2, from MSDNet): set per-exit thresholds for an average cost.
+    """Budgeted batch classification (docs/boost.md, "## Calibration"; from MSDNet): set per-exit thresholds for an average cost.
 
     Args:
         model: a [`BoostedEarlyExitForSequenceClassification`] (criterion ``confidence`` or ``entropy``).
@@ -275,7 +256,7 @@ def measure_dynamic(model, dataloader, metric_fn=None, return_outputs=False) -> 
 
 
 def accuracy_cost_curve(model, calibration_dataloader, eval_dataloader=None, budgets=None, metric_fn=None) -> list:
-    """Trace accuracy (or ``metric_fn``) vs *measured* cost over a sweep of budgets (METHODS.md §2).
+    """Trace accuracy (or ``metric_fn``) vs *measured* cost over a sweep of budgets (docs/boost.md, "## Calibration").
 
     For each budget: thresholds calibrated on ``calibration_dataloader`` (one anytime pass, reused), then a real
     dynamic-mode pass over ``eval_dataloader`` (default: the calibration data) measures cost = backbone layers

@@ -1,7 +1,7 @@
 """Gradient-shaping primitives: identity in the forward pass, a change of the gradient in the backward pass.
 
 - :func:`scale_gradient`: multiply the backward gradient by a constant. BoostNet's gradient rescaling
-  (METHODS.md §2, after the "gradient equilibrium" of Li et al., ICCV 2019) is built from it.
+  (docs/boost.md, "## Boosted exits"; after the "gradient equilibrium" of Li et al., ICCV 2019) is built from it.
 """
 
 import torch

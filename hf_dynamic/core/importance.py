@@ -1,16 +1,16 @@
 """Importance scores shared by every method (one home per idea).
 
 - SNIP connection sensitivity |dL/dM| (Lee et al. 2019), used by PAD-Net's Iterative Mode Partition.
-- Cross-expert gradient variance (METHODS.md §1, IMP on an upcycled model).
-- Taylor importance with an exponential moving average (DMS, METHODS.md §3).
+- Cross-expert gradient variance (PAD-Net's IMP on an upcycled model).
+- Taylor importance with an exponential moving average (DMS, ``docs/dms.md``, "## Differentiable top-k").
 
 Add functions here; do not re-create this file (several methods contribute to it).
 """
 
 
-# --- Taylor importance, EMA (DMS, METHODS.md §3) ----------------------------------------------------------------
+# --- Taylor importance, EMA (DMS, docs/dms.md) ------------------------------------------------------------------
 def taylor_importance_ema_(importance, mask, mask_grad, decay: float = 0.99):
-    """In-place Taylor importance EMA of DMS (METHODS.md §3): ``c ← decay·c + (1 − decay)·(m · ∂L/∂m)²``.
+    """In-place Taylor importance EMA of DMS (``docs/dms.md``): ``c ← decay·c + (1 − decay)·(m · ∂L/∂m)²``.
 
     ``importance``, ``mask`` and ``mask_grad`` have the same shape (one entry per prunable element); the update is
     done in ``importance``'s dtype and returned. ``m·∂L/∂m`` is the first-order Taylor estimate of the loss change
@@ -29,12 +29,12 @@ def taylor_importance_ema_(importance, mask, mask_grad, decay: float = 0.99):
     return importance
 
 
-# --- SNIP and cross-expert gradient variance (PAD-Net IMP, METHODS.md §1) -------------------------------------
+# --- SNIP and cross-expert gradient variance (PAD-Net IMP, docs/pad.md) ---------------------------------------
 import torch  # noqa: E402
 
 
 def snip_score(mask_grad: torch.Tensor) -> torch.Tensor:
-    """SNIP connection sensitivity ``s_j = |dL/dM_j|`` (Lee et al. 2019; PAD-Net IMP, METHODS.md §1).
+    """SNIP connection sensitivity ``s_j = |dL/dM_j|`` (Lee et al. 2019; PAD-Net IMP).
 
     ``mask_grad`` is the gradient of the loss w.r.t. the continuous relaxation of the mask, summed over the
     scoring batches (the full-batch gradient), so the absolute value is taken after accumulation.
@@ -43,7 +43,7 @@ def snip_score(mask_grad: torch.Tensor) -> torch.Tensor:
 
 
 def expert_gradient_variance(expert_grads: torch.Tensor, expert_dim: int = 0) -> torch.Tensor:
-    """Cross-expert gradient variance ``s_j = sum_i (g_ij - mean_i g_ij)^2`` (METHODS.md §1, IMP on an upcycled
+    """Cross-expert gradient variance ``s_j = sum_i (g_ij - mean_i g_ij)^2`` (PAD-Net's IMP on an upcycled
     model).
 
     ``expert_grads`` holds ``g_ij = dL/dW_ij``, the gradient reaching expert ``i``'s computed weight at entry ``j``
@@ -57,7 +57,7 @@ def expert_gradient_variance(expert_grads: torch.Tensor, expert_dim: int = 0) ->
 
 
 def normalize_scores(scores: list[torch.Tensor]) -> list[torch.Tensor]:
-    """PAD-Net's normalisation ``s / sum(s)`` over all the given score tensors jointly (METHODS.md §1).
+    """PAD-Net's normalisation ``s / sum(s)`` over all the given score tensors jointly.
 
     The sum is over finite entries; an all-zero set of scores is returned unchanged.
     """

@@ -3,8 +3,8 @@
 - :func:`topk_mask` / :func:`topk_masks` keep *exactly* ``k`` entries (ties broken by position, so the result is
   deterministic), within one tensor or jointly over several (a "global" selection).
 - :func:`pack_bool_mask` / :func:`unpack_bool_mask` store a boolean mask at 1 bit per entry in a ``uint8`` tensor
-  (little-endian bit order inside each byte), the storage PAD-Net's finalised element-mode checkpoints and
-  PEMN's masks use (METHODS.md §1 "Post-processing", §4).
+  (little-endian bit order inside each byte), the storage PAD-Net's finalised element-mode checkpoints use
+  (``docs/pad.md``, "## Layouts").
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """Resource counting (parameters, FLOPs) shared by every method, differentiable in the structure.
 
-DMS (METHODS.md §3) needs the resource ``R(e)`` of a model *as a function of its keep ratios*: every width below
-may be a float tensor (a soft count: the sum of a soft mask) and the result is then differentiable in it; given
-integer widths (the hard masks / an exported model) the formulas are exact counts. ``tests/test_dms_export.py``
-checks :func:`llama_param_count` against the real ``num_parameters()`` of exported models, and
-``tests/test_dms_resources.py`` checks :func:`llama_forward_flops` against ``torch.utils.flop_counter``.
+DMS (``docs/dms.md``, "## Resource loss") needs the resource ``R(e)`` of a model *as a function of its keep
+ratios*: every width below may be a float tensor (a soft count: the sum of a soft mask) and the result is then
+differentiable in it; given integer widths (the hard masks / an exported model) the formulas are exact counts.
+``tests/dms/test_dms_export.py`` checks :func:`llama_param_count` against the real ``num_parameters()`` of exported
+models, and ``tests/core/test_core_resources.py`` checks :func:`llama_forward_flops` against
+``torch.utils.flop_counter``.
 
 On CPU, ``FlopCounterMode`` does not book the fused SDPA kernel; compare with eager attention there.
 
@@ -31,6 +32,11 @@ def _t(value, num_layers: int | None = None) -> torch.Tensor:
     return t
 
 
+def _widths(num_layers, hidden_size, *per_layer):
+    """``hidden_size`` as a float64 scalar and each per-layer width as a float64 ``[num_layers]`` tensor."""
+    return (_t(hidden_size), *(_t(value, num_layers) for value in per_layer))
+
+
 def llama_param_count(
     *,
     vocab_size: int,
@@ -46,6 +52,7 @@ def llama_param_count(
     attention_bias: bool = False,
     mlp_bias: bool = False,
     o_proj_bias: bool | None = None,
+    head_norms: int = 0,
 ) -> torch.Tensor:
     """Parameter count of a Llama-family decoder (``LlamaForCausalLM`` layout), per-layer widths allowed.
 
@@ -53,17 +60,17 @@ def llama_param_count(
     ``H·d·(n_q + 2·n_kv) + n_q·d·H`` (+ biases ``d·(n_q + 2·n_kv) + H`` when ``attention_bias``) and the input
     RMSNorm ``H``; if its MLP is present, gate/up/down ``3·H·I`` (+ ``2·I + H`` when ``mlp_bias``) and the
     post-attention RMSNorm ``H``; final RMSNorm ``H``; the LM head ``V·H`` unless tied. ``o_proj_bias`` (default:
-    ``attention_bias``) separates the output projection's bias (Qwen2 has q/k/v biases but none on ``o_proj``). Returns a float64 tensor,
-    differentiable in any tensor argument (METHODS.md §3, the resource ``R(e)``).
+    ``attention_bias``) separates the output projection's bias (Qwen2 has q/k/v biases but none on ``o_proj``).
+    ``head_norms`` per-head norms over ``head_dim`` (Qwen3's ``q_norm`` / ``k_norm``: 2) add ``head_norms · d`` to
+    every present attention sub-block. Returns a float64 tensor, differentiable in any tensor argument (the
+    resource ``R(e)`` of ``docs/dms.md``, "## Resource loss").
     """
-    h = _t(hidden_size)
-    nq = _t(num_attention_heads, num_layers)
-    nkv = _t(num_key_value_heads, num_layers)
-    inter = _t(intermediate_size, num_layers)
-    attn = _t(attention_present, num_layers)
-    mlp = _t(mlp_present, num_layers)
+    h, nq, nkv, inter, attn, mlp = _widths(
+        num_layers, hidden_size, num_attention_heads, num_key_value_heads, intermediate_size, attention_present,
+        mlp_present,
+    )
     d = float(head_dim)
-    attn_params = h * d * (nq + 2 * nkv) + nq * d * h + h
+    attn_params = h * d * (nq + 2 * nkv) + nq * d * h + h + head_norms * d
     if attention_bias:
         attn_params = attn_params + d * (nq + 2 * nkv)
     if attention_bias if o_proj_bias is None else o_proj_bias:
@@ -98,12 +105,10 @@ def llama_forward_flops(
     ``2 · 2 · n_q · T² · d`` for ``QKᵀ`` and ``AV`` (full ``T×T`` scores, as the counter books SDPA / eager
     attention). Differentiable in tensor arguments like :func:`llama_param_count`.
     """
-    h = _t(hidden_size)
-    nq = _t(num_attention_heads, num_layers)
-    nkv = _t(num_key_value_heads, num_layers)
-    inter = _t(intermediate_size, num_layers)
-    attn = _t(attention_present, num_layers)
-    mlp = _t(mlp_present, num_layers)
+    h, nq, nkv, inter, attn, mlp = _widths(
+        num_layers, hidden_size, num_attention_heads, num_key_value_heads, intermediate_size, attention_present,
+        mlp_present,
+    )
     d = float(head_dim)
     tokens = float(batch_size * seq_len)
     attn_linear = h * d * (nq + 2 * nkv) + nq * d * h

@@ -1,7 +1,7 @@
 """Token routing for mixture-of-experts layers (shared primitive).
 
 - :func:`top_k_softmax`: softmax over the experts in fp32, keep the top-k, renormalise the kept weights to sum 1
-  (Mixtral / Switch convention; METHODS.md §1 MoE instance).
+  (Mixtral / Switch convention; ``docs/pad.md``, "## Partially dynamic MoE").
 - :class:`TopKRouter`: a bias-free linear router with optional Switch-style multiplicative input jitter and
   additive Gaussian logit noise (a fixed-variance form of Shazeer et al. 2017 noisy top-k gating), training only.
 - :func:`load_balancing_loss`: the Switch Transformer auxiliary loss (Fedus et al. 2021, eq. 4-6), computed by

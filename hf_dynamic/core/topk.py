@@ -1,4 +1,5 @@
-"""Differentiable top-k of DMS (METHODS.md §3; Liu et al., ICML 2024, arXiv 2405.07194, Sec. 3.2).
+"""Differentiable top-k of DMS (``docs/dms.md``, "## Differentiable top-k"; Liu et al., ICML 2024, arXiv
+2405.07194, Sec. 3.2).
 
 One structural hyper-parameter with ``N`` elements (channels of a layer, heads, blocks) gets one learnable keep
 ratio ``e`` (the paper's pruning ratio is ``a = 1 - e``). The elements' importance ``c`` is not learned by
@@ -30,7 +31,8 @@ __all__ = ["DifferentiableTopK", "normalize_importance", "soft_topk_mask"]
 
 
 def normalize_importance(importance: torch.Tensor) -> torch.Tensor:
-    """Importance normalisation of DMS (METHODS.md §3): ``c'_i = #{j : c_j ≤ c_i} / N`` along the last dim.
+    """Importance normalisation of DMS (``docs/dms.md``, "## Differentiable top-k"):
+    ``c'_i = #{j : c_j ≤ c_i} / N`` along the last dim.
 
     Ties are broken by index (stable sort), so the result is a permutation of ``{1/N, ..., 1}`` per row: uniformly
     distributed whatever the distribution of ``importance``.
@@ -44,7 +46,8 @@ def normalize_importance(importance: torch.Tensor) -> torch.Tensor:
 
 
 def soft_topk_mask(normalized: torch.Tensor, keep_ratio: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Soft mask of DMS (METHODS.md §3): ``sigmoid(λ·N·(c' − (1 − e)))``; ``temperature`` is ``λ``.
+    """Soft mask of DMS (``docs/dms.md``, "## Differentiable top-k"): ``sigmoid(λ·N·(c' − (1 − e)))``;
+    ``temperature`` is ``λ``.
 
     ``keep_ratio`` broadcasts against ``normalized[..., 0]`` (one ratio per row, or one for all rows).
     """
@@ -53,7 +56,8 @@ def soft_topk_mask(normalized: torch.Tensor, keep_ratio: torch.Tensor, temperatu
 
 
 class DifferentiableTopK(nn.Module):
-    """The differentiable top-k operator of DMS (METHODS.md §3) with Taylor importance (EMA decay 0.99).
+    """The differentiable top-k operator of DMS (``docs/dms.md``, "## Differentiable top-k") with Taylor importance
+    (EMA decay 0.99).
 
     Args:
         num_elements: ``N``, the number of elements a row ranks.
@@ -132,7 +136,7 @@ class DifferentiableTopK(nn.Module):
 
     # ---------------------------------------------------------------------------------------------------- masks
     def normalized_importance(self) -> torch.Tensor:
-        """``c'`` of the current importance (METHODS.md §3)."""
+        """``c'`` of the current importance (``docs/dms.md``, "## Differentiable top-k")."""
         return normalize_importance(self.importance)
 
     def soft_mask(self) -> torch.Tensor:
@@ -186,9 +190,15 @@ class DifferentiableTopK(nn.Module):
         mask.register_hook(_update)
         return mask
 
+    def set_ema_decay(self, decay: float) -> None:
+        """Set the decay ``d`` of the Taylor-importance moving average (``0.0``: each update replaces ``c``)."""
+        if not 0.0 <= float(decay) < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {decay}")
+        self.ema_decay = float(decay)
+
     @torch.no_grad()
     def update_importance(self, mask: torch.Tensor, grad: torch.Tensor) -> None:
-        """``c ← d·c + (1 − d)·(m·∂L/∂m)²`` (METHODS.md §3), then count the update."""
+        """``c ← d·c + (1 − d)·(m·∂L/∂m)²`` (``docs/dms.md``), then count the update."""
         taylor_importance_ema_(self.importance, mask, grad, decay=self.ema_decay)
         self.num_updates += 1
 

@@ -282,7 +282,15 @@ def load_glue(task: str, data_dir: str | os.PathLike | None = None):
     folder = resolve_glue_task_dir(spec, data_dir)
     if folder is None:
         logger.info(f"Loading GLUE {spec.name} from the Hub dataset {HUB_DATASET}")
-        loaded = datasets.load_dataset(HUB_DATASET, spec.name)
+        try:
+            loaded = datasets.load_dataset(HUB_DATASET, spec.name)
+        except Exception as error:  # offline, Hub unreachable, dataset not cached: say what to provide instead
+            raise FileNotFoundError(
+                f"no local GLUE data for task {spec.name!r} and the Hub dataset {HUB_DATASET!r} could not be loaded "
+                f"({type(error).__name__}: {error}). Download the official GLUE task folders (e.g. "
+                f"{spec.dir_name}/{', '.join(spec.split_files.values())}) and pass their parent folder as "
+                f"data_dir= (run_glue.py: --data_dir) or set ${GLUE_DIR_ENV}"
+            ) from error
         return datasets.DatasetDict({split: loaded[split] for split in spec.splits if split in loaded})
     present = {split: folder / name for split, name in spec.split_files.items() if (folder / name).is_file()}
     if not present:

@@ -1,15 +1,15 @@
 """Plain-text corpora for perplexity and calibration: WikiText-2 (raw, test) and War and Peace.
 
-Files live under a text data directory (see :func:`resolve_text_dir`) in the layout of ``../shared/data/text``:
+Files live under a text data directory (see :func:`resolve_text_dir`) in the layout of the default ``../shared/data/text`` (docs/data.md):
 
 - ``wikitext2``: ``wikitext-2-raw/wiki.test.raw`` (Merity et al., 2016). The file holds the non-empty rows of
   the Hub dataset ``Salesforce/wikitext`` ``wikitext-2-raw-v1`` test split, one per line, with CRLF line ends.
   :func:`load_text` normalises CRLF to LF, takes the lines without their line break as rows (what
   ``datasets.load_dataset("text", ...)`` gives), joins them with ``"\\n\\n"`` as the Hugging Face perplexity
   recipe does (``"\\n\\n".join(ds["text"])``) and strips the outer whitespace. With SmolLM2's tokenizer that is
-  301,947 tokens, the count behind the reference perplexity in ASSETS.md. (Keeping each row's trailing
+  301,947 tokens, the count behind the reference perplexity in docs/data.md. (Keeping each row's trailing
   ``"\\n"`` before joining would give 304,838 tokens, one more per row.)
-- ``warpeace``: ``gutenberg/warpeace_input.lf.txt`` (Tolstoy, Project Gutenberg #2600), returned as is.
+- ``warpeace``: ``gutenberg/warpeace_input.lf.txt`` (Tolstoy, Project Gutenberg ebook 2600), returned as is.
 """
 
 from __future__ import annotations

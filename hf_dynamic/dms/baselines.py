@@ -1,4 +1,4 @@
-"""Structured-pruning baselines for DMS comparisons (issue 5), built on the same masks and export as DMS.
+"""Structured-pruning baselines for DMS comparisons, built on the same masks and export as DMS.
 
 Both prune attention heads (per the pruner's ``head_grouping``) and MLP channels with the *same* count in every
 layer (LLM-Pruner's uniform setting; hidden size and depth are kept) and differ only in the element importance:
@@ -16,7 +16,10 @@ allows) a given number of parameters, and ``pruner.export()`` builds it.
 from __future__ import annotations
 
 import torch
+from scipy import optimize
 from transformers.utils import logging
+
+from .adapters import get_module
 
 logger = logging.get_logger(__name__)
 
@@ -33,25 +36,27 @@ def _require(pruner, kinds=("heads", "mlp")):
 def magnitude_importance(pruner) -> None:
     """Set each head group's / MLP channel's importance to the L2 norm of its weights."""
     _require(pruner)
-    model = pruner.model[0]
+    model, a = pruner.model[0], pruner.adapter
     d, L = pruner.head_dim, pruner.num_layers
     heads = torch.zeros_like(pruner.topk["heads"].importance).view(L, -1)
     mlp = torch.zeros_like(pruner.topk["mlp"].importance)
-    for i, layer in enumerate(model.model.layers):
-        att = layer.self_attn
-        q = att.q_proj.weight.float().view(pruner.num_heads, d, -1).pow(2).sum((1, 2))
-        o = att.o_proj.weight.float().view(-1, pruner.num_heads, d).pow(2).sum((0, 2))
-        k = att.k_proj.weight.float().view(pruner.num_kv_heads, d, -1).pow(2).sum((1, 2))
-        v = att.v_proj.weight.float().view(pruner.num_kv_heads, d, -1).pow(2).sum((1, 2))
+
+    def weight(layer, path):
+        return get_module(layer, path).weight.float()
+
+    for i, layer in enumerate(a.decoder_layers(model)):
+        q = weight(layer, a.q_proj).view(pruner.num_heads, d, -1).pow(2).sum((1, 2))
+        o = weight(layer, a.o_proj).view(-1, pruner.num_heads, d).pow(2).sum((0, 2))
+        k = weight(layer, a.k_proj).view(pruner.num_kv_heads, d, -1).pow(2).sum((1, 2))
+        v = weight(layer, a.v_proj).view(pruner.num_kv_heads, d, -1).pow(2).sum((1, 2))
         per_query = q + o  # [n_q]
         if pruner.head_grouping == "kv":
             heads[i] = (per_query.view(pruner.num_kv_heads, -1).sum(-1) + k + v).sqrt()
         else:
             heads[i] = per_query.sqrt()
-        m = layer.mlp
         mlp[i] = (
-            m.gate_proj.weight.float().pow(2).sum(1) + m.up_proj.weight.float().pow(2).sum(1)
-            + m.down_proj.weight.float().pow(2).sum(0)
+            weight(layer, a.gate_proj).pow(2).sum(1) + weight(layer, a.up_proj).pow(2).sum(1)
+            + weight(layer, a.down_proj).pow(2).sum(0)
         ).sqrt()
     pruner.set_importance("heads", heads)
     pruner.set_importance("mlp", mlp)
@@ -67,20 +72,15 @@ def one_shot_taylor_importance(pruner, batches) -> None:
     sums = {k: torch.zeros_like(op.importance) for k, op in pruner.topk.items()}
     n = 0
     flags = [p.requires_grad for p in model.parameters()]
-    decays = {k: op.ema_decay for k, op in pruner.topk.items()}
     model.requires_grad_(False)
     try:
-        for op in pruner.topk.values():
-            op.ema_decay = 0.0  # each backward sets c = (m·∂L/∂m)² of that batch
-        with pruner.full_model_scoring():
+        with pruner.full_model_scoring(ema_decay=0.0):  # each backward sets c = (m·∂L/∂m)² of that batch
             for ids in batches:
                 model(input_ids=ids, labels=ids).loss.backward()
                 for k, op in pruner.topk.items():
                     sums[k] += op.importance
                 n += 1
     finally:
-        for k, op in pruner.topk.items():
-            op.ema_decay = decays[k]
         for p, flag in zip(model.parameters(), flags):
             p.requires_grad_(flag)
     if n == 0:
@@ -95,7 +95,7 @@ def _params_for(pruner, heads: int, channels: int) -> int:
         saved = (op_h.keep_ratio.clone(), op_m.keep_ratio.clone())
         op_h.set_keep_count(heads)
         op_m.set_keep_count(channels)
-        count = int(pruner._count(True, pruner.masks("hard"), kind="params"))
+        count = int(pruner.resource(hard=True, kind="params"))
         op_h.keep_ratio.copy_(saved[0])
         op_m.keep_ratio.copy_(saved[1])
     return count
@@ -114,14 +114,16 @@ def match_parameter_count(pruner, target_params: int) -> dict:
     def counts(r):
         return max(1, min(n_heads, round(r * n_heads))), max(1, min(n_mlp, round(r * n_mlp)))
 
-    lo, hi = 0.0, 1.0
-    for _ in range(30):
-        mid = (lo + hi) / 2
-        if _params_for(pruner, *counts(mid)) > target_params:
-            hi = mid
-        else:
-            lo = mid
-    heads, _ = counts((lo + hi) / 2)
+    def excess(r):  # a step function of r, increasing; its sign change is the largest proportion that fits
+        return _params_for(pruner, *counts(r)) - target_params - 0.5
+
+    if excess(1.0) <= 0:
+        ratio = 1.0
+    elif excess(0.0) >= 0:
+        ratio = 0.0
+    else:
+        ratio = optimize.bisect(excess, 0.0, 1.0, xtol=2.0**-30)
+    heads, _ = counts(ratio)
     per_channel = _params_for(pruner, heads, 2) - _params_for(pruner, heads, 1)
     base = _params_for(pruner, heads, 1) - per_channel
     channels = max(1, min(n_mlp, round((target_params - base) / per_channel)))

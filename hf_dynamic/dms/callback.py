@@ -1,18 +1,18 @@
-"""``DMSCallback``: run a DMS search (METHODS.md §3) under ``transformers.Trainer``.
+"""``DMSCallback``: run a DMS search (``docs/dms.md``, "## Search and export") under ``transformers.Trainer``.
 
-What it does:
+The resource loss itself is added by the Trainer's ``compute_loss``: use :class:`hf_dynamic.dms.trainer.DMSTrainer`
+(or mix :class:`~hf_dynamic.dms.trainer.DMSTrainerMixin` into your own Trainer subclass), which also adds this
+callback when it is missing. The callback talks to the pruner through its public methods only:
 
-- **resource loss**: from ``on_train_begin`` to ``on_train_end`` the pruner adds ``L_res`` (see
-  :meth:`hf_dynamic.dms.pruner.DMSPruner.resource_loss`) to the model output's ``loss`` in training mode, so the
-  Trainer's backward covers task + resource loss with no custom ``compute_loss``;
 - **target schedule**: the target is ramped linearly from the full size (1.0) to ``target`` over the first
-  ``ramp_fraction`` (80 %) of ``state.max_steps``, then held (:meth:`DMSCallback.target_at`);
+  ``ramp_fraction`` (80 %) of ``state.max_steps``, then held (:meth:`DMSCallback.target_at`,
+  :meth:`~hf_dynamic.dms.pruner.DMSPruner.set_target`);
 - **keep-ratio learning rate**: at ``on_train_begin`` the keep ratios are added to the Trainer's optimizer as their
   own param group (``lr=keep_ratio_lr``, no weight decay), unless the optimizer already holds them (if you build
   the optimizer yourself, e.g. ``Trainer(optimizers=(torch.optim.AdamW([{"params": weights, "lr": 1e-5},
   {"params": pruner.structure_parameters(), "lr": 1e-2}]), None))``, that group is used as is). The group is added
-  after the Trainer built its LR scheduler; the callback extends the (``LambdaLR``) scheduler with a constant factor,
-  so the keep ratios' learning rate stays constant (no warm-up/decay);
+  after the Trainer built its LR scheduler; the callback appends a constant factor to the (``LambdaLR``) scheduler's
+  public ``lr_lambdas`` / ``base_lrs``, so the keep ratios' learning rate stays constant (no warm-up/decay);
 - **projection**: after every optimizer step the keep ratios are clamped to ``[1/(2N), 1]`` and, if the pruner was
   built with ``resource_weight_adapt > 0``, the resource weight takes one multiplier step
   (:meth:`~hf_dynamic.dms.pruner.DMSPruner.adapt_resource_weight_`);
@@ -68,8 +68,7 @@ class DMSCallback(TrainerCallback):
         return 1.0 - (1.0 - self.target) * progress
 
     def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
-        self.pruner.add_loss_to_outputs = True
-        self.pruner.current_target = self.target_at(state.global_step, state.max_steps)
+        self.pruner.set_target(self.target_at(state.global_step, state.max_steps))
         if optimizer is not None:
             held = {id(p) for group in optimizer.param_groups for p in group["params"]}
             params = [p for p in self.pruner.structure_parameters() if id(p) not in held]
@@ -86,15 +85,15 @@ class DMSCallback(TrainerCallback):
         group = {"params": params, "lr": self.keep_ratio_lr, "weight_decay": 0.0}
         optimizer.add_param_group(group)
         optimizer.param_groups[-1]["initial_lr"] = self.keep_ratio_lr
-        if lr_scheduler is not None:
+        if lr_scheduler is not None:  # its next step() sets every group's lr (and get_last_lr()) from these lists
             lr_scheduler.lr_lambdas.append(_constant_factor)
             lr_scheduler.base_lrs.append(self.keep_ratio_lr)
-            if getattr(lr_scheduler, "_last_lr", None) is not None:
-                lr_scheduler._last_lr.append(self.keep_ratio_lr)
-        logger.info(f"DMSCallback: added {len(params)} keep ratio(s) to the optimizer (constant lr={self.keep_ratio_lr})")
+        logger.info(
+            f"DMSCallback: added {len(params)} keep ratio(s) to the optimizer (constant lr={self.keep_ratio_lr})"
+        )
 
     def on_step_begin(self, args, state, control, **kwargs):
-        self.pruner.current_target = self.target_at(state.global_step, state.max_steps)
+        self.pruner.set_target(self.target_at(state.global_step, state.max_steps))
 
     def on_step_end(self, args, state, control, **kwargs):
         self.pruner.clamp_()
@@ -107,6 +106,3 @@ class DMSCallback(TrainerCallback):
             logs.update(entry)  # seen by the reporting callbacks that run after this one
         if state.log_history and state.log_history[-1].get("step") == state.global_step:
             state.log_history[-1].update(entry)  # Trainer copied ``logs`` into the history before on_log
-
-    def on_train_end(self, args, state, control, **kwargs):
-        self.pruner.add_loss_to_outputs = False

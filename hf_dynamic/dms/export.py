@@ -1,10 +1,11 @@
-"""Export of a DMS search (METHODS.md §3): slice the kept elements out of a Llama-family model.
+"""Export of a DMS search (``docs/dms.md``, "## Search and export"): slice the kept elements out of a Llama-family
+model (module paths from :mod:`hf_dynamic.dms.adapters`).
 
-Two targets:
-
-- :func:`export_uniform`: every kept layer has the same widths → the original stock class (``LlamaForCausalLM``)
-  with a smaller config; loads with plain transformers, no hf_dynamic needed.
-- :func:`export_per_layer`: per-layer widths → ``DMSLlamaForCausalLM`` (``model_type="dms_llama"``).
+- :func:`export_uniform`: every kept layer has the same widths → the original stock class (``LlamaForCausalLM``,
+  ``MistralForCausalLM``, ``Qwen2ForCausalLM``, ``Qwen3ForCausalLM``) with a smaller config; loads with plain
+  transformers, no hf_dynamic needed.
+- per-layer widths are a model type of their own: ``hf_dynamic.DMSLlamaForCausalLM.from_pruned(pruner)`` builds
+  one from :func:`pruned_config`, :func:`slice_state_dict` and :func:`finish_export`.
 
 Hidden-size pruning under RMSNorm: the masked model normalises over all ``H`` channels (the masked ones are zero),
 the exported one over the ``H'`` kept ones; ``w·x/sqrt(Σx²/H + ε) = w'·x/sqrt(Σx²/H' + ε')`` holds exactly with
@@ -20,13 +21,17 @@ import math
 import torch
 from transformers.utils import logging
 
+from .adapters import adapter_for, head_dim
+
 logger = logging.get_logger(__name__)
 
-__all__ = ["export_uniform", "export_per_layer", "rescale_rmsnorm", "uniformity_report", "slice_state_dict"]
+__all__ = [
+    "export_uniform", "finish_export", "pruned_config", "rescale_rmsnorm", "slice_state_dict", "uniformity_report",
+]
 
 
 def rescale_rmsnorm(weight: torch.Tensor, eps: float, full: int, kept: int) -> tuple[torch.Tensor, float]:
-    """RMSNorm over ``kept`` of ``full`` channels (METHODS.md §3): ``w' = w·sqrt(H/H')``, ``ε' = ε·H/H'``."""
+    """RMSNorm over ``kept`` of ``full`` channels: ``w' = w·sqrt(H/H')``, ``ε' = ε·H/H'``."""
     return weight * math.sqrt(full / kept), eps * full / kept
 
 
@@ -42,40 +47,54 @@ def _slice_linear(out, sd, src, dst, rows, cols):
         out[dst + ".bias"] = sd[src + ".bias"][rows]
 
 
-def slice_state_dict(model, structure, keep_layers: list[int]) -> dict:
-    """State dict of the pruned model: kept hidden channels, heads, MLP channels, layers (renumbered)."""
+def slice_state_dict(model, structure, keep_layers: list[int], adapter=None) -> dict:
+    """State dict of the pruned model: kept hidden channels, heads, MLP channels, layers (renumbered).
+
+    Keys follow ``adapter``'s module paths (default: the model's own adapter). Per-head norms over ``head_dim``
+    (Qwen3's ``q_norm`` / ``k_norm``) are copied unchanged, but they read the config's ``rms_norm_eps``, which the
+    export rescales to ``ε·H/H'``: the projections they normalise (q and k) are scaled by ``sqrt(H/H')``, and as
+    ``RMSNorm(α·q; ε·α²) = RMSNorm(q; ε)`` the per-head norms compute exactly what they computed before.
+    """
+    adapter = adapter or adapter_for(model)
     config = model.config
     H = config.hidden_size
     hidden = structure.hidden
     Hp = int(hidden.numel())
-    head_dim = getattr(config, "head_dim", None) or H // config.num_attention_heads
-    eps = config.rms_norm_eps
+    d = head_dim(config)
+    eps = getattr(config, adapter.norm_eps)
     sd = model.state_dict()
     out = {}
 
     def norm(key):
-        w, _ = rescale_rmsnorm(sd[key][hidden], eps, H, Hp)
+        w, _ = rescale_rmsnorm(sd[key + ".weight"][hidden], eps, H, Hp)
         return w
 
-    out["model.embed_tokens.weight"] = sd["model.embed_tokens.weight"][:, hidden]
-    out["model.norm.weight"] = norm("model.norm.weight")
-    if "lm_head.weight" in sd:
-        out["lm_head.weight"] = sd["lm_head.weight"][:, hidden]
+    embed, final_norm, lm_head = adapter.embed_tokens, adapter.final_norm, adapter.lm_head
+    out[embed + ".weight"] = sd[embed + ".weight"][:, hidden]
+    out[final_norm + ".weight"] = norm(final_norm)
+    if lm_head + ".weight" in sd:
+        out[lm_head + ".weight"] = sd[lm_head + ".weight"][:, hidden]
     for new, old in enumerate(keep_layers):
-        src, dst = f"model.layers.{old}.", f"model.layers.{new}."
+        src, dst = f"{adapter.layers}.{old}.", f"{adapter.layers}.{new}."
         if structure.attention_present[old]:
-            q = _head_rows(structure.query_heads[old], head_dim)
-            kv = _head_rows(structure.kv_heads[old], head_dim)
-            out[dst + "input_layernorm.weight"] = norm(src + "input_layernorm.weight")
-            for name, rows in (("q_proj", q), ("k_proj", kv), ("v_proj", kv)):
-                _slice_linear(out, sd, src + f"self_attn.{name}", dst + f"self_attn.{name}", rows, hidden)
-            _slice_linear(out, sd, src + "self_attn.o_proj", dst + "self_attn.o_proj", hidden, q)
+            q = _head_rows(structure.query_heads[old], d)
+            kv = _head_rows(structure.kv_heads[old], d)
+            out[dst + adapter.attention_norm + ".weight"] = norm(src + adapter.attention_norm)
+            for path, rows in zip(adapter.attention_linears, (q, kv, kv)):
+                _slice_linear(out, sd, src + path, dst + path, rows, hidden)
+            _slice_linear(out, sd, src + adapter.o_proj, dst + adapter.o_proj, hidden, q)
+            for path in adapter.head_norms:
+                out[dst + path + ".weight"] = sd[src + path + ".weight"]
+            for path in adapter.head_normed_projections:  # keeps the per-head norms exact under ε' = ε·H/H'
+                for suffix in (".weight", ".bias"):
+                    if dst + path + suffix in out:
+                        out[dst + path + suffix] = out[dst + path + suffix] * math.sqrt(H / Hp)
         if structure.mlp_present[old]:
             ch = structure.mlp_channels[old]
-            out[dst + "post_attention_layernorm.weight"] = norm(src + "post_attention_layernorm.weight")
-            for name in ("gate_proj", "up_proj"):
-                _slice_linear(out, sd, src + f"mlp.{name}", dst + f"mlp.{name}", ch, hidden)
-            _slice_linear(out, sd, src + "mlp.down_proj", dst + "mlp.down_proj", hidden, ch)
+            out[dst + adapter.mlp_norm + ".weight"] = norm(src + adapter.mlp_norm)
+            for path in adapter.mlp_input_linears:
+                _slice_linear(out, sd, src + path, dst + path, ch, hidden)
+            _slice_linear(out, sd, src + adapter.down_proj, dst + adapter.down_proj, hidden, ch)
     return {k: v.clone().contiguous() for k, v in out.items()}
 
 
@@ -101,15 +120,25 @@ def uniformity_report(structure) -> list[str]:
     return problems
 
 
-def _new_config(config, config_class, **updates):
+def pruned_config(model, structure, config_class, adapter=None, **updates):
+    """``config_class`` built from ``model.config`` at the pruned hidden size (``rms_norm_eps`` rescaled, see
+    :func:`rescale_rmsnorm`), with an explicit ``head_dim``, ``use_cache=True`` (a search usually runs with the
+    cache off; the exported model is for inference) and ``updates``."""
+    adapter = adapter or adapter_for(model)
+    config = model.config
+    Hp = int(structure.hidden.numel())
+    eps = rescale_rmsnorm(torch.ones(1), getattr(config, adapter.norm_eps), config.hidden_size, Hp)[1]
     data = config.to_dict()
     for key in ("model_type", "architectures", "auto_map", "transformers_version"):
         data.pop(key, None)
+    data.update(hidden_size=Hp, head_dim=head_dim(config), use_cache=True, **{adapter.norm_eps: eps})
     data.update(updates)
     return config_class.from_dict(data)
 
 
-def _finish(model, new_model, state_dict, dtype):
+def finish_export(model, new_model, state_dict, dtype=None):
+    """Load ``state_dict`` into ``new_model`` (strict but for a tied LM head), copy ``model``'s generation config,
+    move to ``model``'s device and ``dtype`` (default: ``model``'s), eval mode."""
     missing, unexpected = new_model.load_state_dict(state_dict, strict=False)
     tied = {"lm_head.weight"} if getattr(new_model.config, "tie_word_embeddings", False) else set()
     if set(missing) - tied or unexpected:
@@ -124,8 +153,9 @@ def _finish(model, new_model, state_dict, dtype):
 
 
 @torch.no_grad()
-def export_uniform(model, structure, dtype=None):
+def export_uniform(model, structure, adapter=None, dtype=None):
     """The stock model class at the kept widths (ValueError if the structure is not uniform)."""
+    adapter = adapter or adapter_for(model)
     problems = uniformity_report(structure)
     config = model.config
     keep_layers = [i for i, (a, m) in enumerate(zip(structure.attention_present, structure.mlp_present)) if a and m]
@@ -142,54 +172,19 @@ def export_uniform(model, structure, dtype=None):
         raise ValueError(
             "export(uniform=True) needs the same widths in every layer; the hard masks are not uniform: "
             + "; ".join(problems)
-            + ". Search with DMSPruner(..., uniform=True) or export(uniform=False)."
+            + ". Search with DMSPruner(..., uniform=True), or export per-layer widths with "
+            "hf_dynamic.DMSLlamaForCausalLM.from_pruned(pruner)."
         )
     first = keep_layers[0]
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     updates = dict(
-        hidden_size=Hp,
         num_attention_heads=int(structure.query_heads[first].numel()),
         num_key_value_heads=int(structure.kv_heads[first].numel()),
-        head_dim=head_dim,
         intermediate_size=int(structure.mlp_channels[first].numel()),
         num_hidden_layers=len(keep_layers),
-        rms_norm_eps=rescale_rmsnorm(torch.ones(1), config.rms_norm_eps, config.hidden_size, Hp)[1],
     )
     if isinstance(getattr(config, "layer_types", None), list):
         updates["layer_types"] = [config.layer_types[i] for i in keep_layers]
-    new_config = _new_config(config, type(config), **updates)
+    new_config = pruned_config(model, structure, type(config), adapter, **updates)
     new_config.architectures = [type(model).__name__]
     new_model = type(model)(new_config)
-    return _finish(model, new_model, slice_state_dict(model, structure, keep_layers), dtype)
-
-
-@torch.no_grad()
-def export_per_layer(model, structure, dtype=None):
-    """``DMSLlamaForCausalLM`` with each layer's kept widths (a missing sub-block has width 0)."""
-    from ..models.dms_llama import DMSLlamaConfig, DMSLlamaForCausalLM
-
-    config = model.config
-    if config.model_type != "llama":
-        raise ValueError(
-            f"export(uniform=False) builds a dms_llama model, which implements the Llama architecture; "
-            f"got model_type={config.model_type!r} (use export(uniform=True))"
-        )
-    L = config.num_hidden_layers
-    Hp = int(structure.hidden.numel())
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    q = [int(structure.query_heads[i].numel()) if structure.attention_present[i] else 0 for i in range(L)]
-    kv = [int(structure.kv_heads[i].numel()) if structure.attention_present[i] else 0 for i in range(L)]
-    inter = [int(structure.mlp_channels[i].numel()) if structure.mlp_present[i] else 0 for i in range(L)]
-    new_config = _new_config(
-        config,
-        DMSLlamaConfig,
-        hidden_size=Hp,
-        head_dim=head_dim,
-        rms_norm_eps=rescale_rmsnorm(torch.ones(1), config.rms_norm_eps, config.hidden_size, Hp)[1],
-        layer_num_attention_heads=q,
-        layer_num_key_value_heads=kv,
-        layer_intermediate_sizes=inter,
-    )
-    new_config.architectures = ["DMSLlamaForCausalLM"]
-    new_model = DMSLlamaForCausalLM(new_config)
-    return _finish(model, new_model, slice_state_dict(model, structure, list(range(L))), dtype)
+    return finish_export(model, new_model, slice_state_dict(model, structure, keep_layers, adapter), dtype)

@@ -1,7 +1,9 @@
-"""DMS search over a Llama-family causal LM (METHODS.md §3; Liu et al., ICML 2024, arXiv 2405.07194).
+"""DMS search over a Llama-family causal LM (``docs/dms.md``, "## Search and export"; Liu et al., ICML 2024,
+arXiv 2405.07194).
 
 :class:`DMSPruner` attaches differentiable top-k masks (:class:`hf_dynamic.core.topk.DifferentiableTopK`) to a
-``LlamaForCausalLM`` (or a Mistral / Qwen2 model: same module layout) through forward hooks; the model object stays a stock
+``LlamaForCausalLM``, ``MistralForCausalLM``, ``Qwen2ForCausalLM`` or ``Qwen3ForCausalLM`` (module paths from
+:mod:`hf_dynamic.dms.adapters`) through forward hooks; the model object stays a stock
 transformers model (its ``state_dict``, ``generate``, PEFT wrapping and gradient checkpointing are unchanged). The
 masks are computed once per forward (a pre-hook on the decoder stack) and applied as follows:
 
@@ -22,13 +24,16 @@ kind              element                                      where the mask mu
 
 With ``uniform=True`` each kind has one keep ratio shared by every layer (every layer keeps the same number of
 heads / channels, each choosing *which* by its own importance), so the result is a stock ``LlamaForCausalLM``;
-``uniform=False`` gives each layer its own ratios (exported as our ``dms_llama`` model type). Because
+``uniform=False`` gives each layer its own ratios (exported by
+``hf_dynamic.DMSLlamaForCausalLM.from_pruned(pruner)`` as our ``dms_llama`` model type). Because
 ``LlamaConfig`` requires ``hidden_size % num_attention_heads == 0``, in uniform mode the *hard* hidden mask keeps
 the nearest multiple of the kept query-head count (the hard-masked model and the export agree exactly).
 
 Taylor importance accumulates by itself on every backward pass (tensor hooks on the masks); the resource loss
-``L_res = w · log(R(e) / R_target)`` (when ``R > R_target``) is :meth:`DMSPruner.resource_loss`. Under ``Trainer``
-use :class:`hf_dynamic.dms.callback.DMSCallback`, which adds the loss to the model's output and ramps the target.
+``L_res = w · log(R(e) / R_target)`` (when ``R > R_target``) is :meth:`DMSPruner.resource_loss`; in a plain loop add
+it to the task loss yourself (or call :meth:`DMSPruner.add_resource_loss`). Under ``Trainer`` use
+:class:`hf_dynamic.dms.trainer.DMSTrainer` (its ``compute_loss`` adds the resource loss) with
+:class:`hf_dynamic.dms.callback.DMSCallback` (target ramp, keep-ratio learning rate, logging).
 """
 
 from __future__ import annotations
@@ -45,16 +50,17 @@ from transformers.utils import logging
 from ..core.resources import count_parameters, llama_forward_flops, llama_param_count
 from ..core.topk import DifferentiableTopK
 from ..core.validation import check_choice
+from .adapters import ADAPTERS, adapter_for, get_module
 
 logger = logging.get_logger(__name__)
 
 __all__ = ["DMSPruner", "HardStructure", "ELEMENT_KINDS", "SUPPORTED_MODEL_TYPES"]
 
 ELEMENT_KINDS = ("heads", "mlp", "hidden", "layers")
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+SUPPORTED_MODEL_TYPES = tuple(ADAPTERS)
 RESOURCES = ("params", "flops")
 HEAD_GROUPINGS = ("kv", "query")
-# The paper's temperatures λ (METHODS.md §3): 1 for channels, 4 for heads and blocks.
+# The paper's temperatures λ (docs/dms.md, "## Differentiable top-k"): 1 for channels, 4 for heads and blocks.
 DEFAULT_TEMPERATURES = {"heads": 4.0, "mlp": 1.0, "hidden": 1.0, "layers": 4.0}
 
 
@@ -81,37 +87,17 @@ def _round_counts(counts: torch.Tensor, multiple: int, maximum: int) -> torch.Te
     return rounded.clamp(multiple, top)
 
 
-def _check_architecture(model) -> None:
-    config = getattr(model, "config", None)
-    model_type = getattr(config, "model_type", None)
-    name = type(model).__name__
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise ValueError(
-            f"DMSPruner supports causal LMs of model_type {SUPPORTED_MODEL_TYPES} (LlamaForCausalLM layout); "
-            f"got {name} with model_type={model_type!r}"
-        )
-    decoder = getattr(model, "model", None)
-    if decoder is None or not hasattr(model, "lm_head") or not hasattr(decoder, "layers"):
-        raise ValueError(f"DMSPruner needs a *ForCausalLM with .model.layers and .lm_head; got {name}")
-    for i, layer in enumerate(decoder.layers):
-        for path in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                     "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj", "input_layernorm", "post_attention_layernorm"):
-            module = layer
-            for part in path.split("."):
-                module = getattr(module, part, None)
-            if module is None:
-                raise ValueError(f"{name} layer {i} has no {path}: unsupported architecture (Llama layout needed)")
-
-
 class DMSPruner(nn.Module):
-    """Differentiable width/depth search (DMS, METHODS.md §3) over a Llama-family ``*ForCausalLM``.
+    """Differentiable width/depth search (DMS, ``docs/dms.md``) over a Llama-family ``*ForCausalLM``.
 
     Args:
-        model: a ``LlamaForCausalLM`` (or ``MistralForCausalLM`` / ``Qwen2ForCausalLM``); hooks are attached to it in place.
+        model: a ``LlamaForCausalLM``, ``MistralForCausalLM``, ``Qwen2ForCausalLM`` or ``Qwen3ForCausalLM`` (see
+            :data:`hf_dynamic.dms.adapters.ADAPTERS`); hooks are attached to it in place.
         target: final resource as a fraction of the whole model's count, in (0, 1).
         prune: element kinds to search, a subset of ``("heads", "mlp", "hidden", "layers")``.
         resource: ``"params"`` (parameter count) or ``"flops"`` (matmul FLOPs of a ``flops_seq_len`` forward).
-        uniform: tie each kind's keep ratio across layers (stock ``LlamaForCausalLM`` export) or not (``dms_llama``).
+        uniform: tie each kind's keep ratio across layers (stock ``*ForCausalLM`` export) or not (``dms_llama``,
+            built by ``DMSLlamaForCausalLM.from_pruned``).
         head_grouping: ``"kv"`` (a KV head and its query group are one element) or ``"query"`` (query heads within
             each KV group, every group keeping the same number; KV heads are all kept).
         resource_weight: ``w`` of the resource loss (initial value when adapted).
@@ -125,7 +111,7 @@ class DMSPruner(nn.Module):
         temperatures: per-kind ``λ`` overriding :data:`DEFAULT_TEMPERATURES`.
         flops_seq_len: sequence length of the FLOP count when ``resource="flops"``.
         channel_multiple: the hard masks keep a multiple of this many MLP channels and hidden channels (nearest
-            multiple; e.g. 8 or 64 for GPU-friendly matmul shapes). 1 = the hard mask of METHODS.md §3 as is.
+            multiple; e.g. 8 or 64 for GPU-friendly matmul shapes). 1 = the plain hard mask ``m ≥ 0.5``.
     """
 
     def __init__(
@@ -163,7 +149,7 @@ class DMSPruner(nn.Module):
         bad = [k for k in temperatures if k not in ELEMENT_KINDS]
         if bad:
             raise ValueError(f"temperatures: unknown element kind(s) {bad}; choose from {ELEMENT_KINDS}")
-        _check_architecture(model)
+        self.adapter = adapter_for(model)
 
         config = model.config
         self.target = float(target)
@@ -179,17 +165,15 @@ class DMSPruner(nn.Module):
         self.channel_multiple = int(channel_multiple)
         self.num_layers = config.num_hidden_layers
         self.hidden_size = config.hidden_size
-        self.num_heads = config.num_attention_heads
-        self.num_kv_heads = config.num_key_value_heads
-        self.group_size = self.num_heads // self.num_kv_heads
-        self.head_dim = getattr(config, "head_dim", None) or self.hidden_size // self.num_heads
+        layout = self.adapter.head_layout(config)
+        self.num_heads, self.num_kv_heads, self.head_dim = layout.num_heads, layout.num_kv_heads, layout.head_dim
+        self.group_size = layout.group_size
         self.intermediate_size = config.intermediate_size
         self.vocab_size = config.vocab_size
         self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
-        attn0 = model.model.layers[0].self_attn
-        self.attention_bias = attn0.q_proj.bias is not None  # Qwen2: q/k/v biases, none on o_proj
-        self.o_proj_bias = attn0.o_proj.bias is not None
-        self.mlp_bias = model.model.layers[0].mlp.gate_proj.bias is not None
+        self.attention_bias = self.adapter.has_bias(config, "qkv")  # Qwen2: q/k/v biases, none on o_proj
+        self.o_proj_bias = self.adapter.has_bias(config, "o")
+        self.mlp_bias = self.adapter.has_bias(config, "mlp")
 
         if "heads" in self.prune and head_grouping == "query" and self.group_size == 1:
             raise ValueError(
@@ -198,12 +182,12 @@ class DMSPruner(nn.Module):
             )
 
         # The formula must describe this model exactly, else the resource constraint is meaningless.
-        full_params = self._count(hard=True, masks={})
+        full_params = self._count({})
         real = count_parameters(model)
         if int(round(float(full_params))) != real:
             raise ValueError(
-                f"unsupported architecture {type(model).__name__}: its {real} parameters differ from the Llama "
-                f"layout's count {int(full_params)} (biases or extra modules?)"
+                f"unsupported architecture {type(model).__name__}: its {real} parameters differ from the "
+                f"{self.adapter.class_name} layout's count {int(full_params)} (biases or extra modules?)"
             )
 
         L, per_layer = self.num_layers, not self.uniform
@@ -232,25 +216,28 @@ class DMSPruner(nn.Module):
 
         self.model = [model]  # a list: not registered as a submodule (keeps pruner.parameters() = keep ratios)
         self.mode = "soft"
-        self.add_loss_to_outputs = False
         self.last_losses: dict[str, float] = {}
         self._masks: dict | None = None
         self._handles = []
-        self._full_resource = float(self._count(hard=True, masks={}, kind=self.resource_kind))
-        self._attach(model)
+        self._full_resource = float(self._count({}, kind=self.resource_kind))
+        self.attach()
 
     # --------------------------------------------------------------------------------------------- hooks
-    def _attach(self, model) -> None:
-        decoder = model.model
+    def attach(self) -> None:
+        """Attach the mask hooks to the model (done by the constructor; call again after :meth:`remove`)."""
+        if self._handles:
+            return
+        model, a = self.model[0], self.adapter
+        layers = a.decoder_layers(model)
         h = self._handles
-        h.append(decoder.register_forward_pre_hook(self._begin_forward))
-        h.append(decoder.embed_tokens.register_forward_hook(self._scale_embedding))
-        for i, layer in enumerate(decoder.layers):
-            h.append(layer.self_attn.o_proj.register_forward_pre_hook(functools.partial(self._mask_heads, i)))
-            h.append(layer.self_attn.o_proj.register_forward_hook(functools.partial(self._scale_branch, i, "attn")))
-            h.append(layer.mlp.down_proj.register_forward_pre_hook(functools.partial(self._mask_channels, i)))
-            h.append(layer.mlp.down_proj.register_forward_hook(functools.partial(self._scale_branch, i, "mlp")))
-        h.append(model.register_forward_hook(self._add_resource_loss))
+        h.append(get_module(model, a.decoder).register_forward_pre_hook(self._begin_forward))  # once per forward
+        h.append(get_module(model, a.embed_tokens).register_forward_hook(self._scale_embedding))
+        for i, layer in enumerate(layers):
+            o_proj, down_proj = get_module(layer, a.o_proj), get_module(layer, a.down_proj)
+            h.append(o_proj.register_forward_pre_hook(functools.partial(self._mask_heads, i)))
+            h.append(o_proj.register_forward_hook(functools.partial(self._scale_branch, i, "attn")))
+            h.append(down_proj.register_forward_pre_hook(functools.partial(self._mask_channels, i)))
+            h.append(down_proj.register_forward_hook(functools.partial(self._scale_branch, i, "mlp")))
 
     def remove(self) -> None:
         """Detach every hook: the model computes as if it had never been wrapped."""
@@ -287,14 +274,6 @@ class DMSPruner(nn.Module):
             output = output * block[layer].to(output.dtype)
         if hidden is not None:
             output = output * hidden.to(output.dtype)
-        return output
-
-    def _add_resource_loss(self, module, args, output):
-        loss = getattr(output, "loss", None)
-        if self.add_loss_to_outputs and module.training and loss is not None:
-            res = self.resource_loss()
-            self.last_losses = {"task_loss": float(loss.detach()), "resource_loss": float(res.detach())}
-            output["loss"] = loss + res.to(loss.dtype)
         return output
 
     # --------------------------------------------------------------------------------------------- masks
@@ -368,17 +347,27 @@ class DMSPruner(nn.Module):
             self.mode = previous
 
     @contextlib.contextmanager
-    def full_model_scoring(self):
-        """Within this context every element is kept and backward passes still update the Taylor importance."""
+    def full_model_scoring(self, ema_decay: float | None = None):
+        """Within this context every element is kept and backward passes still update the Taylor importance.
+
+        ``ema_decay`` overrides the importance EMA decay inside the context (``0.0``: each backward pass replaces
+        the importance with that batch's ``(m·∂L/∂m)²``, as one-shot scoring wants).
+        """
         previous = self.mode
+        decays = {kind: op.ema_decay for kind, op in self.topk.items()}
         self.mode = "ones"
         try:
+            if ema_decay is not None:
+                for op in self.topk.values():
+                    op.set_ema_decay(ema_decay)
             yield self
         finally:
             self.mode = previous
+            for kind, op in self.topk.items():
+                op.set_ema_decay(decays[kind])
 
     # ------------------------------------------------------------------------------------------ resources
-    def _count(self, hard: bool, masks: dict, kind: str = "params") -> torch.Tensor:
+    def _count(self, masks: dict, kind: str = "params") -> torch.Tensor:
         """Resource from masks (soft sums are differentiable in ``e``; hard sums are exact counts)."""
         L = self.num_layers
         hidden = masks["hidden"].sum() if "hidden" in masks else self.hidden_size
@@ -396,7 +385,7 @@ class DMSPruner(nn.Module):
             return llama_forward_flops(**common, seq_len=self.flops_seq_len)
         return llama_param_count(
             **common, tie_word_embeddings=self.tie_word_embeddings, attention_bias=self.attention_bias,
-            mlp_bias=self.mlp_bias, o_proj_bias=self.o_proj_bias,
+            mlp_bias=self.mlp_bias, o_proj_bias=self.o_proj_bias, head_norms=len(self.adapter.head_norms),
         )
 
     @property
@@ -404,17 +393,24 @@ class DMSPruner(nn.Module):
         """The unpruned model's resource (parameters or FLOPs)."""
         return self._full_resource
 
-    def resource(self, hard: bool = False) -> torch.Tensor:
-        """``R(e)`` from the soft masks (differentiable) or the hard masks (exact), in absolute units."""
+    def resource(self, hard: bool = False, kind: str | None = None) -> torch.Tensor:
+        """``R(e)`` from the soft masks (differentiable) or the hard masks (exact), in absolute units.
+
+        ``kind`` (``"params"`` or ``"flops"``) overrides the searched resource (e.g. the parameter count of a
+        FLOP-constrained search).
+        """
+        if kind is not None:
+            check_choice("kind", kind, RESOURCES)
         masks = self.masks("hard" if hard else "soft", track=False)
-        return self._count(hard, masks, kind=self.resource_kind)
+        return self._count(masks, kind=kind or self.resource_kind)
 
     def resource_ratio(self, hard: bool = False) -> torch.Tensor:
         """``R(e) / R(full)``."""
         return self.resource(hard) / self._full_resource
 
     def resource_loss(self, target: float | None = None) -> torch.Tensor:
-        """``L_res = w · log(R(e) / R_target)`` if ``R(e) > R_target`` else 0 (METHODS.md §3); a scalar tensor.
+        """``L_res = w · log(R(e) / R_target)`` if ``R(e) > R_target`` else 0 (``docs/dms.md``, "## Resource
+        loss"); a scalar tensor.
 
         ``target`` (a fraction of the full resource) overrides the scheduled :attr:`current_target`.
         """
@@ -423,6 +419,20 @@ class DMSPruner(nn.Module):
             raise ValueError(f"target must be in (0, 1], got {t}")
         ratio = self.resource_ratio(hard=False)
         return (self.resource_weight * torch.relu(torch.log(ratio / t))).to(torch.float32)
+
+    def add_resource_loss(self, task_loss: torch.Tensor) -> torch.Tensor:
+        """``task_loss + resource_loss()``; both values are kept for :meth:`summary` (``task_loss``,
+        ``resource_loss``). :class:`hf_dynamic.dms.trainer.DMSTrainer` calls it on every training step."""
+        res = self.resource_loss()
+        self.last_losses = {"task_loss": float(task_loss.detach()), "resource_loss": float(res.detach())}
+        return task_loss + res.to(task_loss.dtype)
+
+    def set_target(self, target: float) -> None:
+        """Set the resource target the loss uses now (:attr:`current_target`, a fraction in (0, 1]); the final
+        :attr:`target` is unchanged. :class:`hf_dynamic.dms.callback.DMSCallback` ramps it with this."""
+        if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0.0 < float(target) <= 1.0:
+            raise ValueError(f"target must be a fraction in (0, 1], got {target!r}")
+        self.current_target = float(target)
 
     @torch.no_grad()
     def adapt_resource_weight_(self) -> float:
@@ -495,25 +505,32 @@ class DMSPruner(nn.Module):
         ch = [idx(masks["mlp"][i]) if "mlp" in masks else full_i for i in range(L)]
         return HardStructure(hidden, attn, mlp, q, kv, ch)
 
-    def export(self, uniform: bool = True, dtype: torch.dtype | None = None):
-        """Build the pruned model whose logits equal the hard-masked model's.
-
-        ``uniform=True``: a stock ``*ForCausalLM`` of the original class with a smaller config (ValueError, saying
-        how far from uniform, if the masks differ across layers). ``uniform=False``: a ``DMSLlamaForCausalLM``
-        (model type ``dms_llama``) with per-layer widths.
-        """
-        from .export import export_per_layer, export_uniform
-
+    def searched_structure(self) -> HardStructure:
+        """:meth:`hard_structure`, after checking that a search ran (what every export starts from)."""
         if self.num_search_steps == 0:
             raise ValueError(
                 "export() before any search step: no Taylor importance has been accumulated yet (run at least one "
                 "forward/backward pass with the pruner attached, or set importances explicitly)"
             )
-        model = self.model[0]
-        structure = self.hard_structure()
-        if uniform:
-            return export_uniform(model, structure, dtype=dtype)
-        return export_per_layer(model, structure, dtype=dtype)
+        return self.hard_structure()
+
+    def export(self, uniform: bool = True, dtype: torch.dtype | None = None):
+        """Build the pruned model whose logits equal the hard-masked model's: a stock ``*ForCausalLM`` of the
+        original class with a smaller config (ValueError, saying how far from uniform, if the masks differ across
+        layers).
+
+        Per-layer widths (a ``uniform=False`` search) are exported model-side, by
+        ``hf_dynamic.DMSLlamaForCausalLM.from_pruned(pruner)`` (model type ``dms_llama``); ``uniform=False`` here
+        raises a ValueError that says so (``docs/dms.md``, "## Search and export").
+        """
+        from .export import export_uniform
+
+        if not uniform:
+            raise ValueError(
+                "pruner.export(uniform=False) is gone: per-layer widths are exported by the dms_llama model type, "
+                "hf_dynamic.DMSLlamaForCausalLM.from_pruned(pruner) (Llama only)"
+            )
+        return export_uniform(self.model[0], self.searched_structure(), self.adapter, dtype=dtype)
 
     def extra_repr(self) -> str:
         return (

@@ -1,18 +1,20 @@
-"""The routed-experts computation of PAD-Net's MoE layers: one swappable function, and hf_dynamic's fast kernel.
+"""The routed-experts computation of PAD-Net's MoE layers: one swappable function, and hf_dynamic's fast kernel
+(see ``docs/pad.md``, "## Expert kernel").
 
 An expert ``i`` computes ``down_i · act(up_i · x + up_bias_i) + down_bias_i`` (a BERT FFN, no gate); a token's
-output is the routing-weighted sum over its top-k experts. :func:`experts_forward` dispatches to the function
-registered under a name in ``transformers.integrations.moe.ALL_EXPERTS_FUNCTIONS`` (``"grouped_mm"``,
-``"batched_mm"``, ours, or any custom entry), with :func:`eager_experts_forward` (a Python loop over the experts
-that receive tokens) as the ``"eager"`` reference.
+output is the routing-weighted sum over its top-k experts. :class:`ExpertWeights` is an experts class decorated
+with transformers' ``use_experts_implementation``: its ``forward`` dispatches, through
+:data:`PAD_EXPERTS_FUNCTIONS` (an ``ExpertsInterface`` over transformers' global registry), to the function
+registered under ``config``'s experts implementation in ``transformers.integrations.moe.ALL_EXPERTS_FUNCTIONS``
+(``"grouped_mm"``, ``"batched_mm"``, ours, or any custom entry), with :func:`eager_experts_forward` (a Python loop
+over the experts that receive tokens) as the ``"eager"`` reference.
 
 Ours, :func:`sorted_grouped_mm_experts_forward`, is registered as ``"hf_dynamic_grouped_mm"``
 (:data:`EXPERTS_IMPLEMENTATION`) on ``import hf_dynamic``, so any transformers MoE model built with
 ``@use_experts_implementation`` can select it (``from_pretrained(..., experts_implementation=
 "hf_dynamic_grouped_mm")``); PartialMoEBert uses it by default. It computes what transformers' ``grouped_mm``
 computes, with every backward a gather or a GEMM instead of the scatter-adds of advanced indexing, which dominate
-the biased ``grouped_mm`` backward on the GPU (issue 6's profile: 68 % of CUDA time in
-``indexing_backward_kernel``):
+the biased ``grouped_mm`` backward on the GPU (68 % of CUDA time in ``indexing_backward_kernel`` in a profile):
 
 - the up-projection bias is folded into the grouped GEMM as an extra input column of ones (its gradient comes out
   of the GEMM's weight gradient);
@@ -24,12 +26,15 @@ the biased ``grouped_mm`` backward on the GPU (issue 6's profile: 68 % of CUDA t
 The functions take the experts *module* as ``self`` and read its ``up_proj``/``down_proj`` (``[E, out, in]``, or
 ``[E, in, out]`` when ``is_transposed``) and bias attributes; :class:`ExpertWeights` is that view over any tensors
 (parameters, or weights merged from PAD-Net's static and dynamic parts), so the same kernels serve every PAD-Net
-mode.
+layout. It is not an ``nn.Module``: PAD's layers store their weights under their own (checkpoint) names and build
+a view per forward, often over merged, non-parameter tensors.
 """
 
 from __future__ import annotations
 
 import torch
+from transformers import PretrainedConfig
+from transformers.integrations.moe import ExpertsInterface, use_experts_implementation
 from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
@@ -41,22 +46,40 @@ EXPERTS_IMPLEMENTATION = "hf_dynamic_grouped_mm"
 GROUPED_MM_ALIGNMENT = 8
 
 
+class PadExpertsInterface(ExpertsInterface):
+    """transformers' ``ALL_EXPERTS_FUNCTIONS`` (every registered kernel) as PAD's expert views use it: an unset
+    implementation means ours (:data:`EXPERTS_IMPLEMENTATION`), ``"eager"`` the reference loop, and transformers'
+    kernels get their inputs adapted (see :func:`_adapted`)."""
+
+    def get_interface(self, experts_implementation: str | None, default):
+        implementation = resolve_experts_implementation(experts_implementation)
+        if implementation == EXPERTS_IMPLEMENTATION:
+            return sorted_grouped_mm_experts_forward
+        if implementation == "eager":
+            return default
+        return _adapted(super().get_interface(implementation, default), implementation)
+
+
+PAD_EXPERTS_FUNCTIONS = PadExpertsInterface()
+"""The dispatcher :class:`ExpertWeights` is decorated with (its registry is transformers' global one)."""
+
+
+def experts_config(implementation: str | None = None) -> PretrainedConfig:
+    """A bare config that selects ``implementation`` (None: ours), for :class:`ExpertWeights` built outside a model."""
+    return PretrainedConfig(experts_implementation=implementation)
+
+
+@use_experts_implementation(experts_interface=PAD_EXPERTS_FUNCTIONS, has_bias=True, has_gate=False)
 class ExpertWeights:
-    """A view of stacked expert weights, shaped as transformers' experts kernels expect.
+    """A view of stacked expert weights, shaped as transformers' experts kernels expect; ``forward(hidden_states,
+    top_k_index, top_k_weights)`` runs the kernel ``config`` selects (transformers' ``use_experts_implementation``).
 
     ``up_proj [E, F, H]``, ``up_proj_bias [E, F]``, ``down_proj [E, H, F]``, ``down_proj_bias [E, H]`` or None
-    (PAD neuron mode's routed part has no down bias), ``is_transposed=False``, ``has_gate=False``,
-    ``has_bias=True``, ``act_fn`` the activation.
+    (PAD neuron mode's routed part has no down bias), ``act_fn`` the activation. ``config`` is the model's config
+    (or :func:`experts_config`); its experts implementation picks the kernel, None meaning ours.
     """
 
-    has_gate = False
-    has_bias = True
-    is_transposed = False
-    is_concatenated = True
-    has_post_expert_norm = False
-    _is_expert_parallel = False
-
-    def __init__(self, up_proj, up_proj_bias, down_proj, down_proj_bias, act_fn):
+    def __init__(self, config, up_proj, up_proj_bias, down_proj, down_proj_bias, act_fn):
         num_experts, ffn, hidden = up_proj.shape
         if up_proj_bias.shape != (num_experts, ffn) or down_proj.shape != (num_experts, hidden, ffn) or (
                 down_proj_bias is not None and down_proj_bias.shape != (num_experts, hidden)):
@@ -71,13 +94,18 @@ class ExpertWeights:
         self.down_proj_bias = down_proj_bias
         self.act_fn = act_fn
 
+    def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
+                top_k_weights: torch.Tensor) -> torch.Tensor:
+        """The ``"eager"`` implementation (the decorator dispatches the others)."""
+        return eager_experts_forward(self, hidden_states, top_k_index, top_k_weights)
+
     def with_down_bias(self) -> ExpertWeights:
         """This view with an explicit zero ``down_proj_bias`` where it is None (transformers' kernels need one)."""
         if self.down_proj_bias is not None:
             return self
         num_experts, hidden, _ = self.down_proj.shape
         zeros = self.down_proj.new_zeros(num_experts, hidden)
-        return ExpertWeights(self.up_proj, self.up_proj_bias, self.down_proj, zeros, self.act_fn)
+        return ExpertWeights(self.config, self.up_proj, self.up_proj_bias, self.down_proj, zeros, self.act_fn)
 
 
 def eager_experts_forward(self: ExpertWeights, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
@@ -281,6 +309,7 @@ def pad_for_grouped_mm(weights: ExpertWeights, hidden_states: torch.Tensor):
         return weights, hidden_states, hidden
     F = torch.nn.functional
     padded = ExpertWeights(
+        weights.config,
         F.pad(weights.up_proj, (0, pad_h, 0, pad_f)),
         F.pad(weights.up_proj_bias, (0, pad_f)),
         F.pad(weights.down_proj, (0, pad_f, 0, pad_h)),
@@ -295,29 +324,33 @@ def resolve_experts_implementation(name: str | None) -> str:
     return EXPERTS_IMPLEMENTATION if name is None else name
 
 
+def _adapted(function, implementation: str):
+    """``function`` (a kernel of ``ALL_EXPERTS_FUNCTIONS``) fed the way PAD's expert views need: no tokens gives
+    zeros, a missing down bias becomes zeros, ``grouped_mm`` gets aligned sizes, fp64 (which torch's grouped GEMM
+    lacks; gradient checks use it) runs the eager reference."""
+
+    def forward(weights, hidden_states, top_k_index, top_k_weights):
+        if implementation in ("grouped_mm", "batched_mm") and hidden_states.dtype == torch.float64:
+            logger.warning_once(f"experts implementation {implementation!r} has no float64 kernel: using 'eager'")
+            return eager_experts_forward(weights, hidden_states, top_k_index, top_k_weights)
+        if hidden_states.shape[0] == 0:
+            return hidden_states.new_zeros(hidden_states.shape)
+        weights = weights.with_down_bias()
+        if implementation != "grouped_mm":
+            return function(weights, hidden_states, top_k_index, top_k_weights)
+        weights, hidden_states, hidden = pad_for_grouped_mm(weights, hidden_states)
+        return function(weights, hidden_states, top_k_index, top_k_weights)[:, :hidden]
+
+    return forward
+
+
 def experts_forward(weights: ExpertWeights, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
                     top_k_weights: torch.Tensor, implementation: str | None = None) -> torch.Tensor:
     """Mix the top-k experts of every token: ``sum_k w_tk · expert_{i_tk}(x_t)``; ``[tokens, H]`` in/out.
 
-    ``implementation``: ``"eager"`` (:func:`eager_experts_forward`) or a key of transformers'
-    ``ALL_EXPERTS_FUNCTIONS``; default ours, ``"hf_dynamic_grouped_mm"`` (:func:`sorted_grouped_mm_experts_forward`).
+    ``weights.forward`` with ``implementation`` instead of the one ``weights.config`` selects: ``"eager"``
+    (:func:`eager_experts_forward`) or a key of transformers' ``ALL_EXPERTS_FUNCTIONS``; None means ours,
+    ``"hf_dynamic_grouped_mm"`` (:func:`sorted_grouped_mm_experts_forward`).
     """
-    from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
-
-    implementation = resolve_experts_implementation(implementation)
-    if implementation == EXPERTS_IMPLEMENTATION:
-        return sorted_grouped_mm_experts_forward(weights, hidden_states, top_k_index, top_k_weights)
-    if implementation in ("grouped_mm", "batched_mm") and hidden_states.dtype == torch.float64:
-        # torch's grouped GEMM has no fp64 kernel; fp64 (gradient checks) runs the eager reference.
-        logger.warning_once(f"experts implementation {implementation!r} has no float64 kernel: using 'eager'")
-        implementation = "eager"
-    if implementation == "eager":
-        return eager_experts_forward(weights, hidden_states, top_k_index, top_k_weights)
-    function = ALL_EXPERTS_FUNCTIONS.get_interface(implementation, eager_experts_forward)
-    if hidden_states.shape[0] == 0:
-        return hidden_states.new_zeros(hidden_states.shape)
-    weights = weights.with_down_bias()
-    if implementation == "grouped_mm":
-        weights, hidden_states, hidden = pad_for_grouped_mm(weights, hidden_states)
-        return function(weights, hidden_states, top_k_index, top_k_weights)[:, :hidden]
+    function = PAD_EXPERTS_FUNCTIONS.get_interface(implementation, eager_experts_forward)
     return function(weights, hidden_states, top_k_index, top_k_weights)

@@ -1,4 +1,5 @@
-"""Iterative Mode Partition (IMP), PAD-Net's choice of which entries are dynamic (METHODS.md §1).
+"""Iterative Mode Partition (IMP), PAD-Net's choice of which entries are dynamic (``docs/pad.md``, "## Iterative
+Mode Partition").
 
 Before training, on a few mini-batches: relax the mask ``M`` to continuous values, score every entry, keep the
 top fraction as dynamic and make the rest static; repeat ``T`` times with the kept fraction decaying as
@@ -11,9 +12,12 @@ the static weight (an upcycled model, where ``dL/dM`` is identically zero), the 
 gradient) and, under ``torch.distributed``, summed over the ranks; the masks are then broadcast from rank 0, so
 every rank ends with identical masks.
 
-:func:`finalize_partition` then drops the redundant entries (compact storage, see
-:class:`~hf_dynamic.pad.layers.PartialDynamicFFN`). :class:`IMPCallback` runs IMP inside ``Trainer`` on the
-Trainer's own training dataloader.
+:func:`finalize_partition` then drops the redundant entries (compact storage, see :mod:`hf_dynamic.pad.layouts`).
+:class:`IMPCallback` runs IMP inside ``Trainer`` on the Trainer's own training dataloader.
+
+IMP works on every module of the model that implements the partially dynamic layer interface
+(:class:`~hf_dynamic.pad.interface.PartiallyDynamicLayer`), through its public methods only; it knows nothing of
+the model, nor of how a layer stores its weights.
 """
 
 from __future__ import annotations
@@ -27,8 +31,8 @@ from transformers.utils import logging
 
 from ..core.importance import normalize_scores
 from ..core.masks import count_to_keep, topk_mask, topk_masks
-from .layers import PartialDynamicFFN
 from ..core.validation import check_choice
+from .interface import PartiallyDynamicLayer
 
 logger = logging.get_logger(__name__)
 
@@ -36,9 +40,9 @@ SCOPES = ("global", "layer")
 SCORES = ("auto", "snip", "grad_variance")
 
 
-def pad_layers(model) -> list[PartialDynamicFFN]:
-    """The PAD/MoE FFN layers of ``model`` in depth order."""
-    return [m for m in model.modules() if isinstance(m, PartialDynamicFFN)]
+def pad_layers(model) -> list[PartiallyDynamicLayer]:
+    """The partially dynamic layers of ``model`` (PAD/MoE FFNs, ...) in depth order."""
+    return [m for m in model.modules() if isinstance(m, PartiallyDynamicLayer)]
 
 
 def _check_imp_arguments(model, dynamic_ratio, iterations, num_batches, scope, score) -> float:
@@ -46,9 +50,9 @@ def _check_imp_arguments(model, dynamic_ratio, iterations, num_batches, scope, s
     config = model.config
     if not layers:
         raise ValueError(f"{type(model).__name__} has no PAD-Net MoE layers to partition")
-    if any(layer.layout == "moe" for layer in layers):
-        raise ValueError(f"dynamic_ratio=1.0 (a plain MoE) has nothing to partition: config.dynamic_ratio="
-                         f"{config.dynamic_ratio}")
+    if not all(layer.partitionable for layer in layers):
+        raise ValueError(f"{type(model).__name__} has nothing to partition (every entry dynamic, a plain MoE): "
+                         f"config.dynamic_ratio={config.dynamic_ratio}")
     state = getattr(config, "pad_state", None)
     if state != "unpartitioned":
         raise ValueError(f"IMP runs once, on an unpartitioned model; this model has pad_state={state!r}")
@@ -105,22 +109,17 @@ def _score_iteration(model, layers, dataloader, num_batches: int, kind: str, dev
         loss = outputs.loss if hasattr(outputs, "loss") else None
         if loss is None:
             raise ValueError("IMP needs the model to return a loss: batches must contain labels")
-        inputs = [t for layer in layers for t in layer.imp_inputs()]
-        grads = torch.autograd.grad(loss, inputs, allow_unused=True)
-        grads = [torch.zeros_like(t) if g is None else g for t, g in zip(inputs, grads)]
-        offset = 0
-        for layer in layers:
-            n = len(layer._imp["leaves"]) + 4
-            layer.imp_accumulate(grads[offset:offset + n])
-            offset += n
+        inputs = [layer.imp_inputs() for layer in layers]
+        grads = iter(torch.autograd.grad(loss, [t for ts in inputs for t in ts], allow_unused=True))
+        for layer, tensors in zip(layers, inputs):
+            layer.imp_accumulate([torch.zeros_like(t) if g is None else g for t, g in zip(tensors, grads)])
         seen += 1
         if seen >= num_batches:  # stop before fetching a batch that would go unused
             break
     if seen == 0:
         raise ValueError("the IMP dataloader yielded no batches")
     # Sum the gradients over ranks before scoring (|.| and the variance are not additive over ranks).
-    _all_reduce_sum_([g for layer in layers
-                      for g in (layer._imp["mask_grad"] if kind == "snip" else layer._imp["expert_grad"])])
+    _all_reduce_sum_([g for layer in layers for g in layer.imp_gradients(kind)])
     return [layer.imp_scores(kind) for layer in layers], seen
 
 

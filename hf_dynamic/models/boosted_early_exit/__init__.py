@@ -1,4 +1,4 @@
-"""Boosted early-exit encoders (BoostNet, METHODS.md §2): registration entry for :mod:`hf_dynamic.registry`."""
+"""Boosted early-exit encoders (BoostNet, docs/boost.md): registration entry for :mod:`hf_dynamic.registry`."""
 
 from .configuration_boosted_early_exit import BoostedEarlyExitConfig
 from .modeling_boosted_early_exit import (

@@ -1,4 +1,4 @@
-"""Configuration of boosted early-exit encoders (BoostNet, METHODS.md §2; Yu et al., AAAI 2023, arXiv 2211.16726).
+"""Configuration of boosted early-exit encoders (BoostNet, docs/boost.md; Yu et al., AAAI 2023, arXiv 2211.16726).
 
 The backbone's own configuration is nested as a sub-config (serialised as a dict carrying its ``model_type`` and
 rebuilt through ``CONFIG_MAPPING``), so any registered encoder type works: BERT, RoBERTa, DistilBERT, and
@@ -10,10 +10,12 @@ import math
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from ...boost.criteria import EXIT_CRITERIA as _CRITERIA
+from ...boost.criteria import get_criterion
+from ...boost.heads import EXIT_POOLINGS
 from ...core.validation import check_choice
 
-EXIT_CRITERIA = ("confidence", "entropy", "patience")
-EXIT_POOLINGS = ("cls", "mean")
+EXIT_CRITERIA = tuple(_CRITERIA)  # the names registered in hf_dynamic.boost.criteria
 
 
 class BoostedEarlyExitConfig(PreTrainedConfig):
@@ -100,9 +102,12 @@ class BoostedEarlyExitConfig(PreTrainedConfig):
     @property
     def dynamic_exit_enabled(self) -> bool:
         """Whether inference exits early (thresholds set, or patience set for the patience criterion)."""
-        if self.exit_criterion == "patience":
-            return self.exit_patience is not None
-        return self.exit_thresholds is not None
+        return get_criterion(self.exit_criterion).enabled(self)
+
+    def get_text_config(self, decoder=None, encoder=None) -> PreTrainedConfig:
+        """The backbone's config: it holds the text fields (``vocab_size``, ...) that transformers' utilities such
+        as ``resize_token_embeddings`` read and update."""
+        return self.backbone
 
     def check_exit_setup(self):
         """Validate the exit fields; raise ``ValueError`` naming the field and its value."""
@@ -126,7 +131,7 @@ class BoostedEarlyExitConfig(PreTrainedConfig):
         if not (isinstance(t, (int, float)) and math.isfinite(t) and t > 0):
             raise ValueError(f"ensemble_temperature must be > 0, got {t!r}")
         check_choice("exit_pooling", self.exit_pooling, EXIT_POOLINGS)
-        check_choice("exit_criterion", self.exit_criterion, EXIT_CRITERIA)
+        criterion = get_criterion(self.exit_criterion)
         if self.exit_thresholds is not None:
             if len(self.exit_thresholds) != len(layers):
                 raise ValueError(
@@ -143,13 +148,13 @@ class BoostedEarlyExitConfig(PreTrainedConfig):
             raise ValueError(
                 f"exit_loss_weights has {len(self.exit_loss_weights)} values but there are {len(layers)} exits"
             )
+        self.check_problem_type()
+        criterion.check_config(self)
+
+    def check_problem_type(self):
+        """Boosted exits are single-label classifiers or regressors: ``ValueError`` for multi-label."""
         if self.problem_type == "multi_label_classification":
             raise ValueError("problem_type='multi_label_classification' is not supported by boosted early exits")
-        if self.is_regression and self.exit_criterion != "patience" and self.exit_thresholds is not None:
-            raise ValueError(
-                f"exit_criterion={self.exit_criterion!r} needs class probabilities, but the model is a regression "
-                "(num_labels=1); use exit_criterion='patience' for regression"
-            )
 
 
 __all__ = ["BoostedEarlyExitConfig", "EXIT_CRITERIA", "EXIT_POOLINGS"]

@@ -1,4 +1,4 @@
-"""Boosted early-exit heads on any transformers encoder (BoostNet, METHODS.md §2; Yu et al., AAAI 2023,
+"""Boosted early-exit heads on any transformers encoder (BoostNet, docs/boost.md; Yu et al., AAAI 2023,
 arXiv 2211.16726), with exits that really skip the remaining layers.
 
 The model wraps a backbone encoder with the BERT module layout — an ``embeddings`` module and one
@@ -15,62 +15,42 @@ Three ways to run it:
 - dynamic mode (eval mode with ``exit_thresholds`` set, or ``exit_patience`` for the patience criterion): the
   samples whose exit criterion fires leave the batch; later layers run only on the samples still in it (batch
   compaction), and the output carries each sample's ``logits`` and ``exit_layer``.
+
+The method's pieces (exit heads, boosted ensemble and loss, gradient rescaling, exit criteria and rule, calibration)
+live in :mod:`hf_dynamic.boost`; this module wires them onto a backbone.
+
+There is no base-model class (no ``BoostedEarlyExitModel`` registered with ``AutoModel``): the exit heads *are* the
+method, so every model of this type has a task head, and without them what remains is the backbone itself, which its
+own class already serves: ``model.backbone`` (also ``model.base_model``) is a stock ``BertModel`` /
+``RobertaModel`` / ... and ``model.backbone.save_pretrained(path)`` writes a checkpoint that ``AutoModel`` loads.
+Conversely a base-model checkpoint is turned into this class with
+:meth:`BoostedEarlyExitForSequenceClassification.from_backbone`; ``from_pretrained`` on one raises a ``ValueError``
+saying so.
 """
 
 import copy
+import glob
 import inspect
+import json
+import os
+import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn import CrossEntropyLoss, MSELoss
 from transformers import AutoModel, PreTrainedModel
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import ModelOutput
 from transformers.utils import logging
 
-from ...core.gradient import scale_gradient
+from ...boost.criteria import ExitRule, exit_confidence, exit_entropy, exit_score
+from ...boost.heads import ExitHead
+from ...boost.loss import boosted_loss, boosted_prediction, rescale_trunk
 from ...core.routing import TopKRouter, load_balancing_loss
 from .configuration_boosted_early_exit import BoostedEarlyExitConfig
 
 logger = logging.get_logger(__name__)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Exit criteria (METHODS.md §2: confidence = max softmax of F_n; DeeBERT: entropy; PABEE: patience)
-# ----------------------------------------------------------------------------------------------------------------
-def exit_confidence(logits: torch.Tensor) -> torch.Tensor:
-    """Max softmax probability per sample (BoostNet / MSDNet confidence), shape ``(batch,)``."""
-    return torch.softmax(logits.float(), dim=-1).amax(dim=-1)
-
-
-def exit_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy (nats) of the softmax per sample (DeeBERT's exit criterion), shape ``(batch,)``."""
-    log_probs = torch.log_softmax(logits.float(), dim=-1)
-    return -(log_probs.exp() * log_probs).sum(dim=-1)
-
-
-def exit_score(logits: torch.Tensor, criterion: str) -> torch.Tensor:
-    """A score that grows with certainty: the exit fires when ``score >= threshold_score``.
-
-    ``confidence``: the max probability itself; ``entropy``: minus the entropy (so the entropy threshold θ maps to
-    the score threshold -θ).
-    """
-    if criterion == "confidence":
-        return exit_confidence(logits)
-    if criterion == "entropy":
-        return -exit_entropy(logits)
-    raise ValueError(f"exit_criterion {criterion!r} has no per-exit score (only 'confidence' and 'entropy')")
-
-
-def threshold_to_score(threshold: float, criterion: str) -> float:
-    """Map a stored threshold to the score scale of :func:`exit_score`."""
-    return threshold if criterion == "confidence" else -threshold
-
-
-def score_to_threshold(score: float, criterion: str) -> float:
-    """Inverse of :func:`threshold_to_score`."""
-    return score if criterion == "confidence" else -score
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -141,6 +121,16 @@ class BoostedEarlyExitOutput(ModelOutput):
     exit_layer (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
         Dynamic mode: the backbone layer (1-based, as in ``exit_layers``) whose exit produced each prediction; it
         is also the number of backbone layers run for that sample.
+    hidden_states (`tuple(torch.FloatTensor)`, *optional*, with ``output_hidden_states=True``):
+        The embeddings' output and each backbone layer's output, ``(batch_size, sequence_length, hidden_size)``
+        each, as the backbone returns them. Dynamic mode: the same entries, zero-padded: a sample's rows are zero
+        in the layers after its ``exit_layer`` (never computed for it) and at the trailing padding positions
+        dropped once the longest samples had left.
+    attentions (`tuple(torch.FloatTensor)`, *optional*, with ``output_attentions=True``):
+        Each backbone layer's attention weights, ``(batch_size, num_heads, sequence_length, sequence_length)``, as
+        the backbone returns them (an empty tuple, with a warning, under an attention implementation that does not
+        return weights, such as sdpa: load with ``attn_implementation="eager"``). Dynamic mode: zero-padded as
+        ``hidden_states``.
     exit_losses (`torch.FloatTensor` of shape `(num_exits,)`, *optional*):
         Full mode with labels: each exit's (unweighted, detached) loss L_n.
     aux_loss (`torch.FloatTensor`, *optional*):
@@ -152,34 +142,10 @@ class BoostedEarlyExitOutput(ModelOutput):
     logits: torch.FloatTensor | None = None
     all_exit_logits: torch.FloatTensor | None = None
     exit_layer: torch.LongTensor | None = None
+    hidden_states: tuple | None = None
+    attentions: tuple | None = None
     exit_losses: torch.FloatTensor | None = None
     aux_loss: torch.FloatTensor | None = None
-
-
-class ExitHead(nn.Module):
-    """Exit head f_n: BERT-pooler-style ``classifier(dropout(tanh(dense(pool(h)))))`` on a layer's output.
-
-    ``pooling="cls"``: the first token (BERT's pooler, DeeBERT's highway exits); ``"mean"``: the mean over the
-    non-padding tokens (how sentence-transformers such as all-MiniLM-L6-v2 were trained to pool).
-    """
-
-    def __init__(self, hidden_size: int, num_labels: int, dropout: float, pooling: str = "cls"):
-        super().__init__()
-        self.pooling = pooling
-        self.dense = nn.Linear(hidden_size, hidden_size)
-        self.activation = nn.Tanh()
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(hidden_size, num_labels)
-
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        if self.pooling == "cls":
-            pooled = hidden_states[:, 0]
-        elif attention_mask is None:
-            pooled = hidden_states.mean(dim=1)
-        else:
-            weights = attention_mask.to(hidden_states.dtype).unsqueeze(-1)
-            pooled = (hidden_states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
-        return self.classifier(self.dropout(self.activation(self.dense(pooled))))
 
 
 class BoostedEarlyExitPreTrainedModel(PreTrainedModel):
@@ -195,7 +161,7 @@ class BoostedEarlyExitPreTrainedModel(PreTrainedModel):
 
 
 class BoostedEarlyExitForSequenceClassification(BoostedEarlyExitPreTrainedModel):
-    """Sequence classifier / regressor with boosted early exits (METHODS.md §2) on a wrapped encoder."""
+    """Sequence classifier / regressor with boosted early exits (docs/boost.md) on a wrapped encoder."""
 
     def __init__(self, config: BoostedEarlyExitConfig):
         super().__init__(config)
@@ -268,8 +234,8 @@ class BoostedEarlyExitForSequenceClassification(BoostedEarlyExitPreTrainedModel)
         if num_labels == 1:
             config_kwargs.setdefault("problem_type", "regression")
         config = BoostedEarlyExitConfig(backbone=backbone_config, exit_layers=exit_layers, **label_kwargs, **config_kwargs)
-        config._attn_implementation = encoder.config._attn_implementation
         model = cls(config)
+        model.set_attn_implementation(encoder.config._attn_implementation)  # the encoder's, for the whole model
         state = {k: v for k, v in encoder.state_dict().items() if not k.startswith("pooler.")}
         model.backbone.load_state_dict(state, strict=True)
         pooler = getattr(getattr(encoder, "pooler", None), "dense", None)
@@ -279,6 +245,20 @@ class BoostedEarlyExitForSequenceClassification(BoostedEarlyExitPreTrainedModel)
                     head.dense.weight.copy_(pooler.weight)
                     head.dense.bias.copy_(pooler.bias)
         return model.to(next(encoder.parameters()).device)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """``PreTrainedModel.from_pretrained``, plus a ``ValueError`` for a local checkpoint of another model type
+        (a base encoder such as a saved ``BertModel``: use :meth:`from_backbone`) and for a checkpoint whose exit
+        heads do not match its ``exit_layers`` (heads would load onto the wrong layers)."""
+        folder = pretrained_model_name_or_path
+        if folder is not None and os.path.isdir(folder):
+            config = kwargs.get("config")
+            if not isinstance(config, BoostedEarlyExitConfig):
+                _check_checkpoint_model_type(folder)
+                config = BoostedEarlyExitConfig.from_pretrained(folder)
+            _check_checkpoint_heads(folder, config)
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     # -- pieces of the forward pass ---------------------------------------------------------------------------
     def _embed(self, input_ids, token_type_ids, position_ids, inputs_embeds):
@@ -306,22 +286,15 @@ class BoostedEarlyExitForSequenceClassification(BoostedEarlyExitPreTrainedModel)
         )
 
     def _ensemble(self, previous, head_logits):
-        """F_n = t·F_{n-1} + f_n (boosting) or f_n (joint); F_{n-1} enters through stop-gradient (METHODS.md §2).
+        """F_n = t·F_{n-1} + f_n (boosting) or f_n (joint); F_{n-1} enters through stop-gradient."""
+        return boosted_prediction(previous, head_logits, self.config.ensemble_temperature, self.config.boosting)
 
-        The stop-gradient does not change the value, so the same tensor serves as exit n's training input
-        ``t·stop_grad(F_{n-1}) + f_n`` and as its ensemble prediction F_n.
-        """
-        if not self.config.boosting or previous is None:
-            return head_logits
-        return self.config.ensemble_temperature * previous.detach() + head_logits
-
-    def _all_exits(self, hidden_states, attention_mask):
+    def _all_exits(self, hidden_states, attention_mask, record=None):
         """Run every layer up to the last exit and every exit head; return the list of exit predictions F_n.
 
-        Gradient rescaling (METHODS.md §2): after exit n's layer, the trunk is wrapped as
-        ``z = scale(h, 1/c)`` (head n reads z) and ``h' = scale(z, c-1)`` (the next layers read h'), with
-        c = N-n+1 the number of exits at or after n. The gradient reaching the layers up to exit n is then
-        ``(1/c)·Σ_{k≥n} ∂L_k/∂h``: the sum over the exits after it scaled by 1/(N-n+1), without compounding.
+        Gradient rescaling (docs/boost.md, "## Boosted exits", :func:`hf_dynamic.boost.loss.rescale_trunk`): the
+        gradient reaching the layers up to exit n is ``(1/c)·Σ_{k≥n} ∂L_k/∂h`` with c = N-n+1 the number of exits at
+        or after n.
         """
         mask = self._layer_mask(hidden_states, attention_mask)
         rescale = self.config.gradient_rescale and self.training and torch.is_grad_enabled()
@@ -331,29 +304,27 @@ class BoostedEarlyExitForSequenceClassification(BoostedEarlyExitPreTrainedModel)
         predictions, previous = [], None
         for index in range(self.config.exit_layers[-1]):
             hidden_states = layers[index](hidden_states, mask)
+            if record is not None:
+                record.layer_output(hidden_states)
             k = exit_at.get(index + 1)
             if k is None:
                 continue
-            remaining = num_exits - k
-            if rescale:
-                hidden_states = scale_gradient(hidden_states, 1.0 / remaining)
-            previous = self._ensemble(previous, self.exit_heads[k](hidden_states, attention_mask))
+            head_input, hidden_states = rescale_trunk(hidden_states, num_exits - k, rescale)
+            previous = self._ensemble(previous, self.exit_heads[k](head_input, attention_mask))
             predictions.append(previous)
-            if rescale and remaining > 1:
-                hidden_states = scale_gradient(hidden_states, float(remaining - 1))
         return predictions
 
     def _routers(self) -> list:
         """The backbone's top-k routers (MoE backbones such as PartialMoEBert), in module order."""
         return [module for module in self.backbone.modules() if isinstance(module, TopKRouter)]
 
-    def _all_exits_with_router_loss(self, hidden_states, attention_mask, routers):
+    def _all_exits_with_router_loss(self, hidden_states, attention_mask, routers, record=None):
         """:meth:`_all_exits`, plus the Switch load-balancing loss of ``routers`` (their logits captured by hooks),
         as the backbone's own forward adds it (``core.routing.load_balancing_loss``)."""
         captured = []
         hooks = [router.register_forward_hook(lambda module, args, out: captured.append(out[0])) for router in routers]
         try:
-            predictions = self._all_exits(hidden_states, attention_mask)
+            predictions = self._all_exits(hidden_states, attention_mask, record)
         finally:
             for hook in hooks:
                 hook.remove()
@@ -361,25 +332,9 @@ class BoostedEarlyExitForSequenceClassification(BoostedEarlyExitPreTrainedModel)
         aux_loss = load_balancing_loss(tuple(captured), routers[0].num_experts, routers[0].top_k, mask)
         return predictions, aux_loss
 
-    def _exit_fires(self, prediction, k, state):
-        """Boolean mask of the samples whose exit criterion fires at exit k (0-based) for the current batch."""
-        criterion = self.config.exit_criterion
-        if criterion == "patience":
-            if self.config.is_regression:
-                current = prediction.float().squeeze(-1)
-                agree = (current - state["previous"]).abs() <= self.config.patience_tolerance if k > 0 else None
-            else:
-                current = prediction.argmax(dim=-1)
-                agree = current == state["previous"] if k > 0 else None
-            if agree is not None:
-                state["count"] = torch.where(agree, state["count"] + 1, torch.zeros_like(state["count"]))
-            state["previous"] = current
-            return state["count"] >= self.config.exit_patience
-        threshold = threshold_to_score(self.config.exit_thresholds[k], criterion)
-        return exit_score(prediction, criterion) >= threshold
-
-    def _dynamic_exits(self, hidden_states, attention_mask):
-        """Dynamic mode: each sample leaves at the first exit whose criterion fires (the last exit takes all).
+    def _dynamic_exits(self, hidden_states, attention_mask, record=None):
+        """Dynamic mode: each sample leaves at the first exit whose criterion fires (the last exit takes all), as
+        :class:`hf_dynamic.boost.criteria.ExitRule` decides.
 
         The layers after an exit run only on the samples still in the batch: hidden states, the padding mask and
         the criterion state are compacted (position / token type ids are consumed by the embeddings before any
@@ -390,23 +345,21 @@ class BoostedEarlyExitForSequenceClassification(BoostedEarlyExitPreTrainedModel)
         if attention_mask is None:
             attention_mask = torch.ones(hidden_states.shape[:2], dtype=torch.long, device=hidden_states.device)
         exit_at = {layer: k for k, layer in enumerate(self.config.exit_layers)}
-        last = self.config.num_exits - 1
         logits = hidden_states.new_zeros(batch, self.config.num_labels)
         exit_layer = torch.zeros(batch, dtype=torch.long, device=hidden_states.device)
         active = torch.arange(batch, device=hidden_states.device)
-        state = {"count": torch.zeros(batch, dtype=torch.long, device=hidden_states.device), "previous": None}
+        rule = ExitRule(self.config, batch, hidden_states.device)
         mask = self._layer_mask(hidden_states, attention_mask)
         layers, previous = self.layers, None
         for index in range(self.config.exit_layers[-1]):
             hidden_states = layers[index](hidden_states, mask)
+            if record is not None:
+                record.layer_output(hidden_states, active)
             k = exit_at.get(index + 1)
             if k is None:
                 continue
             previous = self._ensemble(previous, self.exit_heads[k](hidden_states, attention_mask))
-            if k == last:
-                fire = torch.ones(active.shape[0], dtype=torch.bool, device=active.device)
-            else:
-                fire = self._exit_fires(previous, k, state)
+            fire = rule.fires(previous, k)
             if bool(fire.any()):
                 leaving = active[fire]
                 logits[leaving] = previous[fire].to(logits.dtype)
@@ -416,25 +369,23 @@ class BoostedEarlyExitForSequenceClassification(BoostedEarlyExitPreTrainedModel)
                     break
                 active, hidden_states, previous = active[keep], hidden_states[keep], previous[keep]
                 hidden_states, attention_mask = trim_trailing_padding(hidden_states, attention_mask[keep])
-                state = {key: (value[keep] if value is not None else None) for key, value in state.items()}
+                rule.keep(keep)
                 mask = self._layer_mask(hidden_states, attention_mask)
         return logits, exit_layer
 
     def _task_loss(self, logits, labels):
-        """L of METHODS.md §2: cross-entropy (classification) or mean squared error (regression, num_labels=1)."""
+        """L: cross-entropy (classification) or mean squared error (regression, num_labels=1), through
+        transformers' sequence-classification loss (``self.loss_function``) in float32."""
         if self.config.is_regression:
-            return MSELoss()(logits.squeeze(-1).float(), labels.view(-1).float())
-        return CrossEntropyLoss()(logits.view(-1, self.config.num_labels).float(), labels.view(-1))
+            logits, labels = logits.float().view(-1), labels.float().view(-1)
+        else:
+            logits = logits.float()
+        return self.loss_function(labels, logits, _LossConfig(self.config))
 
     def boosted_loss(self, exit_predictions, labels):
-        """BoostNet's loss ``Σ_n w_n·L(t·stop_grad(F_{n-1}) + f_n, y)`` (METHODS.md §2), one backward for all exits.
-
-        ``exit_predictions`` are the F_n of :meth:`_all_exits`, which already carry the stop-gradient (or are the
-        plain f_n of the joint baseline). Returns ``(loss, per_exit_losses)``.
-        """
-        weights = self.config.exit_loss_weights or [1.0] * len(exit_predictions)
-        losses = torch.stack([self._task_loss(prediction, labels) for prediction in exit_predictions])
-        return (losses * losses.new_tensor(weights)).sum(), losses.detach()
+        """BoostNet's loss ``Σ_n w_n·L(t·stop_grad(F_{n-1}) + f_n, y)`` (:func:`hf_dynamic.boost.loss.boosted_loss`),
+        one backward for all exits. Returns ``(loss, per_exit_losses)``."""
+        return boosted_loss(exit_predictions, labels, self._task_loss, self.config.exit_loss_weights)
 
     # -- forward ------------------------------------------------------------------------------------------------
     def forward(
@@ -446,6 +397,8 @@ class BoostedEarlyExitForSequenceClassification(BoostedEarlyExitPreTrainedModel)
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         output_all_exits: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         return_dict: bool | None = None,
     ) -> BoostedEarlyExitOutput | tuple:
         r"""
@@ -453,42 +406,202 @@ class BoostedEarlyExitForSequenceClassification(BoostedEarlyExitPreTrainedModel)
             Class indices, or float targets for regression (``num_labels == 1``).
         output_all_exits (`bool`, *optional*):
             Anytime mode: run every exit and return their predictions as ``all_exit_logits``.
+        output_hidden_states (`bool`, *optional*):
+            Return the embeddings' and every backbone layer's output as ``hidden_states`` (as the backbone does).
+            In dynamic mode each sample's rows are filled up to its ``exit_layer`` and zero after it (those layers
+            never ran for it); see [`BoostedEarlyExitOutput`].
+        output_attentions (`bool`, *optional*):
+            Return every backbone layer's attention weights as ``attentions``, padded like ``hidden_states`` in
+            dynamic mode.
 
         Dynamic (early-exit) mode is used in eval mode when the config enables it
         (``config.dynamic_exit_enabled``) and ``output_all_exits`` is not set.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        if output_attentions is None:
+            output_attentions = self.config.output_attentions
+        self.config.check_problem_type()
         hidden_states = self._embed(input_ids, token_type_ids, position_ids, inputs_embeds)
         dynamic = not self.training and self.config.dynamic_exit_enabled and not output_all_exits
+        record = _Recorder(self, hidden_states, output_hidden_states, output_attentions, dynamic)
         loss = all_exit_logits = exit_layer = exit_losses = aux_loss = None
-        if dynamic:
-            self.config.check_exit_setup()
-            logits, exit_layer = self._dynamic_exits(hidden_states, attention_mask)
-            if labels is not None:
-                loss = self._task_loss(logits, labels)
-        else:
-            routers = self._routers() if labels is not None else []
-            coefficient = getattr(self.config.backbone, "router_aux_loss_coef", 0.0) or 0.0
-            if routers and coefficient:
-                predictions, aux_loss = self._all_exits_with_router_loss(hidden_states, attention_mask, routers)
+        with record.attention_hooks():
+            if dynamic:
+                self.config.check_exit_setup()
+                logits, exit_layer = self._dynamic_exits(hidden_states, attention_mask, record.active())
+                if labels is not None:
+                    loss = self._task_loss(logits, labels)
             else:
-                predictions = self._all_exits(hidden_states, attention_mask)
-            logits = predictions[-1]
-            if labels is not None:
-                loss, exit_losses = self.boosted_loss(predictions, labels)
-                if aux_loss is not None:
-                    loss = loss + coefficient * aux_loss.to(loss.device)
-            if output_all_exits:
-                all_exit_logits = torch.stack(predictions, dim=1)
+                routers = self._routers() if labels is not None else []
+                coefficient = getattr(self.config.backbone, "router_aux_loss_coef", 0.0) or 0.0
+                if routers and coefficient:
+                    predictions, aux_loss = self._all_exits_with_router_loss(
+                        hidden_states, attention_mask, routers, record.active()
+                    )
+                else:
+                    predictions = self._all_exits(hidden_states, attention_mask, record.active())
+                logits = predictions[-1]
+                if labels is not None:
+                    loss, exit_losses = self.boosted_loss(predictions, labels)
+                    if aux_loss is not None:
+                        loss = loss + coefficient * aux_loss.to(loss.device)
+                if output_all_exits:
+                    all_exit_logits = torch.stack(predictions, dim=1)
         output = BoostedEarlyExitOutput(
             loss=loss,
             logits=logits,
             all_exit_logits=all_exit_logits,
             exit_layer=exit_layer,
+            hidden_states=record.hidden_states(),
+            attentions=record.attentions(),
             exit_losses=exit_losses,
             aux_loss=aux_loss,
         )
         return output if return_dict else output.to_tuple()
+
+
+class _LossConfig:
+    """The two fields transformers' ``ForSequenceClassificationLoss`` reads, with the problem type resolved here
+    (that loss would otherwise write ``problem_type`` into the model's config, and guess multi-label from float
+    labels)."""
+
+    def __init__(self, config):
+        self.num_labels = config.num_labels
+        self.problem_type = "regression" if config.is_regression else "single_label_classification"
+
+
+class _Recorder:
+    """Collects the hidden states and attention weights a forward pass was asked for.
+
+    ``layer_output(h, active)`` stores a layer's output for the samples ``active`` (dynamic mode: the samples still
+    in the batch, whose rows go into a zero-padded full-batch tensor); the attention weights are caught by forward
+    hooks on the backbone's attention modules (the classes its ``_can_record_outputs`` names).
+    """
+
+    def __init__(self, model, embeddings_output, want_hidden, want_attentions, padded):
+        self.model, self.padded = model, padded
+        self.want_hidden, self.want_attentions = bool(want_hidden), bool(want_attentions)
+        self.shape = embeddings_output.shape[:2]
+        self._hidden = [embeddings_output] if self.want_hidden else None
+        self._attentions = [] if self.want_attentions else None
+        self._padded = 0  # attention entries already padded
+
+    def active(self):
+        """Self when anything is recorded, else ``None`` (the layer loops then skip recording)."""
+        return self if (self.want_hidden or self.want_attentions) else None
+
+    def _pad(self, tensor, seq_dims, active):
+        if not self.padded or active is None or tensor is None:
+            return tensor
+        batch, length = self.shape
+        shape = [batch, *tensor.shape[1:]]
+        for dim in seq_dims:
+            shape[dim] = length
+        full = tensor.new_zeros(shape)
+        index = [active] + [slice(0, tensor.shape[dim]) if dim in seq_dims else slice(None)
+                                  for dim in range(1, tensor.dim())]
+        full[tuple(index)] = tensor
+        return full
+
+    def layer_output(self, hidden_states, active=None):
+        """Called after each layer: store its output and pad the attention weights it produced."""
+        if self.want_hidden:
+            self._hidden.append(self._pad(hidden_states, (1,), active))
+        if self.want_attentions:
+            for i in range(self._padded, len(self._attentions)):
+                self._attentions[i] = self._pad(self._attentions[i], (2, 3), active)
+            self._padded = len(self._attentions)
+
+    def _attention_hook(self, module, args, output):
+        self._attentions.append(output[self._attention_index] if isinstance(output, tuple) else None)
+
+    @contextmanager
+    def attention_hooks(self):
+        if not self.want_attentions:
+            yield
+            return
+        target = type(self.model.backbone)._can_record_outputs.get("attentions") if hasattr(
+            type(self.model.backbone), "_can_record_outputs") else None
+        target_class = getattr(target, "target_class", target)
+        self._attention_index = getattr(target, "index", 1) if not isinstance(target, type) else 1
+        if not isinstance(target_class, type):
+            raise ValueError(
+                f"output_attentions: the {self.model.config.backbone.model_type} backbone does not say which of its "
+                "modules compute attention weights"
+            )
+        hooks = [module.register_forward_hook(self._attention_hook)
+                 for module in self.model.layers.modules() if isinstance(module, target_class)]
+        try:
+            yield
+        finally:
+            for hook in hooks:
+                hook.remove()
+
+    def _complete(self, tensors, count):
+        """Dynamic mode stops once every sample has left: the layers that never ran give zero tensors."""
+        return tuple(tensors) + tuple(torch.zeros_like(tensors[-1]) for _ in range(count - len(tensors)))
+
+    def hidden_states(self):
+        if not self.want_hidden:
+            return None
+        return self._complete(self._hidden, self.model.config.num_backbone_layers + 1)
+
+    def attentions(self):
+        if not self.want_attentions:
+            return None
+        if any(weights is None for weights in self._attentions):
+            logger.warning_once(
+                f"attention implementation {self.model.config.backbone._attn_implementation!r} returns no attention "
+                "weights; load the model with attn_implementation='eager' to get them"
+            )
+            return ()
+        return self._complete(self._attentions, self.model.config.num_backbone_layers)
+
+
+def _check_checkpoint_model_type(folder) -> None:
+    """``ValueError`` when a checkpoint folder holds another model type (e.g. a base ``BertModel``)."""
+    path = os.path.join(folder, "config.json")
+    if not os.path.isfile(path):
+        return
+    with open(path) as handle:
+        model_type = json.load(handle).get("model_type")
+    if model_type != BoostedEarlyExitConfig.model_type:
+        raise ValueError(
+            f"{folder} holds a {model_type!r} checkpoint, not a {BoostedEarlyExitConfig.model_type!r} one; build a "
+            "boosted early-exit model on it with BoostedEarlyExitForSequenceClassification.from_backbone("
+            f"{folder!r}, num_labels=...)"
+        )
+
+
+def _check_checkpoint_heads(folder, config) -> None:
+    """``ValueError`` when a checkpoint's exit heads disagree with its ``exit_layers`` (count or width)."""
+    from safetensors import safe_open
+
+    pattern = re.compile(r"(?:^|\.)exit_heads\.(\d+)\.classifier\.weight$")
+    shapes = {}
+    for path in sorted(glob.glob(os.path.join(folder, "*.safetensors"))):
+        with safe_open(path, framework="pt") as handle:
+            for key in handle.keys():
+                match = pattern.search(key)
+                if match is not None:
+                    shapes[int(match.group(1))] = tuple(handle.get_slice(key).get_shape())
+    if not shapes:
+        return
+    if sorted(shapes) != list(range(config.num_exits)):
+        raise ValueError(
+            f"checkpoint {folder} has {len(shapes)} exit heads (indices {sorted(shapes)}), but its config's "
+            f"exit_layers={config.exit_layers} needs {config.num_exits}: the heads would load onto the wrong layers"
+        )
+    expected = (config.num_labels, config.backbone.hidden_size)
+    for index, shape in sorted(shapes.items()):
+        if shape != expected:
+            raise ValueError(
+                f"checkpoint {folder}: exit head {index} (layer {config.exit_layers[index]}) has classifier shape "
+                f"{shape}, but the config (num_labels={config.num_labels}, hidden_size="
+                f"{config.backbone.hidden_size}) implies {expected}"
+            )
 
 
 __all__ = [

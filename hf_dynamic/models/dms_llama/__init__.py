@@ -1,4 +1,5 @@
-"""``dms_llama``: the per-layer-width Llama that a non-uniform DMS search exports to (METHODS.md §3)."""
+"""``dms_llama``: the per-layer-width Llama that a non-uniform DMS search exports to
+(``DMSLlamaForCausalLM.from_pruned(pruner)``; ``docs/dms.md``, "## Search and export")."""
 
 from .configuration_dms_llama import DMSLlamaConfig
 from .modeling_dms_llama import DMSLlamaForCausalLM, DMSLlamaModel, DMSLlamaPreTrainedModel

@@ -1,4 +1,5 @@
-"""Configuration of ``dms_llama``: a Llama decoder whose layers have their own widths (METHODS.md §3, DMS export).
+"""Configuration of ``dms_llama``: a Llama decoder whose layers have their own widths (DMS export,
+``docs/dms.md``).
 
 transformers' ``LlamaConfig`` has one width for every layer. A non-uniform DMS search (``DMSPruner(...,
 uniform=False)``) keeps a different number of attention heads, KV heads and MLP channels in each layer and may drop

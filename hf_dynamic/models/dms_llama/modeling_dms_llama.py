@@ -1,28 +1,30 @@
-"""``dms_llama``: Llama with per-layer widths, the export format of a non-uniform DMS search (METHODS.md §3).
+"""``dms_llama``: Llama with per-layer widths, the export format of a non-uniform DMS search (``docs/dms.md``,
+"## Search and export").
 
 The modules are transformers' Llama modules built at the widths of :class:`DMSLlamaConfig`; their forward passes
 are Llama's own (``LlamaAttention.forward``, ``LlamaMLP.forward``, ``LlamaModel.forward``), so a layer with the
-full widths computes exactly what ``LlamaDecoderLayer`` computes. Parameter names are Llama's, so a pruned
-``LlamaForCausalLM`` state dict slices straight into this model. A layer may lack its attention sub-block (0 heads)
-and/or its MLP (0 channels); its RMSNorm goes with it. KV-cache slots are numbered over the layers that have
-attention, so ``DynamicCache.get_seq_length()`` (which reads slot 0) stays correct when layer 0 has no attention.
+full widths computes exactly what ``LlamaDecoderLayer`` computes. Each class calls its Llama parent's ``__init__``
+and then swaps in the projections at its own widths (on a fresh construction the parent's full-width modules exist
+for a moment; ``from_pretrained`` builds on the meta device, so loading pays nothing for them). Parameter names are
+Llama's, so a pruned ``LlamaForCausalLM`` state dict slices straight into this model
+(:meth:`DMSLlamaForCausalLM.from_pruned`). A layer may lack its attention sub-block (0 heads) and/or its MLP
+(0 channels); its RMSNorm goes with it. KV-cache slots are numbered over the layers that have attention, so
+``DynamicCache.get_seq_length()`` (which reads slot 0) stays correct when layer 0 has no attention.
 """
 
 import torch
 from torch import nn
 from transformers.cache_utils import Cache
-from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.models.llama.modeling_llama import (
     LlamaAttention,
+    LlamaDecoderLayer,
     LlamaForCausalLM,
     LlamaMLP,
     LlamaModel,
     LlamaPreTrainedModel,
-    LlamaRMSNorm,
-    LlamaRotaryEmbedding,
 )
-from transformers.activations import ACT2FN
 
+from ...dms.export import finish_export, pruned_config, slice_state_dict
 from .configuration_dms_llama import DMSLlamaConfig
 
 __all__ = ["DMSLlamaPreTrainedModel", "DMSLlamaModel", "DMSLlamaForCausalLM"]
@@ -32,14 +34,8 @@ class DMSLlamaAttention(LlamaAttention):
     """``LlamaAttention`` with ``num_heads`` query heads and ``num_kv_heads`` KV heads (its forward is Llama's)."""
 
     def __init__(self, config: DMSLlamaConfig, cache_idx: int, num_heads: int, num_kv_heads: int):
-        nn.Module.__init__(self)
-        self.config = config
-        self.layer_idx = cache_idx
-        self.head_dim = config.head_dim
+        super().__init__(config, layer_idx=cache_idx)
         self.num_key_value_groups = num_heads // num_kv_heads
-        self.scaling = self.head_dim**-0.5
-        self.attention_dropout = config.attention_dropout
-        self.is_causal = True
         bias = config.attention_bias
         self.q_proj = nn.Linear(config.hidden_size, num_heads * self.head_dim, bias=bias)
         self.k_proj = nn.Linear(config.hidden_size, num_kv_heads * self.head_dim, bias=bias)
@@ -51,38 +47,34 @@ class DMSLlamaMLP(LlamaMLP):
     """``LlamaMLP`` with ``intermediate_size`` channels (its forward is Llama's)."""
 
     def __init__(self, config: DMSLlamaConfig, intermediate_size: int):
-        nn.Module.__init__(self)
-        self.config = config
-        self.hidden_size = config.hidden_size
+        super().__init__(config)
         self.intermediate_size = intermediate_size
         self.gate_proj = nn.Linear(self.hidden_size, intermediate_size, bias=config.mlp_bias)
         self.up_proj = nn.Linear(self.hidden_size, intermediate_size, bias=config.mlp_bias)
         self.down_proj = nn.Linear(intermediate_size, self.hidden_size, bias=config.mlp_bias)
-        self.act_fn = ACT2FN[config.hidden_act]
 
 
-class DMSLlamaDecoderLayer(GradientCheckpointingLayer):
+class DMSLlamaDecoderLayer(LlamaDecoderLayer):
     """A Llama decoder layer whose attention and MLP sub-blocks may be absent (``y = x`` for a missing one)."""
 
     def __init__(self, config: DMSLlamaConfig, layer_idx: int, cache_idx: int):
-        super().__init__()
-        self.hidden_size = config.hidden_size
+        super().__init__(config, layer_idx)
         heads = config.layer_num_attention_heads[layer_idx]
         kv_heads = config.layer_num_key_value_heads[layer_idx]
         inter = config.layer_intermediate_sizes[layer_idx]
         self.self_attn = DMSLlamaAttention(config, cache_idx, heads, kv_heads) if heads > 0 else None
-        self.input_layernorm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps) if heads > 0 else None
+        if heads == 0:
+            self.input_layernorm = None
         self.mlp = DMSLlamaMLP(config, inter) if inter > 0 else None
-        self.post_attention_layernorm = (
-            LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps) if inter > 0 else None
-        )
+        if inter == 0:
+            self.post_attention_layernorm = None
 
     def forward(
         self,
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         use_cache: bool | None = False,
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
         **kwargs,
@@ -93,7 +85,7 @@ class DMSLlamaDecoderLayer(GradientCheckpointingLayer):
                 hidden_states=self.input_layernorm(hidden_states),
                 attention_mask=attention_mask,
                 position_ids=position_ids,
-                past_key_values=past_key_values,
+                cache=cache,
                 use_cache=use_cache,
                 position_embeddings=position_embeddings,
                 **kwargs,
@@ -115,18 +107,12 @@ class DMSLlamaModel(DMSLlamaPreTrainedModel, LlamaModel):
     """``LlamaModel`` with :class:`DMSLlamaDecoderLayer` layers (forward inherited from ``LlamaModel``)."""
 
     def __init__(self, config: DMSLlamaConfig):
-        DMSLlamaPreTrainedModel.__init__(self, config)
-        self.padding_idx = config.pad_token_id
-        self.vocab_size = config.vocab_size
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
+        super().__init__(config)
         layers, cache_idx = [], 0
         for layer_idx in range(config.num_hidden_layers):
             layers.append(DMSLlamaDecoderLayer(config, layer_idx, cache_idx))
             cache_idx += int(config.layer_num_attention_heads[layer_idx] > 0)
         self.layers = nn.ModuleList(layers)
-        self.norm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-        self.rotary_emb = LlamaRotaryEmbedding(config=config)
-        self.gradient_checkpointing = False
         self.post_init()
 
 
@@ -134,8 +120,35 @@ class DMSLlamaForCausalLM(DMSLlamaPreTrainedModel, LlamaForCausalLM):
     """``LlamaForCausalLM`` over :class:`DMSLlamaModel` (forward and generation inherited)."""
 
     def __init__(self, config: DMSLlamaConfig):
-        DMSLlamaPreTrainedModel.__init__(self, config)
+        super().__init__(config)
         self.model = DMSLlamaModel(config)
-        self.vocab_size = config.vocab_size
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
+
+    @classmethod
+    @torch.no_grad()
+    def from_pruned(cls, pruner, dtype: torch.dtype | None = None) -> "DMSLlamaForCausalLM":
+        """The model a per-layer DMS search found: each layer at its kept widths (a dropped sub-block has width
+        0), logits equal to the hard-masked model's.
+
+        ``pruner`` is a :class:`hf_dynamic.dms.pruner.DMSPruner` on a ``LlamaForCausalLM`` (usually built with
+        ``uniform=False``; a uniform search exports here too). ``dtype`` defaults to the model's.
+        """
+        model = pruner.model[0]
+        config = model.config
+        if config.model_type != "llama":
+            raise ValueError(
+                f"DMSLlamaForCausalLM.from_pruned builds a dms_llama model, which implements the Llama architecture; "
+                f"got model_type={config.model_type!r} (use pruner.export(uniform=True))"
+            )
+        structure = pruner.searched_structure()
+        L = config.num_hidden_layers
+        attn, mlp = structure.attention_present, structure.mlp_present
+        new_config = pruned_config(
+            model, structure, DMSLlamaConfig, pruner.adapter,
+            layer_num_attention_heads=[int(structure.query_heads[i].numel()) if attn[i] else 0 for i in range(L)],
+            layer_num_key_value_heads=[int(structure.kv_heads[i].numel()) if attn[i] else 0 for i in range(L)],
+            layer_intermediate_sizes=[int(structure.mlp_channels[i].numel()) if mlp[i] else 0 for i in range(L)],
+        )
+        new_config.architectures = [cls.__name__]
+        state_dict = slice_state_dict(model, structure, list(range(L)), pruner.adapter)
+        return finish_export(model, cls(new_config), state_dict, dtype)

@@ -1,4 +1,4 @@
-"""PartialMoEBert: BERT with PAD-Net partially dynamic MoE FFNs (METHODS.md §1).
+"""PartialMoEBert: BERT with PAD-Net partially dynamic MoE FFNs (``docs/pad.md``, "## Partially dynamic MoE").
 
 Registered with the Auto classes on ``import hf_dynamic``.
 """

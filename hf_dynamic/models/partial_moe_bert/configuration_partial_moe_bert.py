@@ -1,11 +1,12 @@
-"""Configuration of PartialMoEBert: BERT whose FFNs are PAD-Net partially dynamic MoE layers (METHODS.md §1)."""
+"""Configuration of PartialMoEBert: BERT whose FFNs are PAD-Net partially dynamic MoE layers (``docs/pad.md``,
+"## Partially dynamic MoE")."""
 
 from __future__ import annotations
 
 from huggingface_hub.dataclasses import strict
 from transformers import BertConfig
 
-from ...pad.layers import GRANULARITIES, PAD_STATES
+from ...pad.layouts import GRANULARITIES, PAD_STATES, is_plain_moe
 from ...core.validation import check_choice
 
 
@@ -70,7 +71,7 @@ class PartialMoEBertConfig(BertConfig):
                                      f"{self.num_hidden_layers}")
             if len(set(self.moe_layers)) != len(self.moe_layers):
                 raise ValueError(f"moe_layers has repeated indices: {self.moe_layers}")
-        if self.dynamic_ratio == 1 and self.pad_state != "unpartitioned":
+        if is_plain_moe(self) and self.pad_state != "unpartitioned":
             raise ValueError(f"pad_state must be 'unpartitioned' for dynamic_ratio=1.0 (a plain MoE), got "
                              f"{self.pad_state!r}")
         if self.pad_state == "finalized":

@@ -1,6 +1,10 @@
-"""PartialMoEBert: BERT with PAD-Net partially dynamic mixture-of-experts FFNs (He et al., arXiv 2211.05528).
+"""PartialMoEBert: BERT with PAD-Net partially dynamic mixture-of-experts FFNs (He et al., arXiv 2211.05528;
+``docs/pad.md``, "## Partially dynamic MoE").
 
-Everything but the FFN is transformers' BERT (embeddings, attention, pooler, heads' layout and key names). In the
+The layer, its output, the encoder and the base model subclass their transformers BERT counterparts and call
+their ``__init__`` before replacing what differs, so a transformers upgrade that changes BERT's structure breaks
+here, loudly; the heads follow transformers' pattern (BERT's head layout, transformers' task losses). Everything but the FFN is
+transformers' BERT (embeddings, attention, pooler, heads' layout and key names). In the
 MoE layers (``config.moe_layers``), ``intermediate.dense`` + ``output.dense`` become a
 :class:`~hf_dynamic.pad.layers.PartialDynamicFFN` named ``mlp`` (router + static/dynamic experts);
 ``output.LayerNorm`` and the residual stay. The Switch load-balancing loss over the MoE layers is always returned
@@ -19,9 +23,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
 from transformers import initialization as init
-from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
     BaseModelOutputWithPoolingAndCrossAttentions,
     QuestionAnsweringModelOutput,
@@ -41,6 +43,7 @@ from transformers.models.bert.modeling_bert import (
     BertPreTrainedModel,
     BertSelfAttention,
 )
+from transformers.models.bert.modeling_bert import BertOutput
 from transformers.utils import logging
 from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import OutputRecorder
@@ -81,13 +84,12 @@ class PartialMoEBertQuestionAnsweringOutput(QuestionAnsweringModelOutput):
 
 
 # ------------------------------------------------------------------------------------------------------- layers
-class PartialMoEBertOutput(nn.Module):
+class PartialMoEBertOutput(BertOutput):
     """BERT's ``BertOutput`` without its dense projection (the MoE computes that): dropout, residual, LayerNorm."""
 
     def __init__(self, config):
-        super().__init__()
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        super().__init__(config)
+        del self.dense
 
     def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
         return self.LayerNorm(self.dropout(hidden_states) + input_tensor)
@@ -97,22 +99,17 @@ class PartialMoEBertLayer(BertLayer):
     """A BERT encoder layer whose FFN is a :class:`PartialDynamicFFN` (``mlp``); attention is BERT's."""
 
     def __init__(self, config, layer_idx: int):
-        GradientCheckpointingLayer.__init__(self)
         if config.is_decoder or config.add_cross_attention:
             raise ValueError("PartialMoEBert is an encoder: is_decoder and add_cross_attention must be False, got "
                              f"is_decoder={config.is_decoder}, add_cross_attention={config.add_cross_attention}")
-        self.chunk_size_feed_forward = config.chunk_size_feed_forward
-        self.seq_len_dim = 1
-        self.attention = BertAttention(config, is_causal=False, layer_idx=layer_idx)
-        self.is_decoder = False
-        self.add_cross_attention = False
+        super().__init__(config, layer_idx=layer_idx)
+        del self.intermediate
         self.mlp = PartialDynamicFFN(config, layer_idx)
         self.output = PartialMoEBertOutput(config)
 
     def forward(self, hidden_states, attention_mask=None, encoder_hidden_states=None, encoder_attention_mask=None,
-                past_key_values=None, **kwargs):
-        attention_output, _ = self.attention(hidden_states, attention_mask, past_key_values=past_key_values,
-                                             **kwargs)
+                cache=None, **kwargs):
+        attention_output, _ = self.attention(hidden_states, attention_mask, cache=cache, **kwargs)
         ffn_output, _ = self.mlp(attention_output)
         return self.output(ffn_output, attention_output)
 
@@ -121,12 +118,9 @@ class PartialMoEBertEncoder(BertEncoder):
     """BERT's encoder with :class:`PartialMoEBertLayer` at the indices of ``config.moe_layers``."""
 
     def __init__(self, config):
-        nn.Module.__init__(self)
-        self.config = config
-        moe = set(config.moe_layer_indices)
-        self.layer = nn.ModuleList([
-            PartialMoEBertLayer(config, layer_idx=i) if i in moe else BertLayer(config, layer_idx=i)
-            for i in range(config.num_hidden_layers)])
+        super().__init__(config)
+        for index in config.moe_layer_indices:
+            self.layer[index] = PartialMoEBertLayer(config, layer_idx=index)
 
 
 def register_zero3_leaf_modules(model) -> bool:
@@ -191,7 +185,7 @@ class PartialMoEBertPreTrainedModel(BertPreTrainedModel):
     # --------------------------------------------------------------------------------------------- upcycling
     @classmethod
     def from_dense(cls, dense_model_or_path, **config_overrides):
-        """Sparse upcycling (Komatsuzaki et al. 2023; METHODS.md §1) of a dense BERT model or checkpoint folder.
+        """Sparse upcycling (Komatsuzaki et al. 2023; ``docs/pad.md``, "## Partially dynamic MoE") of a dense BERT model or checkpoint folder.
 
         Every expert and the static weight copy the dense FFN (both matrices and biases), the router is new, every
         other weight (and a matching task head) is copied. ``config_overrides`` set any config field (MoE fields,
@@ -297,12 +291,12 @@ class PartialMoEBertPreTrainedModel(BertPreTrainedModel):
                         f"layer {layer.layer_idx} tensor {name!r} has shape {actual.get(name)}, but the config "
                         f"(pad_state={self.config.pad_state!r}, pad_partition entry "
                         f"{(self.config.pad_partition or {}).get(str(layer.layer_idx))!r}) implies {shape}")
-            if layer.layout == "finalized" and layer.granularity == "element":
-                counts = self.config.pad_partition[str(layer.layer_idx)]
-                for part, mask in layer._masks().items():
-                    if int(mask.sum()) != counts[part]:
-                        raise ValueError(f"layer {layer.layer_idx} mask {part!r} keeps {int(mask.sum())} entries, "
-                                         f"but pad_partition records {counts[part]}")
+            if layer.layout == "finalized":
+                recorded = self.config.pad_partition[str(layer.layer_idx)]
+                for part, count in layer.partition_counts().items():
+                    if count != recorded[part]:
+                        raise ValueError(f"layer {layer.layer_idx} mask {part!r} keeps {count} entries, but "
+                                         f"pad_partition records {recorded[part]}")
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
@@ -320,10 +314,21 @@ class PartialMoEBertPreTrainedModel(BertPreTrainedModel):
             model.check_pad_shapes()
         return model
 
-    def _aux_total(self, loss, aux_loss):
-        if loss is None or aux_loss is None:
-            return loss
-        return loss + self.config.router_aux_loss_coef * aux_loss.to(loss.device)
+    def _encode(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, output_router_logits,
+                kwargs) -> PartialMoEBertModelOutput:
+        """The heads' call of the encoder."""
+        kwargs.pop("return_dict", None)
+        return self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                         position_ids=position_ids, inputs_embeds=inputs_embeds,
+                         output_router_logits=output_router_logits, return_dict=True, **kwargs)
+
+    def _head_output(self, output_class, outputs, loss, **fields):
+        """A head's output: its task ``loss`` plus ``router_aux_loss_coef`` × the aux loss, the encoder's extras."""
+        aux_loss = outputs.aux_loss
+        if loss is not None and aux_loss is not None:
+            loss = loss + self.config.router_aux_loss_coef * aux_loss.to(loss.device)
+        return output_class(loss=loss, hidden_states=outputs.hidden_states, attentions=outputs.attentions,
+                            aux_loss=aux_loss, router_logits=outputs.router_logits, **fields)
 
 
 def _check_checkpoint_shapes(folder, config) -> None:
@@ -370,14 +375,8 @@ class PartialMoEBertModel(PartialMoEBertPreTrainedModel, BertModel):
     _dense_class = BertModel
 
     def __init__(self, config: PartialMoEBertConfig, add_pooling_layer: bool = True):
-        PreTrainedModel.__init__(self, config)
-        from transformers.models.bert.modeling_bert import BertEmbeddings, BertPooler
-
-        self.config = config
-        self.gradient_checkpointing = False
-        self.embeddings = BertEmbeddings(config)
+        BertModel.__init__(self, config, add_pooling_layer=add_pooling_layer)
         self.encoder = PartialMoEBertEncoder(config)
-        self.pooler = BertPooler(config) if add_pooling_layer else None
         self.post_init()
 
     @can_return_tuple
@@ -405,85 +404,66 @@ class PartialMoEBertModel(PartialMoEBertPreTrainedModel, BertModel):
         )
 
 
-def _sequence_classification_loss(config, num_labels, logits, labels):
-    """BERT's sequence-classification loss, choosing the problem type as ``BertForSequenceClassification`` does."""
-    if config.problem_type is None:
-        if num_labels == 1:
-            config.problem_type = "regression"
-        elif num_labels > 1 and (labels.dtype == torch.long or labels.dtype == torch.int):
-            config.problem_type = "single_label_classification"
-        else:
-            config.problem_type = "multi_label_classification"
-    if config.problem_type == "regression":
-        if num_labels == 1:
-            return MSELoss()(logits.squeeze(), labels.squeeze().to(logits.dtype))
-        return MSELoss()(logits, labels.to(logits.dtype))
-    if config.problem_type == "single_label_classification":
-        return CrossEntropyLoss()(logits.view(-1, num_labels), labels.view(-1))
-    return BCEWithLogitsLoss()(logits, labels.to(logits.dtype))
+def _classifier_dropout(config) -> float:
+    return config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
 
 
-class PartialMoEBertForSequenceClassification(PartialMoEBertPreTrainedModel):
+class _PartialMoEBertClassifier(PartialMoEBertPreTrainedModel):
+    """BERT's classification heads: encoder features (pooled or per token) → dropout → linear, plus the task's
+    transformers loss (``self.loss_function``) and the aux loss."""
+
+    add_pooling_layer = True
+    output_class: type = SequenceClassifierOutput
+
+    def __init__(self, config: PartialMoEBertConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.bert = PartialMoEBertModel(config, add_pooling_layer=self.add_pooling_layer)
+        self.dropout = nn.Dropout(_classifier_dropout(config))
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def features(self, outputs: PartialMoEBertModelOutput) -> torch.Tensor:
+        raise NotImplementedError
+
+    def task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @can_return_tuple
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, labels=None, output_router_logits: bool | None = None, **kwargs):
+        outputs = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                               output_router_logits, kwargs)
+        logits = self.classifier(self.dropout(self.features(outputs)))
+        loss = None if labels is None else self.task_loss(logits, labels)
+        return self._head_output(self.output_class, outputs, loss, logits=logits)
+
+
+class PartialMoEBertForSequenceClassification(_PartialMoEBertClassifier):
     """PartialMoEBert with BERT's sequence-classification head (pooled output → dropout → linear)."""
 
     _dense_class = BertForSequenceClassification
+    output_class = PartialMoEBertSequenceClassifierOutput
 
-    def __init__(self, config: PartialMoEBertConfig):
-        super().__init__(config)
-        self.num_labels = config.num_labels
-        self.config = config
-        self.bert = PartialMoEBertModel(config)
-        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
-        self.post_init()
+    def features(self, outputs):
+        return outputs.pooler_output
 
-    @can_return_tuple
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                inputs_embeds=None, labels=None, output_router_logits: bool | None = None,
-                **kwargs) -> PartialMoEBertSequenceClassifierOutput:
-        kwargs.pop("return_dict", None)
-        outputs = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                            position_ids=position_ids, inputs_embeds=inputs_embeds,
-                            output_router_logits=output_router_logits, return_dict=True, **kwargs)
-        logits = self.classifier(self.dropout(outputs.pooler_output))
-        loss = None
-        if labels is not None:
-            loss = _sequence_classification_loss(self.config, self.num_labels, logits, labels)
-        return PartialMoEBertSequenceClassifierOutput(
-            loss=self._aux_total(loss, outputs.aux_loss), logits=logits, hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions, aux_loss=outputs.aux_loss, router_logits=outputs.router_logits)
+    def task_loss(self, logits, labels):
+        return self.loss_function(labels=labels, pooled_logits=logits, config=self.config)
 
 
-class PartialMoEBertForTokenClassification(PartialMoEBertPreTrainedModel):
+class PartialMoEBertForTokenClassification(_PartialMoEBertClassifier):
     """PartialMoEBert with BERT's token-classification head."""
 
     _dense_class = BertForTokenClassification
+    add_pooling_layer = False
+    output_class = PartialMoEBertTokenClassifierOutput
 
-    def __init__(self, config: PartialMoEBertConfig):
-        super().__init__(config)
-        self.num_labels = config.num_labels
-        self.bert = PartialMoEBertModel(config, add_pooling_layer=False)
-        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
-        self.post_init()
+    def features(self, outputs):
+        return outputs.last_hidden_state
 
-    @can_return_tuple
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                inputs_embeds=None, labels=None, output_router_logits: bool | None = None,
-                **kwargs) -> PartialMoEBertTokenClassifierOutput:
-        kwargs.pop("return_dict", None)
-        outputs = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                            position_ids=position_ids, inputs_embeds=inputs_embeds,
-                            output_router_logits=output_router_logits, return_dict=True, **kwargs)
-        logits = self.classifier(self.dropout(outputs.last_hidden_state))
-        loss = None
-        if labels is not None:
-            loss = CrossEntropyLoss()(logits.view(-1, self.num_labels), labels.view(-1))
-        return PartialMoEBertTokenClassifierOutput(
-            loss=self._aux_total(loss, outputs.aux_loss), logits=logits, hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions, aux_loss=outputs.aux_loss, router_logits=outputs.router_logits)
+    def task_loss(self, logits, labels):
+        return self.loss_function(logits=logits, labels=labels, config=self.config)
 
 
 class PartialMoEBertForQuestionAnswering(PartialMoEBertPreTrainedModel):
@@ -502,28 +482,16 @@ class PartialMoEBertForQuestionAnswering(PartialMoEBertPreTrainedModel):
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                 inputs_embeds=None, start_positions=None, end_positions=None,
                 output_router_logits: bool | None = None, **kwargs) -> PartialMoEBertQuestionAnsweringOutput:
-        kwargs.pop("return_dict", None)
-        outputs = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                            position_ids=position_ids, inputs_embeds=inputs_embeds,
-                            output_router_logits=output_router_logits, return_dict=True, **kwargs)
+        outputs = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                               output_router_logits, kwargs)
         logits = self.qa_outputs(outputs.last_hidden_state)
         start_logits, end_logits = logits.split(1, dim=-1)
         start_logits, end_logits = start_logits.squeeze(-1).contiguous(), end_logits.squeeze(-1).contiguous()
         loss = None
         if start_positions is not None and end_positions is not None:
-            if start_positions.dim() > 1:
-                start_positions = start_positions.squeeze(-1)
-            if end_positions.dim() > 1:
-                end_positions = end_positions.squeeze(-1)
-            ignored = start_logits.size(1)
-            start_positions = start_positions.clamp(0, ignored)
-            end_positions = end_positions.clamp(0, ignored)
-            loss_fct = CrossEntropyLoss(ignore_index=ignored)
-            loss = (loss_fct(start_logits, start_positions) + loss_fct(end_logits, end_positions)) / 2
-        return PartialMoEBertQuestionAnsweringOutput(
-            loss=self._aux_total(loss, outputs.aux_loss), start_logits=start_logits, end_logits=end_logits,
-            hidden_states=outputs.hidden_states, attentions=outputs.attentions, aux_loss=outputs.aux_loss,
-            router_logits=outputs.router_logits)
+            loss = self.loss_function(start_logits, end_logits, start_positions, end_positions)
+        return self._head_output(PartialMoEBertQuestionAnsweringOutput, outputs, loss, start_logits=start_logits,
+                                 end_logits=end_logits)
 
 
 __all__ = [

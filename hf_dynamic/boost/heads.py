@@ -1,0 +1,40 @@
+"""Exit heads: the small classifier f_n that reads one backbone layer's hidden states (docs/boost.md, "## Boosted
+exits")."""
+
+import torch
+from torch import nn
+
+EXIT_POOLINGS = ("cls", "mean")
+
+
+def pool(hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, pooling: str) -> torch.Tensor:
+    """``"cls"``: the first token; ``"mean"``: the mean over the non-padding tokens (all of them without a mask)."""
+    if pooling == "cls":
+        return hidden_states[:, 0]
+    if attention_mask is None:
+        return hidden_states.mean(dim=1)
+    weights = attention_mask.to(hidden_states.dtype).unsqueeze(-1)
+    return (hidden_states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
+
+
+class ExitHead(nn.Module):
+    """Exit head f_n: BERT-pooler-style ``classifier(dropout(tanh(dense(pool(h)))))`` on a layer's output.
+
+    ``pooling="cls"``: the first token (BERT's pooler, DeeBERT's highway exits); ``"mean"``: the mean over the
+    non-padding tokens (how sentence-transformers such as all-MiniLM-L6-v2 were trained to pool).
+    """
+
+    def __init__(self, hidden_size: int, num_labels: int, dropout: float, pooling: str = "cls"):
+        super().__init__()
+        self.pooling = pooling
+        self.dense = nn.Linear(hidden_size, hidden_size)
+        self.activation = nn.Tanh()
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(hidden_size, num_labels)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        pooled = pool(hidden_states, attention_mask, self.pooling)
+        return self.classifier(self.dropout(self.activation(self.dense(pooled))))
+
+
+__all__ = ["EXIT_POOLINGS", "ExitHead", "pool"]

@@ -1,0 +1,209 @@
+"""DMSPruner on tiny random Llama configs (GQA: 4 query heads, 2 KV groups): masks, importance, resource loss,
+bad input (the Trainer path is in test_dms_callback.py)."""
+
+import math
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from hf_dynamic.core.resources import count_parameters
+from hf_dynamic.dms.callback import DMSCallback
+from hf_dynamic.dms.trainer import DMSTrainer
+from hf_dynamic.dms.pruner import DMSPruner
+
+VOCAB = 64
+
+
+def tiny_llama(**overrides):
+    kwargs = dict(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, max_position_embeddings=64, tie_word_embeddings=True,
+    )
+    kwargs.update(overrides)
+    return LlamaForCausalLM(LlamaConfig(**kwargs)).eval()
+
+
+def batch(n=2, t=12):
+    return torch.randint(0, VOCAB, (n, t))
+
+
+def test_public_names():
+    import hf_dynamic
+
+    assert hf_dynamic.DMSPruner is DMSPruner and hf_dynamic.DMSCallback is DMSCallback
+    assert hf_dynamic.DMSTrainer is DMSTrainer
+
+
+@pytest.mark.parametrize("target", [0, 1, 1.5, -0.2, "0.5", True])
+def test_bad_target(target):
+    with pytest.raises(ValueError, match="target"):
+        DMSPruner(tiny_llama(), target)
+
+
+def test_bad_kind_resource_grouping():
+    model = tiny_llama()
+    with pytest.raises(ValueError, match="unknown element kind.*'experts'"):
+        DMSPruner(model, 0.5, prune=("heads", "experts"))
+    with pytest.raises(ValueError, match="resource"):
+        DMSPruner(model, 0.5, resource="latency")
+    with pytest.raises(ValueError, match="head_grouping"):
+        DMSPruner(model, 0.5, head_grouping="mixed")
+    with pytest.raises(ValueError, match="grouped-query attention"):
+        DMSPruner(tiny_llama(num_key_value_heads=4), 0.5, head_grouping="query")
+    assert not model.model.embed_tokens._forward_hooks  # nothing attached on failure
+
+
+def test_unsupported_architecture_is_named():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=32, n_positions=16))
+    with pytest.raises(ValueError, match="GPT2LMHeadModel.*gpt2"):
+        DMSPruner(gpt2, 0.5)
+
+
+def test_export_before_any_search_step():
+    pruner = DMSPruner(tiny_llama(), 0.5)
+    with pytest.raises(ValueError, match="before any search step"):
+        pruner.export()
+
+
+def test_hooks_are_transparent_at_full_size_and_removable():
+    model = tiny_llama()
+    x = batch()
+    with torch.no_grad():
+        ref = model(x).logits
+    pruner = DMSPruner(model, 0.5)
+    with torch.no_grad():
+        with pruner.hard_masks():  # e = 1: every element kept
+            assert torch.equal(model(x).logits, ref)
+        with pruner.full_model_scoring():
+            assert torch.equal(model(x).logits, ref)
+        assert not torch.allclose(model(x).logits, ref)  # soft masks at e = 1 are < 1 for the least important
+    pruner.remove()
+    with torch.no_grad():
+        assert torch.equal(model(x).logits, ref)
+
+
+@pytest.mark.parametrize("grouping", ["kv", "query"])
+def test_importance_accumulates_in_plain_loop_and_masks_respect_gqa(grouping):
+    model = tiny_llama()
+    model.requires_grad_(False)
+    pruner = DMSPruner(model, 0.5, head_grouping=grouping)
+    opt = torch.optim.Adam(pruner.structure_parameters(), lr=0.05)
+    x = batch()
+    for _ in range(3):
+        loss = model(x, labels=x).loss + pruner.resource_loss(target=0.3)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert pruner.num_search_steps == 3
+    for kind, op in pruner.topk.items():
+        assert (op.importance > 0).any(), kind
+        assert float(op.keep_ratio.detach().mean()) < 1.0, kind  # the resource loss pulled the ratios down
+    with torch.no_grad():
+        pruner.topk["heads"].set_keep_count(1)
+    masks = pruner.masks("hard")
+    q = masks["heads_q"].view(3, 2, 2)  # [layer, kv group, query head in group]
+    if grouping == "kv":  # one KV group kept with both of its query heads
+        assert torch.equal(q.sum((1, 2)), torch.full((3,), 2.0))
+        assert torch.equal(q[..., 0], q[..., 1])
+        assert torch.equal(masks["heads_kv"].sum(-1), torch.ones(3))
+    else:  # every KV group keeps exactly one query head
+        assert torch.equal(q.sum(-1), torch.ones(3, 2))
+        assert torch.equal(masks["heads_kv"], torch.ones(3, 2))
+
+
+def test_resource_loss_formula_and_gradient():
+    model = tiny_llama()
+    pruner = DMSPruner(model, 0.5, resource_weight=2.0)
+    assert pruner.full_resource == count_parameters(model)
+    ratio = float(pruner.resource_ratio().detach())
+    assert 0.5 < ratio < 1.0
+    assert float(pruner.resource_loss(target=0.99).detach()) == 0.0  # R <= target: no loss
+    loss = pruner.resource_loss(target=0.4)
+    assert float(loss.detach()) == pytest.approx(2.0 * math.log(ratio / 0.4), rel=1e-5)
+    loss.backward()
+    for p in pruner.structure_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="target"):
+        pruner.resource_loss(target=0.0)
+
+
+def test_flops_resource():
+    model = tiny_llama()
+    pruner = DMSPruner(model, 0.5, resource="flops", flops_seq_len=16)
+    full = pruner.full_resource
+    with torch.no_grad():
+        pruner.topk["mlp"].set_keep_count(24)
+    assert float(pruner.resource(hard=True)) < full
+    assert float(pruner.resource_loss(target=0.2).detach()) > 0
+
+
+def test_uniform_hard_masks_equal_counts_per_layer_and_hidden_rounding():
+    model = tiny_llama(num_hidden_layers=4)
+    pruner = DMSPruner(model, 0.5, uniform=True)
+    for kind, op in pruner.topk.items():
+        pruner.set_importance(kind, torch.rand_like(op.importance))
+    with torch.no_grad():
+        pruner.topk["heads"].set_keep_count(1)  # 2 query heads kept
+        pruner.topk["mlp"].set_keep_count(17)
+        pruner.topk["hidden"].set_keep_count(13)  # not a multiple of 2 -> rounded
+        pruner.topk["layers"].set_keep_count(3)
+    s = pruner.hard_structure()
+    assert len({int(c.numel()) for c in s.mlp_channels}) == 1
+    assert s.hidden.numel() % 2 == 0 and abs(s.hidden.numel() - 13) <= 1
+    assert sum(s.attention_present) == 3 and s.attention_present == s.mlp_present
+
+
+def test_adaptive_resource_weight():
+    model = tiny_llama()
+    model.requires_grad_(False)
+    fixed = DMSPruner(tiny_llama(), 0.6)
+    assert fixed.adapt_resource_weight_() == 1.0  # the paper's fixed weight by default
+    pruner = DMSPruner(model, 0.6, prune=("mlp", "heads"), resource_weight=1.0, resource_weight_adapt=0.05)
+    pruner.set_target(0.6)
+    assert pruner.adapt_resource_weight_() == pytest.approx(1.05)  # R ~ 0.98 > 0.6: w grows
+    pruner.set_target(0.999)
+    assert pruner.adapt_resource_weight_() == pytest.approx(1.0)  # R < 0.999: w shrinks
+    # a task term that resists shrinking (as a pretrained model's loss does): the fixed tiny weight never reaches
+    # the target, the adapted one does
+    def search(p):
+        p.set_target(0.6)
+        opt = torch.optim.Adam(p.structure_parameters(), lr=0.05)
+        for _ in range(150):
+            task = -5.0 * p.masks("soft")["mlp"].mean() - 5.0 * p.masks("soft")["heads_kv"].mean()
+            loss = task + p.resource_loss()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            p.clamp_()
+            p.adapt_resource_weight_()
+        return float(p.resource_ratio(hard=True))
+
+    assert search(DMSPruner(tiny_llama(), 0.6, prune=("mlp", "heads"), resource_weight=1.0)) > 0.9
+    assert 0.55 <= search(pruner) <= 0.65
+    assert pruner.resource_weight > 5.0
+    with pytest.raises(ValueError, match="resource_weight_adapt"):
+        DMSPruner(model, 0.5, resource_weight_adapt=-1)
+
+
+def test_gradient_checkpointing_gives_same_importance_and_grads():
+    x = batch()
+    results = []
+    for checkpointing in (False, True):
+        torch.manual_seed(1)
+        model = tiny_llama()
+        model.train()
+        if checkpointing:
+            model.activation_checkpointing_enable()
+        pruner = DMSPruner(model, 0.5)
+        (model(x, labels=x).loss + pruner.resource_loss(target=0.5)).backward()
+        results.append(({k: op.importance.clone() for k, op in pruner.topk.items()},
+                        [p.grad.clone() for p in pruner.structure_parameters()], pruner.num_search_steps))
+    (imp_a, grad_a, n_a), (imp_b, grad_b, n_b) = results
+    assert n_a == n_b == 1  # one importance update per backward, also when layers are recomputed
+    for k in imp_a:
+        assert torch.allclose(imp_a[k], imp_b[k], rtol=1e-4, atol=1e-12), k
+    for a, b in zip(grad_a, grad_b):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)

@@ -1,0 +1,120 @@
+"""Bookkeeping of examples/glue/compare.py on fabricated run files: resume (finished runs skipped), tables
+regenerated from partial runs, mean / sample std / n per cell, the boosted − joint difference per exit."""
+
+import json
+import os
+import statistics
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "examples", "glue"))
+
+import compare  # noqa: E402
+
+MACHINE = {"cpu": "Test CPU", "cores": 2, "torch_threads": 2, "torch": "2.13.0", "transformers": "5.24.0",
+           "device": "cpu"}
+
+
+def fake_eval_results(task, value, exits=None, params=1000):
+    split = "validation"
+    metric = compare.MAIN_METRIC[task]
+    metrics = {metric: value, "accuracy": value - 0.01 if task == "mrpc" else value}
+    result = {"task": task, "metrics": {split: metrics}, "num_parameters": params, "num_parameters_active": params // 2,
+              "train_runtime_s": 60.0}
+    if exits is not None:
+        result["exits"] = {split: {"anytime": [{"exit_layer": i + 1, metric: v} for i, v in enumerate(exits)]}}
+    return result
+
+
+def write_run(results_dir, task, run, seed, value, exits=None, recipe="naive"):
+    record = {"task": task, "run": run, "seed": seed, "recipe": recipe, "split": "validation",
+              "main_metric": value, "metrics": {"validation": {compare.MAIN_METRIC[task]: value, "accuracy": value}},
+              "num_parameters": 1000, "num_parameters_active": 500, "train_runtime_s": 120.0, "machine": MACHINE}
+    if exits is not None:
+        record["exit_anytime"] = [{"exit_layer": i + 1, "metric": v} for i, v in enumerate(exits)]
+    compare.write_json_atomic(compare.run_file(results_dir, recipe, task, run, seed), record)
+
+
+def test_resume_runs_only_missing_runs_and_writes_run_files(tmp_path, monkeypatch):
+    results_dir, work_dir = tmp_path / "results", tmp_path / "work"
+    write_run(str(results_dir), "rte", "dense", 1, 0.6)  # finished before: must not run again
+    launched = []
+
+    def fake_launch(cmd, env):
+        task, variant = cmd[cmd.index("--task") + 1], cmd[cmd.index("--variant") + 1]
+        out = cmd[cmd.index("--output_dir") + 1]
+        launched.append((task, variant, cmd[cmd.index("--seed") + 1]))
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, "eval_results.json"), "w") as f:
+            json.dump(fake_eval_results(task, 0.5 + 0.1 * len(launched)), f)
+
+    monkeypatch.setattr(compare, "launch", fake_launch)
+    monkeypatch.setattr(compare, "machine_info", lambda device: MACHINE)
+    summary = compare.main(["--table", "pad", "--tasks", "rte", "--runs", "dense", "moe", "--seeds", "1",
+                            "--results_dir", str(results_dir), "--work_dir", str(work_dir)])
+    assert launched == [("rte", "moe", "1")]
+    record = json.loads((results_dir / "naive" / "rte" / "moe-s1.json").read_text())
+    assert record["main_metric"] == pytest.approx(0.6)
+    assert record["machine"] == MACHINE and "commit" in record and "--num_train_epochs" in record["command"]
+    assert record["epochs_reason"] == compare.RECIPES["naive"]["rte"][1]
+    assert summary["dense"]["tasks"]["rte"]["n"] == 1 and summary["moe"]["tasks"]["rte"]["n"] == 1
+    # a second call finds everything done
+    launched.clear()
+    compare.main(["--table", "pad", "--tasks", "rte", "--runs", "dense", "moe", "--seeds", "1",
+                  "--results_dir", str(results_dir), "--work_dir", str(work_dir)])
+    assert launched == []
+
+
+def test_pad_table_from_partial_runs_has_mean_std_n_and_no_average_until_complete(tmp_path):
+    results_dir = str(tmp_path)
+    for seed, value in zip((1, 2, 3), (0.60, 0.64, 0.59)):
+        write_run(results_dir, "rte", "dense", seed, value)
+    write_run(results_dir, "mrpc", "dense", 1, 0.86)
+    write_run(results_dir, "rte", "pad_neuron", 1, 0.62)
+    args, _ = compare.parse_args(["--table", "pad", "--results_dir", results_dir, "--tasks", "rte", "mrpc"])
+    summary, markdown_path = compare.write_tables(args)
+    rte = summary["dense"]["tasks"]["rte"]
+    assert rte["n"] == 3
+    assert rte["mean"] == pytest.approx(100 * statistics.mean([0.60, 0.64, 0.59]))
+    assert rte["std"] == pytest.approx(100 * statistics.stdev([0.60, 0.64, 0.59]))
+    assert summary["dense"]["average"] == pytest.approx((rte["mean"] + 86.0) / 2)
+    assert summary["pad_neuron"]["average"] is None  # MRPC missing
+    assert summary["pad_neuron"]["tasks"]["rte"]["std"] == 0.0
+    assert summary["moe"]["tasks"] == {}
+    text = open(markdown_path).read()
+    assert "61.0 ± 2.6 (n=3)" in text and "86.0 ± 0.0 (n=1)" in text
+    assert "| moe | – | – | – |" in text
+
+
+def test_exit_table_difference_per_exit_and_plot(tmp_path):
+    results_dir = str(tmp_path)
+    write_run(results_dir, "rte", "boosted", 1, 0.6, exits=[0.55, 0.60])
+    write_run(results_dir, "rte", "boosted", 2, 0.6, exits=[0.57, 0.62])
+    write_run(results_dir, "rte", "joint", 1, 0.6, exits=[0.53, 0.61])
+    args, _ = compare.parse_args(["--table", "exit", "--results_dir", results_dir, "--tasks", "rte"])
+    summary, markdown_path = compare.write_tables(args)
+    cell = summary["tasks"]["rte"][1]
+    assert cell["boosted"]["n"] == 2 and cell["joint"]["n"] == 1
+    assert cell["diff"] == pytest.approx(100 * (0.56 - 0.53))
+    assert summary["average"][2]["diff"] == pytest.approx(100 * (0.61 - 0.61))
+    assert os.path.isfile(os.path.join(results_dir, "exit_table_rte.png"))
+    assert "| 1 | 56.0 ± 1.4 (n=2) | 53.0 ± 0.0 (n=1) | +3.0 |" in open(markdown_path).read()
+
+
+def test_bad_arguments_are_named_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match="--runs: 'boosted' is not a run of table 'pad'"):
+        compare.parse_args(["--table", "pad", "--runs", "boosted"])
+    with pytest.raises(ValueError, match="--recipe: unknown recipe 'fast'"):
+        compare.parse_args(["--recipe", "fast"])
+    with pytest.raises(ValueError, match="--tasks: task 'sst2' has no entry"):
+        compare.parse_args(["--tasks", "sst2"])
+
+
+def test_corrupt_run_file_is_reported(tmp_path):
+    path = compare.run_file(str(tmp_path), "naive", "rte", "dense", 1)
+    os.makedirs(os.path.dirname(path))
+    with open(path, "w") as f:
+        f.write("{not json")
+    with pytest.raises(ValueError, match="dense-s1.json is not valid JSON"):
+        compare.load_runs(str(tmp_path), "naive")

@@ -1,0 +1,115 @@
+"""``dms_llama``: the per-layer export of a DMS search (``DMSLlamaForCausalLM.from_pruned``), its config
+validation, and loading a checkpoint saved by an earlier version of the code."""
+
+import warnings
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+from hf_dynamic.dms.pruner import DMSPruner
+from hf_dynamic.models.dms_llama import DMSLlamaConfig, DMSLlamaForCausalLM
+
+VOCAB = 64
+TOL = 1e-4
+
+
+def tiny(**overrides):
+    kwargs = dict(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, max_position_embeddings=64, tie_word_embeddings=True,
+    )
+    kwargs.update(overrides)
+    model = LlamaForCausalLM(LlamaConfig(**kwargs)).eval()
+    with torch.no_grad():  # non-trivial norms so the RMSNorm rescaling matters
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.uniform_(0.5, 1.5)
+    return model
+
+
+def set_structure(pruner, counts, layer_importance=None):
+    """Random importances, then the given kept counts per kind (scalar or per-row)."""
+    for kind, op in pruner.topk.items():
+        pruner.set_importance(kind, torch.rand_like(op.importance))
+    if layer_importance is not None:
+        pruner.set_importance("layers", torch.tensor(layer_importance, dtype=torch.float32))
+    with torch.no_grad():
+        for kind, count in counts.items():
+            pruner.topk[kind].set_keep_count(count)
+
+
+def hard_logits(pruner, model, x):
+    with torch.no_grad(), pruner.hard_masks():
+        return model(x).logits
+
+
+@pytest.mark.parametrize("grouping", ["kv", "query"])
+def test_per_layer_export_with_missing_sub_blocks(grouping, tmp_path):
+    model = tiny(num_hidden_layers=3, tie_word_embeddings=(grouping == "kv"), use_cache=False)
+    pruner = DMSPruner(model, 0.5, head_grouping=grouping, uniform=False)
+    # sub-block order: [attn0, mlp0, attn1, mlp1, attn2, mlp2]; drop attention of layer 0 and MLP of layer 2
+    layer_importance = [0.0, 5.0, 4.0, 3.0, 2.0, 0.5]
+    heads = [1, 2, 1]
+    set_structure(pruner, {"heads": heads, "mlp": [5, 48, 17], "hidden": 21, "layers": 4}, layer_importance)
+    s = pruner.hard_structure()
+    assert s.attention_present == [False, True, True] and s.mlp_present == [True, True, False]
+    with pytest.raises(ValueError, match="not uniform.*only one of attention/MLP.*spread"):
+        pruner.export(uniform=True)
+
+    exported = DMSLlamaForCausalLM.from_pruned(pruner)
+    assert type(exported) is DMSLlamaForCausalLM and exported.config.model_type == "dms_llama"
+    c = exported.config
+    assert c.use_cache is True
+    assert c.layer_intermediate_sizes == [5, 48, 0]
+    assert c.layer_num_attention_heads[0] == 0 and c.hidden_size == 21
+    assert exported.model.layers[0].self_attn is None and exported.model.layers[2].mlp is None
+    x = torch.randint(0, VOCAB, (2, 10))
+    reference = hard_logits(pruner, model, x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # e.g. transformers' renamed cache argument
+        assert (exported(x).logits - reference).abs().max() <= TOL
+    assert exported.num_parameters() == int(pruner.resource(hard=True))
+
+    exported.save_pretrained(tmp_path / "m")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "m", dtype=torch.float32)
+    assert type(loaded) is DMSLlamaForCausalLM
+    for (k, v), (k2, v2) in zip(exported.state_dict().items(), loaded.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2), k
+    assert torch.equal(loaded(x).logits, exported(x).logits)
+
+    # generation with a KV cache (layer 0 has no attention: cache slots are renumbered) equals the masked model's
+    prompt = x[:1, :4]
+    with torch.no_grad(), pruner.hard_masks():
+        ref_tokens = model.generate(prompt, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        tokens = loaded.generate(prompt, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    assert torch.equal(tokens, ref_tokens)
+
+
+def test_dms_llama_config_validation():
+    # transformers' strict configs wrap validator errors (the same class LlamaConfig raises)
+    from huggingface_hub.errors import StrictDataclassClassValidationError as ConfigError
+
+    with pytest.raises(ConfigError, match="layer 1"):
+        DMSLlamaConfig(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, hidden_size=32,
+                       layer_num_attention_heads=[4, 3], layer_num_key_value_heads=[2, 2])
+    with pytest.raises(ConfigError, match="layer_intermediate_sizes"):
+        DMSLlamaConfig(num_hidden_layers=2, num_attention_heads=4, hidden_size=32, layer_intermediate_sizes=[4])
+
+
+def test_checkpoint_of_the_first_version_loads_and_reproduces_its_logits():
+    """tests/fixtures/dms_llama_v0: saved by the code before the adapters (tests/fixtures/make_dms_llama_v0.py)."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "fixtures" / "dms_llama_v0"
+    expected = torch.load(path / "expected.pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        assert type(model) is DMSLlamaForCausalLM
+        assert model.config.layer_num_attention_heads == [0, 4, 2]
+        with torch.no_grad():
+            logits = model(expected["input_ids"]).logits
+    assert torch.allclose(logits, expected["logits"], atol=1e-6, rtol=0)

@@ -1,0 +1,121 @@
+"""PEMN as a peft method: get_peft_model → train → save_pretrained → PeftModel.from_pretrained, bit-exact and small."""
+
+import json
+import os
+import struct
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import hf_dynamic
+from hf_dynamic.pemn.api import pemn_storage_bytes
+
+TARGETS = ["conv", "fc1", "fc2"]
+
+
+def train_steps(model, batch, steps=5):
+    x, y = batch
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    for _ in range(steps):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model
+
+
+def safetensors_header_bytes(path) -> int:
+    with open(path, "rb") as handle:
+        return 8 + struct.unpack("<Q", handle.read(8))[0]
+
+
+@pytest.mark.parametrize("strategy", ["one_layer", "mp", "rp"])
+def test_round_trip_on_a_fresh_base_is_bit_exact_and_stores_only_recipe_and_masks(tmp_path, tiny_net, batch, strategy):
+    from peft import PeftModel, get_peft_model
+
+    config = hf_dynamic.PEMNConfig(target_modules=TARGETS, strategy=strategy, sparsity=0.6, ratio=0.2, seed=5)
+    model = train_steps(get_peft_model(tiny_net(), config), batch)
+    masks = {n: model.base_model.model.get_submodule(n).pemn_mask("default") for n in TARGETS}
+    model.eval()
+    x, _ = batch
+    expected = model(x)
+    model.save_pretrained(tmp_path)
+
+    torch.manual_seed(99)  # a differently initialised base: PEMN uses none of its weights
+    loaded = PeftModel.from_pretrained(tiny_net(), tmp_path)
+    assert torch.equal(loaded(x), expected)
+    for name in TARGETS:
+        assert torch.equal(loaded.base_model.model.get_submodule(name).pemn_mask("default"), masks[name])
+
+    stored = load_file(tmp_path / "adapter_model.safetensors")
+    assert sorted(stored) == sorted([f"base_model.model.{n}.pemn_mask" for n in TARGETS] + ["base_model.pemn_recipe"])
+    assert all(t.dtype == torch.uint8 for t in stored.values())
+    shapes = [tuple(model.base_model.model.get_submodule(n).pemn_scores["default"].shape) for n in TARGETS]
+    data_bytes = sum(t.numel() for t in stored.values())
+    assert data_bytes == pemn_storage_bytes(shapes, config)
+    path = tmp_path / "adapter_model.safetensors"
+    assert os.path.getsize(path) == safetensors_header_bytes(path) + data_bytes
+    saved_config = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert saved_config["peft_type"] == "PEMN" and saved_config["strategy"] == strategy and saved_config["seed"] == 5
+
+
+def test_a_realistic_layer_is_about_32x_smaller_than_fp32(tmp_path):
+    from peft import get_peft_model
+    from safetensors.torch import save_file
+
+    base = torch.nn.Sequential(torch.nn.Linear(784, 256, bias=False), torch.nn.ReLU(), torch.nn.Linear(256, 10, bias=False))
+    save_file({k: v.contiguous() for k, v in base.state_dict().items()}, tmp_path / "dense.safetensors")
+    model = get_peft_model(base, hf_dynamic.PEMNConfig(target_modules=["0", "2"], strategy="rp"))
+    model.save_pretrained(tmp_path / "pemn")
+    ratio = os.path.getsize(tmp_path / "dense.safetensors") / os.path.getsize(tmp_path / "pemn" / "adapter_model.safetensors")
+    assert 30 < ratio <= 32
+
+
+def test_fresh_process_loads_through_plain_peft_after_import_hf_dynamic(tmp_path, tiny_net, batch):
+    from peft import get_peft_model
+
+    model = train_steps(get_peft_model(tiny_net(), hf_dynamic.PEMNConfig(target_modules=TARGETS, strategy="rp")), batch)
+    model.eval()
+    x, _ = batch
+    torch.save(x, tmp_path / "x.pt")
+    torch.save(model(x).detach(), tmp_path / "y.pt")
+    model.save_pretrained(tmp_path / "adapter")
+    code = f"""
+import sys, torch
+sys.path.insert(0, {os.path.dirname(__file__)!r})
+import hf_dynamic                      # installs the hook; peft is not imported yet
+assert "peft" not in sys.modules
+from peft import PeftModel             # the hook registers PEMN here
+from conftest import TinyNet
+model = PeftModel.from_pretrained(TinyNet(), {str(tmp_path / "adapter")!r})
+print(torch.equal(model(torch.load({str(tmp_path / "x.pt")!r})), torch.load({str(tmp_path / "y.pt")!r})))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "True"
+
+
+@pytest.mark.parametrize("first", ["import peft", "from hf_dynamic.pemn.config import PEMNConfig",
+                                   "from hf_dynamic.pemn.layer import Linear", "hf_dynamic.PEMNConfig"])
+def test_registration_happens_whatever_is_imported_first(first):
+    code = (
+        f"import hf_dynamic; {first}; import peft.mapping as m; "
+        "print(m.PEFT_TYPE_TO_CONFIG_MAPPING['PEMN'].__name__, m.PEFT_TYPE_TO_TUNER_MAPPING['PEMN'].__name__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["PEMNConfig", "PEMNModel"]
+    assert "could not register" not in out.stderr
+
+
+def test_own_module_calls_match_peft(tmp_path, tiny_net, batch):
+    from hf_dynamic.pemn import get_pemn_model, load_pemn, save_pemn
+
+    model = train_steps(get_pemn_model(tiny_net(), hf_dynamic.PEMNConfig(target_modules=TARGETS)), batch)
+    model.eval()
+    x, _ = batch
+    save_pemn(model, tmp_path)
+    assert torch.equal(load_pemn(tiny_net(), tmp_path)(x), model(x))
