@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import time
 
 import torch
 from torch import nn
 
+from _results import cpu_model
 from hf_dynamic.models.partial_moe_bert import PartialMoEBertConfig
 from hf_dynamic.pad.layers import PartialDynamicFFN
 
@@ -92,5 +92,5 @@ def time_interleaved(steps: dict, repeats: int, inner: int = 1) -> dict:
 def machine_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return (f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+    return (f"CPU {cpu_model()}, {os.cpu_count()} cores, "
             f"{torch.get_num_threads()} torch threads")

@@ -2,6 +2,7 @@
 
 import json
 import os
+import platform
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -15,3 +16,12 @@ def write_results(name, machine, result, markdown):
     with open(stem + ".md", "w") as f:
         f.write(markdown)
     return stem
+
+
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux; ``platform`` elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()

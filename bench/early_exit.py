@@ -25,7 +25,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -35,7 +34,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _results import write_results  # noqa: E402
+from _results import cpu_model, write_results  # noqa: E402
 from hf_dynamic.assets import minilm_path  # noqa: E402
 from hf_dynamic.boost.calibration import (  # noqa: E402
     calibrate_from_logits,
@@ -136,13 +135,7 @@ def time_pass(model, data, device, repeats):
 def machine_label(device):
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores visible, torch threads {torch.get_num_threads()}"
+    return f"{cpu_model()}, {os.cpu_count()} cores visible, torch threads {torch.get_num_threads()}"
 
 
 def main():

@@ -6,7 +6,8 @@
 - :mod:`.routing`: mixture-of-experts routing (top-k softmax, router, load-balancing loss);
 - :mod:`.gradient`: identity-forward gradient scaling;
 - :mod:`.resources`: parameter and FLOP counts, differentiable in the widths;
-- :mod:`.validation`: argument checks that name the bad field.
+- :mod:`.validation`: argument checks that name the bad field;
+- :mod:`.checkpoints`: a checkpoint folder's tensor shapes, read from the safetensors headers.
 
 The layering rule (docs/architecture.md): modules here import nothing of hf_dynamic outside ``hf_dynamic.core``.
 Nothing is imported here, so ``import hf_dynamic.core.masks`` pulls in only what that module needs.

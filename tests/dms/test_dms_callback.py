@@ -3,26 +3,16 @@ training loss, logging."""
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from hf_dynamic.dms.callback import DMSCallback
 from hf_dynamic.dms.pruner import ELEMENT_KINDS, DMSPruner
 from hf_dynamic.dms.trainer import DMSTrainer
 
-VOCAB = 64
-
-
-def tiny_llama(**overrides):
-    kwargs = dict(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=8, max_position_embeddings=64, tie_word_embeddings=True,
-    )
-    kwargs.update(overrides)
-    return LlamaForCausalLM(LlamaConfig(**kwargs)).eval()
+from dms_testing import VOCAB, tiny_llama, token_batch
 
 
 def batch(n=2, t=12):
-    return torch.randint(0, VOCAB, (n, t))
+    return token_batch(n, t)
 
 
 def test_callback_ramp_schedule():

@@ -5,27 +5,17 @@ import math
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from hf_dynamic.core.resources import count_parameters
 from hf_dynamic.dms.callback import DMSCallback
 from hf_dynamic.dms.trainer import DMSTrainer
 from hf_dynamic.dms.pruner import DMSPruner
 
-VOCAB = 64
-
-
-def tiny_llama(**overrides):
-    kwargs = dict(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=8, max_position_embeddings=64, tie_word_embeddings=True,
-    )
-    kwargs.update(overrides)
-    return LlamaForCausalLM(LlamaConfig(**kwargs)).eval()
+from dms_testing import tiny_llama, token_batch
 
 
 def batch(n=2, t=12):
-    return torch.randint(0, VOCAB, (n, t))
+    return token_batch(n, t)
 
 
 def test_public_names():

@@ -29,11 +29,9 @@ saying so.
 """
 
 import copy
-import glob
 import inspect
 import json
 import os
-import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -47,6 +45,7 @@ from transformers.utils import logging
 from ...boost.criteria import ExitRule, exit_confidence, exit_entropy, exit_score
 from ...boost.heads import ExitHead
 from ...boost.loss import boosted_loss, boosted_prediction, rescale_trunk
+from ...core.checkpoints import checkpoint_tensor_shapes
 from ...core.routing import TopKRouter, load_balancing_loss
 from .configuration_boosted_early_exit import BoostedEarlyExitConfig
 
@@ -577,16 +576,8 @@ def _check_checkpoint_model_type(folder) -> None:
 
 def _check_checkpoint_heads(folder, config) -> None:
     """``ValueError`` when a checkpoint's exit heads disagree with its ``exit_layers`` (count or width)."""
-    from safetensors import safe_open
-
-    pattern = re.compile(r"(?:^|\.)exit_heads\.(\d+)\.classifier\.weight$")
-    shapes = {}
-    for path in sorted(glob.glob(os.path.join(folder, "*.safetensors"))):
-        with safe_open(path, framework="pt") as handle:
-            for key in handle.keys():
-                match = pattern.search(key)
-                if match is not None:
-                    shapes[int(match.group(1))] = tuple(handle.get_slice(key).get_shape())
+    found = checkpoint_tensor_shapes(folder, r"(?:^|\.)exit_heads\.(\d+)\.classifier\.weight$")
+    shapes = {int(match.group(1)): shape for match, shape in found.values()}
     if not shapes:
         return
     if sorted(shapes) != list(range(config.num_exits)):

@@ -33,7 +33,6 @@ from transformers.modeling_outputs import (
 from transformers.modeling_utils import PreTrainedModel
 from transformers.models.bert.configuration_bert import BertConfig
 from transformers.models.bert.modeling_bert import (
-    BertAttention,
     BertEncoder,
     BertForQuestionAnswering,
     BertForSequenceClassification,
@@ -48,6 +47,7 @@ from transformers.utils import logging
 from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import OutputRecorder
 
+from ...core.checkpoints import checkpoint_tensor_shapes
 from ...core.routing import TopKRouter, load_balancing_loss
 from ...pad.experts import EXPERTS_IMPLEMENTATION
 from ...pad.layers import PARTS, PartialDynamicFFN
@@ -333,32 +333,20 @@ class PartialMoEBertPreTrainedModel(BertPreTrainedModel):
 
 def _check_checkpoint_shapes(folder, config) -> None:
     """Compare the MoE tensors' shapes in a folder's safetensors files with those ``config`` implies."""
-    import glob
-    import re
-
-    from safetensors import safe_open
-
-    pattern = re.compile(r"(?:^|\.)encoder\.layer\.(\d+)\.mlp\.(\w+)$")
     expected_by_layer = {}
-    for path in sorted(glob.glob(os.path.join(folder, "*.safetensors"))):
-        with safe_open(path, framework="pt") as handle:
-            for key in handle.keys():
-                match = pattern.search(key)
-                if match is None:
-                    continue
-                index, name = int(match.group(1)), match.group(2)
-                if index not in config.moe_layer_indices:
-                    raise ValueError(f"checkpoint tensor {key} belongs to layer {index}, which is not in the "
-                                     f"config's moe_layers={config.moe_layers}")
-                if index not in expected_by_layer:
-                    expected_by_layer[index] = _expected_layer_shapes(config, index)
-                expected = expected_by_layer[index].get(name)
-                shape = tuple(handle.get_slice(key).get_shape())
-                if expected != shape:
-                    raise ValueError(
-                        f"checkpoint tensor {key} has shape {shape}, but the config (dynamic_ratio="
-                        f"{config.dynamic_ratio}, pad_state={config.pad_state!r}, pad_partition[{str(index)!r}]="
-                        f"{(config.pad_partition or {}).get(str(index))!r}) implies {expected}")
+    for key, (match, shape) in checkpoint_tensor_shapes(folder, r"(?:^|\.)encoder\.layer\.(\d+)\.mlp\.(\w+)$").items():
+        index, name = int(match.group(1)), match.group(2)
+        if index not in config.moe_layer_indices:
+            raise ValueError(f"checkpoint tensor {key} belongs to layer {index}, which is not in the "
+                             f"config's moe_layers={config.moe_layers}")
+        if index not in expected_by_layer:
+            expected_by_layer[index] = _expected_layer_shapes(config, index)
+        expected = expected_by_layer[index].get(name)
+        if expected != shape:
+            raise ValueError(
+                f"checkpoint tensor {key} has shape {shape}, but the config (dynamic_ratio="
+                f"{config.dynamic_ratio}, pad_state={config.pad_state!r}, pad_partition[{str(index)!r}]="
+                f"{(config.pad_partition or {}).get(str(index))!r}) implies {expected}")
 
 
 def _expected_layer_shapes(config, layer_idx: int) -> dict[str, tuple[int, ...]]:

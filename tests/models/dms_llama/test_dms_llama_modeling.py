@@ -5,43 +5,18 @@ import warnings
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM
 
 from hf_dynamic.dms.pruner import DMSPruner
 from hf_dynamic.models.dms_llama import DMSLlamaConfig, DMSLlamaForCausalLM
 
-VOCAB = 64
+from dms_testing import VOCAB, hard_logits, set_structure, tiny_llama
+
 TOL = 1e-4
 
 
 def tiny(**overrides):
-    kwargs = dict(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=8, max_position_embeddings=64, tie_word_embeddings=True,
-    )
-    kwargs.update(overrides)
-    model = LlamaForCausalLM(LlamaConfig(**kwargs)).eval()
-    with torch.no_grad():  # non-trivial norms so the RMSNorm rescaling matters
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.uniform_(0.5, 1.5)
-    return model
-
-
-def set_structure(pruner, counts, layer_importance=None):
-    """Random importances, then the given kept counts per kind (scalar or per-row)."""
-    for kind, op in pruner.topk.items():
-        pruner.set_importance(kind, torch.rand_like(op.importance))
-    if layer_importance is not None:
-        pruner.set_importance("layers", torch.tensor(layer_importance, dtype=torch.float32))
-    with torch.no_grad():
-        for kind, count in counts.items():
-            pruner.topk[kind].set_keep_count(count)
-
-
-def hard_logits(pruner, model, x):
-    with torch.no_grad(), pruner.hard_masks():
-        return model(x).logits
+    return tiny_llama(random_norms=True, **overrides)
 
 
 @pytest.mark.parametrize("grouping", ["kv", "query"])
