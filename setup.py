@@ -26,7 +26,10 @@ INSTALL_REQUIRES = [
 
 EXTRAS = {
     "deepspeed": ["deepspeed>=0.15"],
-    "dev": ["pytest>=8", "pytest-xdist>=3", "hypothesis>=6"],
+    # deepspeed: the CPU ZeRO tests; onnx/onnxruntime/onnxscript: the DynamicResNet ONNX round trip (torch's
+    # default dynamo exporter needs onnxscript)
+    "dev": ["pytest>=8", "pytest-xdist>=3", "hypothesis>=6", "deepspeed>=0.15", "onnx>=1.16", "onnxruntime>=1.18",
+            "onnxscript>=0.3"],
 }
 
 setup(

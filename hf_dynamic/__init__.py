@@ -27,6 +27,10 @@ _LAZY = {
     "iterative_mode_partition": "hf_dynamic.pad.imp",
     "IMPCallback": "hf_dynamic.pad.imp",
     "finalize_partition": "hf_dynamic.pad.imp",
+    # PAD-Net / dynamic convolution layers
+    "DynamicConv2d": "hf_dynamic.pad.conv",
+    "PartialDynamicConv2d": "hf_dynamic.pad.conv",
+    "TemperatureAnnealingCallback": "hf_dynamic.pad.temperature",
     # BoostNet (budgeted early exit)
     "calibrate_thresholds": "hf_dynamic.boost.calibration",
     "accuracy_cost_curve": "hf_dynamic.boost.calibration",

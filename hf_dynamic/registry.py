@@ -19,6 +19,7 @@ import transformers
 MODEL_PACKAGES = [
     "hf_dynamic.models.boosted_early_exit",
     "hf_dynamic.models.dms_llama",
+    "hf_dynamic.models.dynamic_resnet",
     "hf_dynamic.models.partial_moe_bert",
 ]
 

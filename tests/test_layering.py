@@ -16,6 +16,8 @@ Per package, the hf_dynamic modules a module may import (function-level imports,
   model is loaded by ``from_pretrained`` on machines without the datasets stack) and not another model type (it
   composes other models through the Auto classes);
 - ``models/__init__.py``: nothing of hf_dynamic;
+- ``sharing`` (the remote-code bundler and model card that ``save_pretrained`` of every model type writes): nothing
+  of hf_dynamic (it reads the library's source files); ``models/<type>`` may import it;
 - ``registry``: ``core``, methods and models;
 - the package root ``hf_dynamic/__init__.py``: anything. Nothing else imports the root or ``hf_dynamic.registry``.
 
@@ -114,6 +116,8 @@ def layer_of(dotted: str) -> str | None:
     top = parts[1]
     if top == "registry":
         return "registry"
+    if top == "sharing":
+        return "sharing"
     if top == "core":
         return "core"
     if top in LEAF_PACKAGES:
@@ -141,7 +145,9 @@ def allowed(source: str, target: str) -> bool:
     if source.startswith("method:"):
         return target in ("core", source)
     if source.startswith("model:"):
-        return target == "core" or target.startswith("method:") or target == source
+        return target in ("core", "sharing") or target.startswith("method:") or target == source
+    if source == "sharing":
+        return False
     if source == "models":
         return False
     raise AssertionError(f"unclassified source layer {source}")
@@ -176,6 +182,7 @@ def test_rule_is_enforced_on_known_shapes():
     assert allowed("registry", "model:x") and allowed("registry", "method:pad") and allowed("root", "registry")
     assert layer_of("hf_dynamic.models.dms_llama.modeling_dms_llama") == "model:dms_llama"
     assert layer_of("transformers.models.llama") is None
+    assert allowed("model:x", "sharing") and not allowed("sharing", "core") and not allowed("method:pad", "sharing")
 
 
 def test_imports_follow_the_layering():

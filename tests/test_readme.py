@@ -9,9 +9,8 @@ import sys
 
 import pytest
 
-from conftest import SHARED
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.normpath(os.path.join(REPO, "..", "shared"))
 MAIN_JOB_OUTPUT = "outputs/glue/mrpc-pad_moe-s42"
 
 

@@ -39,6 +39,7 @@ from transformers import (
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import hf_dynamic  # noqa: E402  (registers hf_dynamic's model types with the Auto classes)
+from hf_dynamic.sharing import HubSharingMixin, model_card as model_card_of  # noqa: E402
 
 logger = logging.getLogger("run_glue")
 
@@ -209,7 +210,7 @@ def main(argv=None):
             json.dump(results, f, indent=2)
         if script_args.save_model:
             with open(os.path.join(training_args.output_dir, "README.md"), "w") as f:
-                f.write(model_card(results, script_args, training_args, argv))
+                f.write(model_card(results, script_args, training_args, argv, model=trainer.model))
         print(json.dumps({"task": script_args.task, "variant": script_args.variant, **{
             split: {k: round(v, 4) for k, v in m.items() if isinstance(v, float) and not k.endswith(("runtime",
                     "per_second"))} for split, m in results["metrics"].items()}}, indent=2))
@@ -231,10 +232,21 @@ def set_label_names(config, task_info) -> None:
     config.label2id = {name: i for i, name in enumerate(names)}
 
 
-def model_card(results: dict, script_args, training_args, argv=None) -> str:
+def model_card(results: dict, script_args, training_args, argv=None, model=None) -> str:
     """A model card (``README.md``) for the saved model: what it is, how it was trained, the measured dev metrics
-    and how to load it (with hf_dynamic installed)."""
+    and how to load it. For an hf_dynamic model type it is the library's card (``hf_dynamic.sharing.model_card``:
+    the method, the config, loading with and without hf_dynamic, the metrics of ``eval_results.json``) with the
+    training run added; a dense model gets this script's own card."""
     command = " ".join(["python examples/glue/run_glue.py", *(sys.argv[1:] if argv is None else argv)])
+    if isinstance(model, HubSharingMixin):
+        details = (f"Fine-tuned from `{results['model_name_or_path']}` on GLUE {results['task'].upper()} with "
+                   f"`examples/glue/run_glue.py` of hf_dynamic (variant `{results['variant']}`, seed "
+                   f"{results['seed']}, learning rate {results['learning_rate']}, {results['num_train_epochs']} "
+                   f"epochs, max length {script_args.max_seq_length}); {results['num_parameters']:,} parameters.\n\n"
+                   f"Command: `{command}`")
+        return model_card_of(model.config, training_args.output_dir, details=details,
+                             title=f"{results['variant']} on GLUE {results['task'].upper()}",
+                             tags=(results["variant"], "glue", results["task"]), pipeline_tag="text-classification")
     metrics = "\n".join(
         f"| {split} | " + ", ".join(f"{k} {v:.4f}" for k, v in m.items()
                                     if isinstance(v, float) and not k.endswith(("runtime", "per_second")))

@@ -1,82 +1,159 @@
 #!/usr/bin/env python
-"""Prune SmolLM2-135M (or any Llama checkpoint) with DMS and compare with structured-pruning baselines.
+"""Prune SmolLM2-135M (or any Llama checkpoint) with DMS and compare with structured-pruning baselines, in
+resumable stages sized to a time budget (issue #11's protocol; method: ``docs/dms.md``).
 
-Pipeline (DMS: ``docs/dms.md``):
+Rows (one target, e.g. ``--target 0.8`` = 80 % of the parameters; all pruned models at the parameter count of the
+uniform DMS model, baselines matched within 1 %, and the same recovery budget):
 
-1. dense model: WikiText-2 test perplexity, parameters, prefill / greedy-decode speed;
-2. DMS search under ``DMSTrainer`` + ``DMSCallback`` on War and Peace (structure-only on the frozen model by
-   default, ``--search_mode joint`` to train the weights too), then export (stock ``LlamaForCausalLM``, the default,
-   or ``dms_llama`` with ``--per_layer``, by ``DMSLlamaForCausalLM.from_pruned``);
-3. baselines at the DMS model's parameter count: L2-magnitude and one-shot first-order Taylor (LLM-Pruner-style)
-   structured pruning of heads and MLP channels, uniform across layers;
-4. the same recovery fine-tuning budget for every pruned model (``--recovery full|lora|none``);
-5. perplexity / parameters / FLOPs / speed of each → ``results.json`` + ``results.md`` in ``--output_dir``; the
-   DMS model is saved to ``<output_dir>/dms_model``.
+- ``dense``: the unpruned model, evaluated on the same windows in the same run;
+- ``DMS``: DMS search (``DMSTrainer`` + ``DMSCallback``, structure-only on the frozen model by default) exported as a
+  stock ``LlamaForCausalLM``; ``DMS per-layer``: the non-uniform search exported as ``dms_llama``
+  (``DMSLlamaForCausalLM.from_pruned``), with ``--dms_variants uniform per_layer``;
+- ``magnitude`` (L2) and ``taylor`` (one-shot first-order Taylor, LLM-Pruner-style): uniform heads + MLP channels;
+- every pruned model before recovery ("pruning only") and after ``--recovery_steps`` of fine-tuning on War and
+  Peace. Evaluation: WikiText-2 test perplexity (``hf_dynamic.perplexity``) on the first ``--eval_windows``
+  windows of ``--eval_window`` tokens of the tokenised test text (tokens ``[0, W·window)``, tokenised once as
+  ``perplexity`` does); the final DMS model (the better DMS variant) and the best baseline also on the full test
+  set. Speed: every exported model and the dense one in the ``speed`` stage, each in a fresh subprocess.
 
-GPU run (the real measurement; defaults)::
+Stages (each writes ``<output_dir>/stages/<stage>.json`` atomically, models as safetensors folders
+``<output_dir>/<key>_pruned`` / ``<key>_model``; a re-run skips finished stages, a stage killed mid-way re-runs
+from its start; ``<output_dir>/stages.log`` records start / done / skip)::
 
-    python examples/llama_prune/prune_llama.py --device cuda --target 0.5 --output_dir out/llama_prune_50
+    plan → dense_eval → search_uniform, search_per_layer → prune_magnitude, prune_taylor
+    → eval_<m>_pruned, recover_<m>, eval_<m>_recovered (per pruned model m)
+    → full_eval_final_dms, full_eval_best_baseline → speed
 
-CPU smoke run (minutes)::
+The search stages rerun from scratch when killed (they are sized to a few minutes each; DMSCallback has no
+checkpoint resume yet). ``--stop_after STAGE`` stops after a stage; ``--plan`` (alias ``--time_step``) stops after
+``plan``. ``results.json`` / ``results.md`` / ``search_trajectory.png`` are regenerated in ``--results_dir`` from
+whatever stage files exist, after every run.
 
-    python examples/llama_prune/prune_llama.py --device cpu --max_search_steps 4 --search_batch_size 2 \\
-        --seq_len 64 --recovery_steps 2 --eval_tokens 2048 --eval_window 256 --calibration_batches 2 \\
-        --prefill_batch 1 --prefill_len 64 --decode_tokens 4 --decode_batches 1 2 --output_dir /tmp/llama_prune
+Sizing (``--budget_minutes``, default 120 on the CPU). The ``plan`` stage times, on the dense model at the chosen
+batch × length: one evaluation window (inference), one search step (forward + backward + keep-ratio step) and one
+recovery step (forward + backward + AdamW), each after a short warm-up. It then charges the evaluation, the full
+test set evaluations, the speed stage and the Taylor calibration (pruned models at ``target`` × the dense cost),
+picks the comparison windows (64, else 32, else 16: the first that leaves half the budget to training), and
+splits the rest: ``--search_share`` (25 %) to the searches, the remainder to the recoveries, equally per model.
+Batch × length: 1 × 1024 on the CPU for search and recovery (1024 = the evaluation window, so the models train
+at the length they are scored at; batch 1 because on 2 cores a step's cost is linear in its tokens, so more,
+smaller steps give the ramp and the cosine schedule more updates for the same time), 8 × 1024 on a GPU. The
+keep ratios' learning rate defaults to ``min(0.05, max(1e-2, 2 / search_steps))`` so that they can cross the
+target ramp in a short search (the paper's 1e-2 for ≥ 200 steps; at most 0.05, as Adam moves a keep ratio by up to
+its lr per step and a larger step overshoots the target). Every measured time, the choice and its reason are
+written to ``plan.json`` and ``results.json``; explicit ``--max_search_steps`` / ``--recovery_steps`` /
+``--eval_windows`` override the plan, ``--budget_minutes 0`` uses the fixed defaults (300 / 300 steps, full test
+set), the paper-scale GPU recipe. The paper's fixed resource weight: ``--resource_weight_adapt 0``.
+
+CPU runs (see README.md)::
+
+    nice -n 10 python examples/llama_prune/prune_llama.py --device cpu --target 0.8 \\
+        --dms_variants uniform per_layer --output_dir out/llama_prune/target_80 \\
+        --results_dir examples/llama_prune/results/target_80
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
+import datetime
 import gc
 import json
+import math
 import os
+import shlex
+import shutil
+import subprocess
+import sys
 import time
 import warnings
 from contextlib import nullcontext
 
 import torch
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(REPO, "examples", "glue"))
+
+from compare import machine_info, write_json_atomic  # noqa: E402  (examples/glue/compare.py: shared run records)
+
+VARIANTS = {"uniform": ("dms", "DMS"), "per_layer": ("dms_per_layer", "DMS per-layer")}  # key, row name
+FIXED_SIZES = {"max_search_steps": 300, "recovery_steps": 300, "eval_windows": 0}  # --budget_minutes 0
+DEVICE_BATCH = {"cpu": 1, "cuda": 8}
+TIMING_KEYS = ("seconds", "search_s", "prune_s", "recovery_s", "finished")
+
+
+class StopPipeline(Exception):
+    """Raised after the ``--stop_after`` stage."""
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_path", default=None, help="Llama checkpoint folder (default: hf_dynamic.smollm2_path())")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--target", type=float, default=0.5, help="parameter fraction to keep, in (0, 1)")
     p.add_argument("--prune", nargs="+", default=["heads", "mlp", "hidden", "layers"])
     p.add_argument("--head_grouping", choices=["kv", "query"], default="kv")
-    p.add_argument("--per_layer", action="store_true", help="non-uniform search, exported as dms_llama")
+    p.add_argument("--dms_variants", nargs="+", choices=list(VARIANTS), default=["uniform"],
+                   help="uniform (stock LlamaForCausalLM) and/or per_layer (dms_llama) searches, each its own row")
+    p.add_argument("--per_layer", action="store_true", help="= --dms_variants per_layer")
     p.add_argument("--search_mode", choices=["frozen", "joint"], default="frozen")
-    p.add_argument("--max_search_steps", type=int, default=300)
-    p.add_argument("--search_batch_size", type=int, default=8)
+    p.add_argument("--max_search_steps", type=int, default=None, help="default: from the plan")
+    p.add_argument("--search_batch_size", type=int, default=None, help="default 1 on CPU, 8 on GPU")
     p.add_argument("--seq_len", type=int, default=1024, help="tokens per search / recovery / calibration sample")
     p.add_argument("--channel_multiple", type=int, default=8,
                    help="exported MLP / hidden widths are multiples of this (GPU-friendly shapes)")
-    p.add_argument("--keep_ratio_lr", type=float, default=1e-2)
+    p.add_argument("--keep_ratio_lr", type=float, default=None, help="default min(0.05, max(1e-2, 2 / search steps))")
     p.add_argument("--weight_lr", type=float, default=1e-5, help="weights' lr in --search_mode joint")
     p.add_argument("--resource_weight", type=float, default=5.0, help="initial w of the resource loss")
     p.add_argument("--resource_weight_adapt", type=float, default=0.05,
                    help="multiplier rate of w (0 = fixed w, the paper); see DMSPruner")
     p.add_argument("--recovery", choices=["full", "lora", "none"], default="full")
-    p.add_argument("--recovery_steps", type=int, default=300)
-    p.add_argument("--recovery_batch_size", type=int, default=8)
+    p.add_argument("--recovery_steps", type=int, default=None, help="default: from the plan")
+    p.add_argument("--recovery_batch_size", type=int, default=None, help="default 1 on CPU, 8 on GPU")
     p.add_argument("--recovery_lr", type=float, default=None, help="default 5e-5 (full) / 5e-4 (LoRA)")
     p.add_argument("--lora_r", type=int, default=16)
     p.add_argument("--baselines", nargs="*", default=["magnitude", "taylor"], choices=["magnitude", "taylor"])
-    p.add_argument("--calibration_batches", type=int, default=16, help="one-shot Taylor batches")
-    p.add_argument("--eval_tokens", type=int, default=0, help="limit WikiText-2 to its first N tokens (0 = all)")
-    p.add_argument("--eval_window", type=int, default=2048)
-    p.add_argument("--eval_batch_size", type=int, default=4)
-    p.add_argument("--no_speed", action="store_true", help="skip the speed measurements")
-    p.add_argument("--prefill_batch", type=int, default=8)
-    p.add_argument("--prefill_len", type=int, default=2048)
-    p.add_argument("--decode_tokens", type=int, default=256)
-    p.add_argument("--decode_batches", type=int, nargs="+", default=[1, 16])
+    p.add_argument("--calibration_batches", type=int, default=8, help="one-shot Taylor batches")
+    p.add_argument("--eval_window", type=int, default=1024)
+    p.add_argument("--eval_windows", type=int, default=None,
+                   help="comparison rows on the first N windows (0 = the whole test set; default: from the plan)")
+    p.add_argument("--eval_tokens", type=int, default=0, help="instead: the first N tokens of the test text")
+    p.add_argument("--eval_batch_size", type=int, default=1)
+    p.add_argument("--full_eval", action=argparse.BooleanOptionalAction, default=True,
+                   help="full test set for the final DMS model and the best baseline")
+    p.add_argument("--budget_minutes", type=float, default=None,
+                   help="time budget of one run for the plan (default 120 on CPU, 0 = fixed sizes on GPU)")
+    p.add_argument("--search_share", type=float, default=0.25, help="share of the training time for searches")
+    p.add_argument("--no_speed", action="store_true", help="skip the speed stage")
+    p.add_argument("--speed_isolation", choices=["subprocess", "inprocess"], default="subprocess",
+                   help="each model's speed and peak memory in a fresh process (inprocess: no memory figures)")
+    p.add_argument("--prefill_shapes", nargs="+", default=["1x1024", "4x512"], help="BATCHxLENGTH, no cache")
+    p.add_argument("--prefill_batch", type=int, default=None, help="old form: one prefill shape with --prefill_len")
+    p.add_argument("--prefill_len", type=int, default=None)
+    p.add_argument("--decode_tokens", type=int, default=64)
+    p.add_argument("--decode_batches", type=int, nargs="+", default=[1])
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--output_dir", default="out/llama_prune")
+    p.add_argument("--output_dir", default="out/llama_prune", help="stage files and models (not committed)")
+    p.add_argument("--results_dir", default=None, help="results.json / .md / plot (default: --output_dir)")
+    p.add_argument("--stop_after", default=None, help="stop after this stage (a name from stages.log)")
+    p.add_argument("--plan", "--time_step", dest="plan_only", action="store_true", help="= --stop_after plan")
     args = p.parse_args(argv)
     if not 0.0 < args.target < 1.0:
         p.error(f"--target must be in (0, 1), got {args.target}")
+    if args.per_layer:
+        args.dms_variants = ["per_layer"]
+    args.dms_variants = [v for v in VARIANTS if v in args.dms_variants]
+    if args.prefill_batch or args.prefill_len:
+        args.prefill_shapes = [f"{args.prefill_batch or 1}x{args.prefill_len or 1024}"]
+    kind = "cuda" if args.device.startswith("cuda") else "cpu"
+    args.search_batch_size = args.search_batch_size or DEVICE_BATCH[kind]
+    args.recovery_batch_size = args.recovery_batch_size or DEVICE_BATCH[kind]
+    if args.budget_minutes is None:
+        args.budget_minutes = 120.0 if kind == "cpu" else 0.0
+    if args.plan_only:
+        args.stop_after = "plan"
+    args.results_dir = args.results_dir or args.output_dir
     return args
 
 
@@ -103,13 +180,24 @@ def sample_batches(blocks: torch.Tensor, batch_size: int, steps: int, seed: int)
         yield blocks[torch.randint(0, blocks.size(0), (batch_size,), generator=g)]
 
 
-def evaluate_ppl(model, tokenizer, text, args):
+class Pretokenized:
+    """A stand-in tokenizer for ``hf_dynamic.perplexity``: returns fixed token ids (an exact prefix of the test
+    text's tokens, not a re-tokenised decoded prefix)."""
+
+    def __init__(self, ids: torch.Tensor):
+        self.ids = ids
+
+    def __call__(self, text, verbose=False):
+        return {"input_ids": self.ids}
+
+
+def evaluate_ppl(model, ids, args) -> dict:
     from hf_dynamic import perplexity
 
     with autocast(args.device):
-        return perplexity(model, tokenizer, text, window=args.eval_window, batch_size=args.eval_batch_size)[
-            "perplexity"
-        ]
+        out = perplexity(model, Pretokenized(ids), "<pre-tokenised>", window=args.eval_window,
+                         batch_size=args.eval_batch_size)
+    return {"ppl": out["perplexity"], "mean_nll": out["mean_nll"], "tokens": out["tokens"]}
 
 
 def forward_flops_per_token(config, seq_len):
@@ -129,45 +217,39 @@ def forward_flops_per_token(config, seq_len):
     return float(flops) / seq_len
 
 
-@torch.no_grad()
-def measure_speed(model, args):
-    """Prefill tokens/s (batch × len, no cache) and greedy decode tokens/s per batch size (HF generate)."""
-    dev = args.device
-    # bf16 copy on the GPU (deployment dtype); the fp32 original is left untouched
-    speed_model = copy.deepcopy(model).to(torch.bfloat16) if dev.startswith("cuda") else model
-    speed_model.eval()
-    vocab = model.config.vocab_size
-    out = {}
-    x = torch.randint(0, vocab, (args.prefill_batch, args.prefill_len), device=dev)
-    speed_model(input_ids=x, use_cache=False)  # warm-up
-    sync(dev)
-    reps = 3
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        speed_model(input_ids=x, use_cache=False)
-    sync(dev)
-    out["prefill_tokens_per_s"] = reps * x.numel() / (time.perf_counter() - t0)
-    for b in args.decode_batches:
-        prompt = torch.randint(0, vocab, (b, 32), device=dev)
-        kwargs = dict(max_new_tokens=args.decode_tokens, min_new_tokens=args.decode_tokens, do_sample=False,
-                      pad_token_id=0, attention_mask=torch.ones_like(prompt))
-        speed_model.generate(prompt, **{**kwargs, "max_new_tokens": 4, "min_new_tokens": 4})  # warm-up
-        sync(dev)
-        t0 = time.perf_counter()
-        speed_model.generate(prompt, **kwargs)
-        sync(dev)
-        out[f"decode_tokens_per_s_b{b}"] = b * args.decode_tokens / (time.perf_counter() - t0)
-    del speed_model
-    return out
+def shapes(specs):
+    return [tuple(int(v) for v in s.lower().split("x")) for s in specs]
 
 
-def recover(model, blocks, args):
-    """The recovery budget every pruned model gets: ``--recovery_steps`` AdamW steps on War and Peace."""
-    if args.recovery == "none" or args.recovery_steps == 0:
-        return model, 0.0
-    from transformers import get_cosine_schedule_with_warmup
+def load_model(path, device):
+    import hf_dynamic  # noqa: F401  (registers dms_llama)
+    from transformers import AutoModelForCausalLM
 
-    lr = args.recovery_lr or (5e-5 if args.recovery == "full" else 5e-4)
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
+
+
+def save_model(model, tokenizer, path):
+    """Save atomically: into ``path.tmp``, then renamed (a killed save leaves no half folder at ``path``)."""
+    tmp = path + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+    return path
+
+
+def params_of(model) -> int:
+    return model.num_parameters()
+
+
+# --------------------------------------------------------------------------------------------------- training
+def recovery_lr(args):
+    return args.recovery_lr or (5e-5 if args.recovery == "full" else 5e-4)
+
+
+def prepare_recovery(model, args):
+    """Wrap ``model`` for recovery (LoRA or all weights trainable); returns (model, trainable params, AdamW)."""
     if args.recovery == "lora":
         from peft import LoraConfig, get_peft_model
 
@@ -181,219 +263,729 @@ def recover(model, blocks, args):
     else:
         model.requires_grad_(True)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    sched = get_cosine_schedule_with_warmup(opt, max(1, args.recovery_steps // 20), args.recovery_steps)
+    return model, params, torch.optim.AdamW(params, lr=recovery_lr(args), weight_decay=0.0)
+
+
+def train_step(model, ids, params, opt, args):
+    with autocast(args.device):
+        loss = model(input_ids=ids.to(args.device), labels=ids.to(args.device)).loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return float(loss.detach())
+
+
+def recover(model, blocks, steps, args):
+    """The recovery budget every pruned model gets: ``steps`` AdamW steps on War and Peace, cosine schedule."""
+    from transformers import get_cosine_schedule_with_warmup
+
+    model, params, opt = prepare_recovery(model, args)
+    sched = get_cosine_schedule_with_warmup(opt, max(1, steps // 20), steps)
     model.train()
-    t0 = time.perf_counter()
-    for step, ids in enumerate(sample_batches(blocks, args.recovery_batch_size, args.recovery_steps, args.seed + 1)):
-        ids = ids.to(args.device)
-        with autocast(args.device):
-            loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+    losses = []
+    for step, ids in enumerate(sample_batches(blocks, args.recovery_batch_size, steps, args.seed + 1)):
+        losses.append(train_step(model, ids, params, opt, args))
         sched.step()
-        opt.zero_grad(set_to_none=True)
-        if step % max(1, args.recovery_steps // 5) == 0:
-            print(f"  recovery step {step}: loss {loss.item():.4f}")
-    sync(args.device)
-    seconds = time.perf_counter() - t0
+        if step % max(1, steps // 5) == 0:
+            print(f"  recovery step {step}: loss {losses[-1]:.4f}", flush=True)
     if args.recovery == "lora":
         model = model.merge_and_unload()
-    model.eval()
-    return model, seconds
+    return model.eval(), losses
 
 
-def load_dense(path, device):
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
-
-
-def dms_search(model, blocks, args):
-    from datasets import Dataset
-    from transformers import TrainingArguments
-
-    from hf_dynamic import DMSCallback, DMSPruner, DMSTrainer
+def make_pruner(model, variant, args, keep_ratio_lr):
+    from hf_dynamic import DMSCallback, DMSPruner
 
     if args.search_mode == "frozen":
         model.requires_grad_(False)
     pruner = DMSPruner(
-        model, args.target, prune=args.prune, uniform=not args.per_layer, head_grouping=args.head_grouping,
+        model, args.target, prune=args.prune, uniform=variant == "uniform", head_grouping=args.head_grouping,
         resource_weight=args.resource_weight, resource_weight_adapt=args.resource_weight_adapt,
         channel_multiple=args.channel_multiple,
     )
-    callback = DMSCallback(pruner, keep_ratio_lr=args.keep_ratio_lr)
-    n = min(blocks.size(0), args.max_search_steps * args.search_batch_size)
+    return pruner, DMSCallback(pruner, keep_ratio_lr=keep_ratio_lr)
+
+
+def dms_search(model, blocks, variant, steps, keep_ratio_lr, args):
+    from datasets import Dataset
+    from transformers import TrainingArguments
+
+    from hf_dynamic import DMSTrainer
+
+    pruner, callback = make_pruner(model, variant, args, keep_ratio_lr)
+    n = min(blocks.size(0), steps * args.search_batch_size)
     g = torch.Generator().manual_seed(args.seed)
     picked = blocks[torch.randperm(blocks.size(0), generator=g)[:n]]
     data = Dataset.from_dict({"input_ids": picked.tolist(), "labels": picked.tolist()})
     targs = TrainingArguments(
-        output_dir=os.path.join(args.output_dir, "search"), max_steps=args.max_search_steps,
+        output_dir=os.path.join(args.output_dir, f"search_{variant}"), max_steps=steps,
         per_device_train_batch_size=args.search_batch_size, learning_rate=args.weight_lr, weight_decay=0.0,
-        lr_scheduler_type="constant", logging_steps=max(1, args.max_search_steps // 10), report_to=[],
+        lr_scheduler_type="constant", logging_steps=max(1, steps // 50), report_to=[],
         save_strategy="no", use_cpu=args.device == "cpu", bf16=args.device.startswith("cuda"),
         disable_tqdm=True, seed=args.seed, dataloader_drop_last=True,
     )
-    trainer = DMSTrainer(model=model, args=targs, train_dataset=data, callbacks=[callback], pruner=pruner)
-    sync(args.device)
+    DMSTrainer(model=model, args=targs, train_dataset=data, callbacks=[callback], pruner=pruner).train()
+    return pruner, callback
+
+
+# --------------------------------------------------------------------------------------------------- plan
+def timed(fn, device):
+    sync(device)
     t0 = time.perf_counter()
-    trainer.train()
-    sync(args.device)
-    seconds = time.perf_counter() - t0
-    return pruner, callback, seconds
+    fn()
+    sync(device)
+    return time.perf_counter() - t0
 
 
-def baseline(kind, path, blocks, target_params, args):
-    from hf_dynamic import DMSPruner
-    from hf_dynamic.dms.baselines import magnitude_importance, match_parameter_count, one_shot_taylor_importance
+def measure_step_times(path, blocks, args) -> dict:
+    """Seconds of one evaluation window, one search step and one recovery step of the dense model, each timed
+    once after a warm-up on a short input (the recovery warm-up also allocates AdamW's state)."""
+    short = blocks[:1, : min(32, blocks.size(1))]
+    model = load_model(path, args.device)
+    window = blocks.reshape(-1)[: args.eval_window].unsqueeze(0).to(args.device)
+    with torch.inference_mode(), autocast(args.device):
+        model(input_ids=short.to(args.device), use_cache=False)
+        eval_s = timed(lambda: model(input_ids=window, use_cache=False), args.device)
 
-    model = load_dense(path, args.device)
-    pruner = DMSPruner(model, 0.5, prune=("heads", "mlp"), uniform=True, head_grouping=args.head_grouping)
-    t0 = time.perf_counter()
-    if kind == "magnitude":
-        magnitude_importance(pruner)
-    else:
-        batches = (
-            ids.to(args.device) for ids in sample_batches(blocks, args.search_batch_size, args.calibration_batches, 7)
-        )
+    pruner, _ = make_pruner(model, args.dms_variants[0], args, 1e-2)
+    opt = torch.optim.Adam(pruner.structure_parameters(), lr=1e-2)
+    model.train()
+
+    def search_step(ids):
         with autocast(args.device):
-            one_shot_taylor_importance(pruner, batches)
-    counts = match_parameter_count(pruner, target_params)
-    exported = pruner.export(uniform=True)
-    sync(args.device)
-    seconds = time.perf_counter() - t0
+            loss = pruner.add_resource_loss(model(input_ids=ids.to(args.device), labels=ids.to(args.device)).loss)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        pruner.clamp_()
+
+    search_step(short)
+    batch = blocks[: args.search_batch_size]
+    search_s = timed(lambda: search_step(batch), args.device)
     pruner.remove()
-    del model, pruner
-    return exported, counts, seconds
+    pruner = opt = model = None  # free the dense copy before loading the next
+    gc.collect()
+
+    model = load_model(path, args.device)
+    model, params, opt = prepare_recovery(model, args)
+    model.train()
+    train_step(model, short, params, opt, args)
+    batch = blocks[: args.recovery_batch_size]
+    recovery_s = timed(lambda: train_step(model, batch, params, opt, args), args.device)
+    return {"eval_window_s": eval_s, "search_step_s": search_s, "recovery_step_s": recovery_s,
+            "load_average": os.getloadavg()}  # other jobs on the machine slow every step
 
 
-def row(name, model, ppl_before, ppl_after, dense_params, dense_flops, args, **extra):
-    params = model.num_parameters()
-    flops = forward_flops_per_token(model.config, args.prefill_len)
-    r = {
-        "model": name, "params": params, "params_ratio": params / dense_params,
-        "flops_per_token": flops, "flops_ratio": flops / dense_flops,
-        "ppl_before_recovery": ppl_before, "ppl": ppl_after, **extra,
+def choose_sizes(times: dict, args, full_windows: int) -> dict:
+    """Batch × length × steps and comparison windows within ``--budget_minutes`` (see the module docstring)."""
+    r, t_w = args.target, times["eval_window_s"]
+    n_var, n_pruned = len(args.dms_variants), len(args.dms_variants) + len(args.baselines)
+    passes = 2 if args.recovery != "none" else 1
+    per_prefill = sum(b * n for b, n in shapes(args.prefill_shapes)) / args.eval_window
+    speed = 0.0 if args.no_speed else (1 + n_pruned * r) * t_w * (4 * per_prefill + 2) + 15 * (1 + n_pruned)
+    full = (2 * r * full_windows * t_w) if args.full_eval else 0.0
+    calib = args.calibration_batches * times["search_step_s"] if "taylor" in args.baselines else 0.0
+    budget = args.budget_minutes * 60
+
+    def eval_cost(windows):
+        w = windows or full_windows
+        return w * t_w * (1 + passes * n_pruned * r)
+
+    explicit = {k: getattr(args, k) for k in FIXED_SIZES if getattr(args, k) is not None}
+    if budget <= 0:
+        chosen = {**FIXED_SIZES, **explicit}
+        reason = "--budget_minutes 0: fixed sizes (300 search / 300 recovery steps, full test set) or explicit"
+    else:
+        if "eval_windows" in explicit:
+            windows = explicit["eval_windows"]
+        else:
+            windows = next((w for w in (64, 32, 16) if budget - eval_cost(w) - full - speed - calib >= budget / 2),
+                           16)
+        train = max(0.0, budget - eval_cost(windows) - full - speed - calib)
+        search_steps = explicit.get("max_search_steps") or max(
+            20, int(args.search_share * train / (n_var * times["search_step_s"])))
+        rec_time = train - n_var * search_steps * times["search_step_s"]
+        recovery_steps = explicit.get("recovery_steps")
+        if recovery_steps is None:
+            recovery_steps = max(10, int(rec_time / (n_pruned * r * times["recovery_step_s"])))
+        chosen = {"eval_windows": windows, "max_search_steps": search_steps, "recovery_steps": recovery_steps}
+        reason = (
+            f"budget {args.budget_minutes:g} min: comparison windows {windows} (the first of 64/32/16 leaving half "
+            f"the budget to training), {args.search_share:.0%} of the training time to the {n_var} search(es), "
+            f"the rest to {n_pruned} recoveries (pruned step ≈ {r:g} × dense step)"
+            + (f"; explicit: {sorted(explicit)}" if explicit else "")
+        )
+    steps = chosen["max_search_steps"]
+    estimate = {
+        "eval_comparison_s": eval_cost(chosen["eval_windows"]), "eval_full_s": full, "speed_s": speed,
+        "taylor_calibration_s": calib, "search_s": n_var * steps * times["search_step_s"],
+        "recovery_s": 0.0 if args.recovery == "none" else
+        n_pruned * chosen["recovery_steps"] * r * times["recovery_step_s"],
     }
-    if not args.no_speed:
-        r.update(measure_speed(model, args))
-    return r
+    estimate["total_s"] = sum(estimate.values())
+    estimate["search_share_of_total"] = estimate["search_s"] / max(estimate["total_s"], 1e-9)
+    return {
+        **chosen, "keep_ratio_lr": args.keep_ratio_lr or min(0.05, max(1e-2, 2.0 / steps)),
+        "search_batch_size": args.search_batch_size, "recovery_batch_size": args.recovery_batch_size,
+        "seq_len": args.seq_len, "eval_window": args.eval_window, "full_test_windows": full_windows,
+        "reason": reason, "estimate": estimate,
+    }
 
 
-def markdown(results, args):
-    cols = ["model", "params", "params_ratio", "flops_ratio", "ppl_before_recovery", "ppl", "search_s",
-            "recovery_s"]
-    speed = [k for k in results["rows"][0] if k.startswith(("prefill", "decode"))]
-    cols += speed
-    lines = [
-        f"# DMS pruning of {results['model_path']} (target {args.target:.0%} of parameters)",
-        "",
-        f"device: {results['device']}; WikiText-2 tokens evaluated: {results['eval_tokens']}; recovery: "
-        f"{args.recovery} × {args.recovery_steps} steps; search: {args.search_mode}, {args.max_search_steps} steps",
-        "",
-        "| " + " | ".join(cols) + " |",
-        "|" + "---|" * len(cols),
-    ]
-    dense = results["rows"][0]
-    for r in results["rows"]:
-        cells = []
-        for c in cols:
-            v = r.get(c, "")
-            if isinstance(v, float):
-                v = f"{v:.3f}" if c.endswith("ratio") else (f"{v:.2f}" if v < 1e4 else f"{v:,.0f}")
-            elif isinstance(v, int):
-                v = f"{v:,}"
-            cells.append(str(v))
-        lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
-    for r in results["rows"][1:]:
-        if "prefill_tokens_per_s" in r:
-            gain = r["prefill_tokens_per_s"] / dense["prefill_tokens_per_s"]
-            lines.append(f"- {r['model']}: prefill speed-up {gain:.2f}× for a FLOP reduction of "
-                         f"{1 / r['flops_ratio']:.2f}×")
-    return "\n".join(lines) + "\n"
+# --------------------------------------------------------------------------------------------------- speed
+def peak_rss_mb() -> tuple[float, str]:
+    """This process's peak resident set size in MiB and where it was read: ``VmHWM`` of ``/proc/self/status``
+    on Linux (the high-water mark of this address space; ``ru_maxrss`` is not usable in a child of a big
+    process, since Linux carries the parent's peak over ``fork`` + ``exec`` into it), else ``ru_maxrss``."""
+    try:
+        with open("/proc/self/status") as f:
+            line = next(line for line in f if line.startswith("VmHWM:"))
+        return int(line.split()[1]) / 1024, "VmHWM"
+    except (OSError, StopIteration):
+        import resource
+
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return rss / (2**20 if sys.platform == "darwin" else 1024), "ru_maxrss"
+
+
+def model_speed(model_dir, device, prefill_shapes, decode_tokens, decode_batches, memory=True) -> dict:
+    """One model's speed (:func:`measure_speed`) and, with ``memory`` (a fresh process), its peak memory.
+
+    Peak memory on the CPU (:func:`peak_rss_mb`), read after the imports but before loading the model
+    (``baseline_rss_mb``) and after every measurement (``peak_rss_mb``); ``model_peak_mb`` is the difference.
+    On CUDA: ``torch.cuda.max_memory_allocated``.
+    """
+    import hf_dynamic  # noqa: F401  (imported before the baseline is read)
+    from transformers import AutoModelForCausalLM  # noqa: F401
+
+    baseline, source = peak_rss_mb()
+    model = load_model(model_dir, device)
+    if device.startswith("cuda"):
+        model = model.to(torch.bfloat16)  # deployment dtype on the GPU
+    out = measure_speed(model, device, shapes(prefill_shapes), decode_tokens, decode_batches)
+    if memory and device.startswith("cuda"):
+        out["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    elif memory:
+        peak = peak_rss_mb()[0]
+        out.update(baseline_rss_mb=baseline, peak_rss_mb=peak, model_peak_mb=peak - baseline, memory_source=source)
+    out["threads"] = torch.get_num_threads()
+    return out
+
+
+def speed_worker(argv):
+    """``--speed_worker MODEL OUT.json ...``: :func:`model_speed` in this (fresh) process, written to OUT.json."""
+    p = argparse.ArgumentParser()
+    p.add_argument("--speed_worker", nargs=2, metavar=("MODEL", "OUT"))
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--prefill_shapes", nargs="+")
+    p.add_argument("--decode_tokens", type=int)
+    p.add_argument("--decode_batches", type=int, nargs="+")
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    out = model_speed(a.speed_worker[0], a.device, a.prefill_shapes, a.decode_tokens, a.decode_batches)
+    write_json_atomic(a.speed_worker[1], out)
+
+
+@torch.no_grad()
+def measure_speed(model, dev, prefill_shapes, decode_tokens, decode_batches, reps=3):
+    """Prefill tokens/s per shape (no cache; warm-up, then ``reps`` timed) and greedy decode tokens/s per batch."""
+    vocab, out = model.config.vocab_size, {}
+    for b, n in prefill_shapes:
+        x = torch.randint(0, vocab, (b, n), device=dev)
+        model(input_ids=x, use_cache=False)  # warm-up
+        seconds = timed(lambda: [model(input_ids=x, use_cache=False) for _ in range(reps)], dev)
+        out[f"prefill_tokens_per_s_{b}x{n}"] = reps * x.numel() / seconds
+    for b in decode_batches:
+        prompt = torch.randint(0, vocab, (b, 32), device=dev)
+        kwargs = dict(do_sample=False, pad_token_id=0, attention_mask=torch.ones_like(prompt))
+        model.generate(prompt, max_new_tokens=4, min_new_tokens=4, **kwargs)  # warm-up
+        seconds = timed(lambda: model.generate(prompt, max_new_tokens=decode_tokens, min_new_tokens=decode_tokens,
+                                               **kwargs), dev)
+        out[f"decode_tokens_per_s_b{b}"] = b * decode_tokens / seconds
+    return out
+
+
+def measured_flops(path, prefill_shape, device):
+    """FLOPs of one prefill forward counted by ``FlopCounterMode`` (eager attention: the counter does not book
+    the fused CPU SDPA kernel)."""
+    from hf_dynamic.core.resources import measured_forward_flops
+
+    model = load_model(path, device)
+    model.set_attn_implementation("eager")
+    b, n = prefill_shape
+    return measured_forward_flops(model, input_ids=torch.zeros(b, n, dtype=torch.long, device=device),
+                                  use_cache=False)
+
+
+# --------------------------------------------------------------------------------------------------- pipeline
+class Pipeline:
+    """Stage bookkeeping: ``stages/<name>.json`` per finished stage, ``stages.log`` of what ran or was skipped."""
+
+    def __init__(self, args):
+        self.args = args
+        self.dir = os.path.join(args.output_dir, "stages")
+        os.makedirs(self.dir, exist_ok=True)
+
+    def path(self, name):
+        return os.path.join(self.dir, f"{name}.json")
+
+    def done(self, name):
+        return os.path.exists(self.path(name))
+
+    def load(self, name):
+        with open(self.path(name)) as f:
+            return json.load(f)
+
+    def log(self, event, name):
+        with open(os.path.join(self.args.output_dir, "stages.log"), "a") as f:
+            f.write(f"{datetime.datetime.now().isoformat(timespec='seconds')} {event} {name}\n")
+
+    def run(self, name, fn):
+        if self.done(name):
+            self.log("skip", name)
+            return self.load(name)
+        self.log("start", name)
+        print(f"== stage {name}", flush=True)
+        from transformers import set_seed
+
+        set_seed(self.args.seed)  # each stage starts from the same RNG state, resumed or not
+        t0 = time.perf_counter()
+        out = fn()
+        out["seconds"] = time.perf_counter() - t0
+        out["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
+        write_json_atomic(self.path(name), out)
+        self.log("done", name)
+        gc.collect()
+        if self.args.stop_after == name:
+            raise StopPipeline(name)
+        return out
+
+
+def check_resume(args, output_dir):
+    """A re-run must use the same settings as the stage files it continues (ValueError naming the changes)."""
+    ignored = {"stop_after", "plan_only", "results_dir", "output_dir", "no_speed", "speed_isolation", "full_eval"}
+    now = {k: v for k, v in vars(args).items() if k not in ignored}
+    path = os.path.join(output_dir, "run_args.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            before = json.load(f)
+        changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+        if changed:
+            raise ValueError(f"{output_dir} holds a run with other settings ({', '.join(changed)}); use another "
+                             f"--output_dir or the same arguments")
+    else:
+        write_json_atomic(path, now)
+
+
+def pruned_models(args):
+    """(key, row name, the stage that made it) of every pruned model, DMS variants first."""
+    return [(*VARIANTS[v], f"search_{v}") for v in args.dms_variants] + [(b, b, f"prune_{b}") for b in args.baselines]
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "--speed_worker":
+        return speed_worker(argv)
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from transformers import AutoTokenizer
 
     from hf_dynamic import load_text, smollm2_path
 
-    torch.manual_seed(args.seed)
     os.makedirs(args.output_dir, exist_ok=True)
+    check_resume(args, args.output_dir)
     path = str(args.model_path or smollm2_path())
     tokenizer = AutoTokenizer.from_pretrained(path)
-    wiki = load_text("wikitext2")
-    if args.eval_tokens:
-        ids = tokenizer(wiki, verbose=False)["input_ids"][: args.eval_tokens]
-        wiki = tokenizer.decode(ids)
-    warpeace = torch.tensor(tokenizer(load_text("warpeace"), verbose=False)["input_ids"])
-    blocks = chunks(warpeace, args.seq_len)
-    eval_tokens = len(tokenizer(wiki, verbose=False)["input_ids"])
-    print(f"model {path}; War and Peace {warpeace.numel()} tokens -> {blocks.size(0)} blocks of {args.seq_len}; "
-          f"WikiText-2 eval {eval_tokens} tokens")
+    wiki_ids = torch.as_tensor(tokenizer(load_text("wikitext2"), verbose=False)["input_ids"])
+    blocks = chunks(torch.tensor(tokenizer(load_text("warpeace"), verbose=False)["input_ids"]), args.seq_len)
+    full_windows = math.ceil(wiki_ids.numel() / args.eval_window)
+    pipe = Pipeline(args)
+    state = {"args": args, "path": path, "argv": argv}
+    try:
+        run_stages(pipe, args, path, tokenizer, wiki_ids, blocks, full_windows)
+    except StopPipeline as stop:
+        print(f"stopped after stage {stop}", flush=True)
+    return report(pipe, state)
 
-    rows = []
-    model = load_dense(path, args.device)
-    dense_params = model.num_parameters()
-    dense_flops = forward_flops_per_token(model.config, args.prefill_len)
-    dense_ppl = evaluate_ppl(model, tokenizer, wiki, args)
-    print(f"dense: {dense_params:,} params, WikiText-2 ppl {dense_ppl:.3f}")
-    rows.append(row("dense", model, dense_ppl, dense_ppl, dense_params, dense_flops, args))
 
-    # ---- DMS search + export
-    pruner, callback, search_s = dms_search(model, blocks, args)
-    summary = pruner.summary()
-    print(f"DMS search: {search_s:.1f} s; {json.dumps({k: round(v, 4) for k, v in summary.items()})}")
-    if args.per_layer:
-        from hf_dynamic import DMSLlamaForCausalLM
+def run_stages(pipe, args, path, tokenizer, wiki_ids, blocks, full_windows):
+    dev = args.device
 
-        dms = DMSLlamaForCausalLM.from_pruned(pruner, dtype=torch.float32)
-    else:
-        dms = pruner.export(dtype=torch.float32)
-    pruner.remove()
-    del model, pruner
-    gc.collect()
-    dms_params = dms.num_parameters()
-    ppl0 = evaluate_ppl(dms, tokenizer, wiki, args)
-    dms, rec_s = recover(dms, blocks, args)
-    ppl1 = evaluate_ppl(dms, tokenizer, wiki, args)
-    print(f"DMS: {dms_params:,} params ({dms_params / dense_params:.3f}), ppl {ppl0:.3f} -> {ppl1:.3f} after recovery")
-    dms.save_pretrained(os.path.join(args.output_dir, "dms_model"))
-    tokenizer.save_pretrained(os.path.join(args.output_dir, "dms_model"))
-    rows.append(row("DMS", dms, ppl0, ppl1, dense_params, dense_flops, args, search_s=search_s, recovery_s=rec_s,
-                    config={k: getattr(dms.config, k) for k in ("hidden_size", "num_hidden_layers",
-                                                                "num_attention_heads", "num_key_value_heads",
-                                                                "intermediate_size")}))
-    del dms
-    gc.collect()
+    def plan():
+        times = measure_step_times(path, blocks, args)
+        sizes = choose_sizes(times, args, full_windows)
+        print(f"plan: {json.dumps(times)} -> {json.dumps({k: v for k, v in sizes.items() if k != 'estimate'})}")
+        return {"measured": times, **sizes}
 
-    # ---- baselines at the same parameter count, same recovery budget
+    sizes = pipe.run("plan", plan)
+    n_eval = args.eval_tokens or sizes["eval_windows"] * args.eval_window
+    eval_ids = wiki_ids[:n_eval] if n_eval else wiki_ids
+
+    def evaluate(model_path, ids):
+        return lambda: evaluate_ppl(load_model(model_path, dev), ids, args)
+
+    def dense_eval():
+        model = load_model(path, dev)
+        return {**evaluate_ppl(model, eval_ids, args), "params": params_of(model)}
+
+    pipe.run("dense_eval", dense_eval)
+
+    def search(variant):
+        def stage():
+            model = load_model(path, dev)
+            t0 = time.perf_counter()
+            pruner, callback = dms_search(model, blocks, variant, sizes["max_search_steps"], sizes["keep_ratio_lr"],
+                                          args)
+            search_s = time.perf_counter() - t0
+            if variant == "per_layer":
+                from hf_dynamic import DMSLlamaForCausalLM
+
+                pruned = DMSLlamaForCausalLM.from_pruned(pruner, dtype=torch.float32)
+            else:
+                pruned = pruner.export(dtype=torch.float32)
+            summary = pruner.summary()
+            pruner.remove()
+            key = VARIANTS[variant][0]
+            save_model(pruned, tokenizer, os.path.join(args.output_dir, f"{key}_pruned"))
+            return {"model_dir": os.path.join(args.output_dir, f"{key}_pruned"), "params": params_of(pruned),
+                    "search_s": search_s, "steps": sizes["max_search_steps"], "summary": summary,
+                    "history": callback.history}
+        return stage
+
+    for variant in args.dms_variants:
+        pipe.run(f"search_{variant}", search(variant))
+    target_params = pipe.load(f"search_{args.dms_variants[0]}")["params"]
+
+    def prune(kind):
+        def stage():
+            from hf_dynamic import DMSPruner
+            from hf_dynamic.dms.baselines import (magnitude_importance, match_parameter_count,
+                                                  one_shot_taylor_importance)
+
+            model = load_model(path, dev)
+            pruner = DMSPruner(model, 0.5, prune=("heads", "mlp"), uniform=True, head_grouping=args.head_grouping)
+            t0 = time.perf_counter()
+            if kind == "magnitude":
+                magnitude_importance(pruner)
+            else:
+                batches = (ids.to(dev) for ids in sample_batches(blocks, args.search_batch_size,
+                                                                 args.calibration_batches, 7))
+                with autocast(dev):
+                    one_shot_taylor_importance(pruner, batches)
+            counts = match_parameter_count(pruner, target_params)
+            pruned = pruner.export(uniform=True)
+            prune_s = time.perf_counter() - t0
+            pruner.remove()
+            out = os.path.join(args.output_dir, f"{kind}_pruned")
+            save_model(pruned, tokenizer, out)
+            return {"model_dir": out, "params": params_of(pruned), "target_params": target_params,
+                    "counts": counts, "prune_s": prune_s}
+        return stage
+
     for kind in args.baselines:
-        model, counts, prune_s = baseline(kind, path, blocks, dms_params, args)
-        b0 = evaluate_ppl(model, tokenizer, wiki, args)
-        model, rec_s = recover(model, blocks, args)
-        b1 = evaluate_ppl(model, tokenizer, wiki, args)
-        print(f"{kind}: {model.num_parameters():,} params (heads {counts['heads']}, mlp {counts['mlp']}), "
-              f"ppl {b0:.3f} -> {b1:.3f}")
-        rows.append(row(kind, model, b0, b1, dense_params, dense_flops, args, search_s=prune_s, recovery_s=rec_s))
-        del model
-        gc.collect()
+        pipe.run(f"prune_{kind}", prune(kind))
 
-    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
-    results = {
-        "model_path": path, "device": device_name, "eval_tokens": eval_tokens, "args": vars(args), "rows": rows,
-        "search_log": callback.history,
+    def recover_stage(key):
+        def stage():
+            pruned = load_model(os.path.join(args.output_dir, f"{key}_pruned"), dev)
+            model, losses = recover(pruned, blocks, sizes["recovery_steps"], args)
+            out = save_model(model, tokenizer, os.path.join(args.output_dir, f"{key}_model"))
+            return {"model_dir": out, "steps": sizes["recovery_steps"], "losses": losses}
+        return stage
+
+    for key, _, _ in pruned_models(args):
+        pruned_dir = os.path.join(args.output_dir, f"{key}_pruned")
+        pipe.run(f"eval_{key}_pruned", evaluate(pruned_dir, eval_ids))
+        if args.recovery != "none":
+            pipe.run(f"recover_{key}", recover_stage(key))
+            pipe.run(f"eval_{key}_recovered", evaluate(os.path.join(args.output_dir, f"{key}_model"), eval_ids))
+
+    if args.full_eval:
+        for stage, key in final_models(pipe, args).items():
+            def full(key=key):
+                return {"model": key, **evaluate(final_dir(args, key), wiki_ids)()}
+            pipe.run(stage, full)
+
+    if not args.no_speed:
+        pipe.run("speed", lambda: speed_stage(args, path))
+
+
+def final_dir(args, key):
+    return os.path.join(args.output_dir, f"{key}_model" if args.recovery != "none" else f"{key}_pruned")
+
+
+def comparison_ppl(pipe, args, key):
+    stage = f"eval_{key}_recovered" if args.recovery != "none" else f"eval_{key}_pruned"
+    return pipe.load(stage)["ppl"] if pipe.done(stage) else float("inf")
+
+
+def final_models(pipe, args) -> dict:
+    """The models that get the full test set: the better DMS variant and the best baseline (comparison ppl)."""
+    out = {}
+    dms = [VARIANTS[v][0] for v in args.dms_variants]
+    out["full_eval_final_dms"] = min(dms, key=lambda k: comparison_ppl(pipe, args, k))
+    if args.baselines:
+        out["full_eval_best_baseline"] = min(args.baselines, key=lambda k: comparison_ppl(pipe, args, k))
+    return out
+
+
+def speed_stage(args, path):
+    """Every final model and the dense one, one fresh subprocess each (same threads), plus measured FLOPs."""
+    models = {"dense": path, **{key: final_dir(args, key) for key, _, _ in pruned_models(args)}}
+    prefill = shapes(args.prefill_shapes)
+    out = {}
+    for key, model_dir in models.items():
+        if args.speed_isolation == "inprocess":  # no memory figures: this process holds everything before it
+            out[key] = model_speed(model_dir, args.device, args.prefill_shapes, args.decode_tokens,
+                                   args.decode_batches, memory=False)
+        else:
+            result = os.path.join(args.output_dir, "stages", f"speed_{key}.tmp.json")
+            cmd = [sys.executable, os.path.abspath(__file__), "--speed_worker", model_dir, result, "--device",
+                   args.device, "--threads", str(torch.get_num_threads()), "--prefill_shapes", *args.prefill_shapes,
+                   "--decode_tokens", str(args.decode_tokens), "--decode_batches", *map(str, args.decode_batches)]
+            subprocess.run(cmd, check=True)
+            with open(result) as f:
+                out[key] = json.load(f)
+            os.remove(result)
+        out[key]["flops_measured"] = {f"{b}x{n}": measured_flops(model_dir, (b, n), args.device) for b, n in prefill}
+        print(f"  speed {key}: {json.dumps(out[key])}", flush=True)
+    return {"models": out}
+
+
+# --------------------------------------------------------------------------------------------------- report
+def git_head():
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def collect_rows(pipe, args, path):
+    """One row per model from the stage files that exist (missing values are absent)."""
+    if not pipe.done("dense_eval"):
+        return []
+    dense = pipe.load("dense_eval")
+    flops_len = shapes(args.prefill_shapes)[0][1]
+    from transformers import AutoConfig
+
+    def config_of(model_dir):
+        import hf_dynamic  # noqa: F401
+
+        return AutoConfig.from_pretrained(model_dir)
+
+    dense_config = config_of(path)
+    dense_flops = forward_flops_per_token(dense_config, flops_len)
+    rows = [{"model": "dense", "key": "dense", "params": dense["params"], "params_ratio": 1.0,
+             "flops_per_token": dense_flops, "flops_ratio": 1.0, "ppl_before_recovery": dense["ppl"],
+             "ppl": dense["ppl"]}]
+    dms_params = None
+    for key, name, made in pruned_models(args):
+        if not pipe.done(made):
+            continue
+        info = pipe.load(made)
+        dms_params = dms_params or info["params"]
+        cfg = config_of(info["model_dir"])
+        flops = forward_flops_per_token(cfg, flops_len)
+        r = {"model": name, "key": key, "params": info["params"], "params_ratio": info["params"] / dense["params"],
+             "params_vs_dms": info["params"] / dms_params - 1.0, "flops_per_token": flops,
+             "flops_ratio": flops / dense_flops}
+        r["search_s" if key.startswith("dms") else "prune_s"] = info.get("search_s", info.get("prune_s"))
+        if pipe.done(f"eval_{key}_pruned"):
+            r["ppl_before_recovery"] = pipe.load(f"eval_{key}_pruned")["ppl"]
+            r["ppl"] = r["ppl_before_recovery"]
+        if args.recovery != "none":
+            r.pop("ppl", None)
+            if pipe.done(f"recover_{key}"):
+                r["recovery_s"] = pipe.load(f"recover_{key}")["seconds"]
+            if pipe.done(f"eval_{key}_recovered"):
+                r["ppl"] = pipe.load(f"eval_{key}_recovered")["ppl"]
+        r["config"] = {k: getattr(cfg, k) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
+                                                       "num_key_value_heads", "intermediate_size")}
+        for k in ("layer_num_attention_heads", "layer_intermediate_sizes"):
+            if getattr(cfg, k, None) is not None:
+                r["config"][k] = getattr(cfg, k)
+        rows.append(r)
+    for stage in ("full_eval_final_dms", "full_eval_best_baseline"):
+        if pipe.done(stage):
+            full = pipe.load(stage)
+            next(r for r in rows if r["key"] == full["model"])["ppl_full"] = full["ppl"]
+    if pipe.done("speed"):
+        speed = pipe.load("speed")["models"]
+        for r in rows:
+            if r["key"] in speed:
+                r.update({k: v for k, v in speed[r["key"]].items() if k != "threads"})
+        base = rows[0]
+        for r in rows:
+            if "flops_measured" not in r:
+                continue
+            for shape, flops in r["flops_measured"].items():
+                key = f"prefill_tokens_per_s_{shape}"
+                if key in r and key in base:
+                    speedup, reduction = r[key] / base[key], base["flops_measured"][shape] / flops
+                    r[f"prefill_speedup_{shape}"] = speedup
+                    r[f"flop_reduction_{shape}"] = reduction
+                    r[f"speedup_over_flop_reduction_{shape}"] = speedup / reduction
+    return rows
+
+
+def targets_check(rows, stage_seconds):
+    """Issue #11's targets as measured facts (True / False; None while a value is missing)."""
+    by = {r["key"]: r for r in rows}
+
+    def ppl(key):
+        return by.get(key, {}).get("ppl")
+
+    dms, mag, tay = ppl("dms"), ppl("magnitude"), ppl("taylor")
+    out = {
+        "dms_ppl_le_0.8x_magnitude": None if None in (dms, mag) else dms <= 0.8 * mag,
+        "dms_ppl_below_taylor": None if None in (dms, tay) else dms < tay,
+        "baselines_within_1pct_of_dms_params": all(abs(r["params_vs_dms"]) <= 0.01 for r in rows
+                                                   if r["key"] in ("magnitude", "taylor")),
     }
-    with open(os.path.join(args.output_dir, "results.json"), "w") as f:
-        json.dump(results, f, indent=2, default=str)
-    table = markdown(results, args)
-    with open(os.path.join(args.output_dir, "results.md"), "w") as f:
+    ratios = [v for r in rows[1:] for k, v in r.items() if k.startswith("speedup_over_flop_reduction_")]
+    out["prefill_speedup_ge_0.8x_flop_reduction"] = (min(ratios) >= 0.8) if ratios else None
+    search = sum(v for k, v in stage_seconds.items() if k.startswith("search_"))
+    total = sum(stage_seconds.values())
+    out["search_share_of_pipeline"] = search / total if total else None
+    out["search_le_30pct_of_pipeline"] = (search / total <= 0.3) if total else None
+    return out
+
+
+def report(pipe, state):
+    args = state["args"]
+    rows = collect_rows(pipe, args, state["path"])
+    stage_files = sorted(f[:-5] for f in os.listdir(pipe.dir) if f.endswith(".json"))
+    stage_seconds = {s: pipe.load(s)["seconds"] for s in stage_files}
+    results = {
+        "issue": "#11 DMS vs magnitude vs Taylor on SmolLM2, 2-core CPU",
+        "model_path": state["path"], "target": args.target,
+        "command": "python examples/llama_prune/prune_llama.py " + shlex.join(state["argv"]),
+        "commit": git_head(), "machine": {**machine_info(args.device), "load_average": os.getloadavg()},
+        "args": vars(args),
+        "plan": pipe.load("plan") if pipe.done("plan") else None,
+        "eval": {"window": args.eval_window, "comparison_tokens": (pipe.load("dense_eval")["tokens"]
+                                                                  if pipe.done("dense_eval") else None),
+                 "protocol": "WikiText-2 test (hf_dynamic.load_text), tokenised once; comparison rows on its first "
+                             "tokens (the plan's eval_windows × window), non-overlapping windows"},
+        "rows": rows, "stage_seconds": stage_seconds, "total_stage_seconds": sum(stage_seconds.values()),
+        "targets": targets_check(rows, stage_seconds),
+        "search_log": {s: pipe.load(s)["history"] for s in stage_files if s.startswith("search_")},
+    }
+    os.makedirs(args.results_dir, exist_ok=True)
+    write_json_atomic(os.path.join(args.results_dir, "results.json"), results)
+    table = markdown(results)
+    with open(os.path.join(args.results_dir, "results.md"), "w") as f:
         f.write(table)
-    print(table)
+    if results["search_log"]:
+        plot_search(results["search_log"], os.path.join(args.results_dir, "search_trajectory.png"))
+    print(table, flush=True)
     return results
+
+
+def fmt(v, c=""):
+    if isinstance(v, bool) or v is None:
+        return "—" if v is None else ("yes" if v else "no")
+    if isinstance(v, float):
+        return f"{v:.3f}" if "ratio" in c or "speedup" in c or "reduction" in c else (
+            f"{v:.2f}" if abs(v) < 1e4 else f"{v:,.0f}")
+    return f"{v:,}" if isinstance(v, int) else str(v)
+
+
+def md_table(rows, cols, names=None):
+    lines = ["| " + " | ".join(names or cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(r.get(c), c) for c in cols) + " |" for r in rows]
+    return lines
+
+
+def markdown(results):
+    args, plan, rows = results["args"], results["plan"], results["rows"]
+    m = results["machine"]
+    lines = [
+        f"# DMS pruning of SmolLM2-135M to {args['target']:.0%} of the parameters",
+        "",
+        f"Model `{results['model_path']}`; machine: {m.get('cpu')} ({m.get('cores')} cores, {m.get('torch_threads')} "
+        f"torch threads), torch {m.get('torch')}, transformers {m.get('transformers')}; commit `{results['commit']}`.",
+        "",
+        f"Command: `{results['command']}`",
+        "",
+    ]
+    if plan:
+        t, e = plan["measured"], plan["estimate"]
+        lines += [
+            "## Plan (measured before the run)",
+            "",
+            f"Measured on the dense model: evaluation window 1 × {plan['eval_window']} {t['eval_window_s']:.2f} s; "
+            f"search step {plan['search_batch_size']} × {plan['seq_len']} {t['search_step_s']:.2f} s; recovery step "
+            f"{plan['recovery_batch_size']} × {plan['seq_len']} {t['recovery_step_s']:.2f} s (load average "
+            f"{t['load_average'][0]:.1f} on {m.get('cores')} cores).",
+            "",
+            f"Chosen: {plan['max_search_steps']} search steps (keep-ratio lr {plan['keep_ratio_lr']:.3g}), "
+            f"{plan['recovery_steps']} recovery steps, comparison on the first {plan['eval_windows'] or 'all'} "
+            f"windows of {plan['eval_window']} tokens. Reason: {plan['reason']}. Estimated total "
+            f"{e['total_s'] / 60:.1f} min (search {e['search_share_of_total']:.0%}).",
+            "",
+        ]
+    if rows:
+        lines += ["## Perplexity (WikiText-2 test, comparison windows)", "",
+                  f"{results['eval']['comparison_tokens']} tokens in windows of {args['eval_window']}; "
+                  "\"pruning only\" = no recovery.", ""]
+        table = [rows[0]] + [dict(r, model=f"{r['model']} (pruning only)", ppl=r.get("ppl_before_recovery"),
+                                  recovery_s=None) for r in rows[1:]]
+        if args["recovery"] != "none":
+            table += [dict(r, model=f"{r['model']} + recovery") for r in rows[1:]]
+        lines += md_table(table, ["model", "params", "params_ratio", "flops_ratio", "ppl", "search_s", "prune_s",
+                                  "recovery_s"], ["model", "params", "params ratio", "FLOPs ratio", "ppl",
+                                                  "search s", "prune s", "recovery s"])
+        full = [r for r in rows if "ppl_full" in r]
+        if full:
+            lines += ["", "## Full WikiText-2 test set", ""] + md_table(full, ["model", "params", "ppl_full"])
+        pl, un = next((r for r in rows if r["key"] == "dms_per_layer"), None), next(
+            (r for r in rows if r["key"] == "dms"), None)
+        if pl and un and "ppl" in pl and "ppl" in un:
+            better = "beats" if pl["ppl"] < un["ppl"] else "does not beat"
+            lines += ["", f"Per-layer DMS ({pl['params']:,} params, ppl {pl['ppl']:.2f}) {better} uniform DMS "
+                          f"({un['params']:,} params, ppl {un['ppl']:.2f})."]
+        speed_cols = [c for c in rows[0] if c.startswith(("prefill_tokens", "decode_tokens", "peak_", "model_peak"))]
+        if speed_cols:
+            lines += ["", "## Speed (each model in a fresh process, same threads)", ""]
+            lines += md_table(rows, ["model"] + speed_cols + [c for c in rows[-1] if c.startswith(
+                ("prefill_speedup", "flop_reduction", "speedup_over"))])
+    lines += ["", "## Targets (measured, not goals)", ""]
+    lines += [f"- {k}: {fmt(v, 'ratio')}" for k, v in results["targets"].items()]
+    lines += ["", "## Stage times", ""]
+    lines += [f"- {k}: {v:.1f} s" for k, v in results["stage_seconds"].items()]
+    lines.append(f"- total: {results['total_stage_seconds'] / 60:.1f} min")
+    return "\n".join(lines) + "\n"
+
+
+def plot_search(logs: dict, path: str) -> None:
+    """Resource (target, soft, hard) and losses vs step, and the keep ratio per kind, one row per search."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(logs), 3, figsize=(13, 3.4 * len(logs)), squeeze=False)
+    for row, (name, history) in zip(axes, logs.items()):
+        steps = [h["step"] for h in history]
+        for k in ("dms/target", "dms/resource_soft", "dms/resource_hard"):
+            row[0].plot(steps, [h.get(k) for h in history], label=k[4:])
+        for k in ("dms/task_loss", "dms/resource_loss"):
+            row[1].plot(steps, [h.get(k, float("nan")) for h in history], label=k[4:])
+        for k in sorted(k for k in history[0] if k.startswith("dms/keep_")):
+            row[2].plot(steps, [h[k] for h in history], label=k[4:])
+        for ax, title in zip(row, ("resource (fraction of dense)", "loss", "keep ratio per kind")):
+            ax.set_title(f"{name}: {title}")
+            ax.set_xlabel("step")
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -9,12 +9,17 @@ Add functions here; do not re-create this file (several methods contribute to it
 
 
 # --- Taylor importance, EMA (DMS, docs/dms.md) ------------------------------------------------------------------
-def taylor_importance_ema_(importance, mask, mask_grad, decay: float = 0.99):
+def taylor_importance_ema_(importance, mask, mask_grad, decay: float = 0.99, grad_scale=None):
     """In-place Taylor importance EMA of DMS (``docs/dms.md``): ``c ← decay·c + (1 − decay)·(m · ∂L/∂m)²``.
 
-    ``importance``, ``mask`` and ``mask_grad`` have the same shape (one entry per prunable element); the update is
-    done in ``importance``'s dtype and returned. ``m·∂L/∂m`` is the first-order Taylor estimate of the loss change
-    when the element is removed.
+    ``importance``, ``mask`` and ``mask_grad`` have the same shape (one entry per prunable element). ``m·∂L/∂m`` is
+    the first-order Taylor estimate of the loss change when the element is removed.
+
+    Mixed precision (``docs/dms.md``, "## Mixed precision"): the score is computed in fp32 (fp64 for an fp64
+    ``importance``) whatever the dtype of ``mask_grad``; ``grad_scale`` (a number or 0-dim tensor, e.g. the loss
+    scale of a ``GradScaler``) is divided out of ``mask_grad`` first; and when any entry of the score is not finite
+    (an overflowed fp16 step) the update is skipped and ``importance`` left unchanged, without a host sync. Returns
+    a 0-dim bool tensor: whether the update was applied.
     """
     import torch
 
@@ -24,9 +29,15 @@ def taylor_importance_ema_(importance, mask, mask_grad, decay: float = 0.99):
             f"{tuple(mask_grad.shape)} must have the same shape"
         )
     with torch.no_grad():
-        score = (mask.to(importance.dtype) * mask_grad.to(importance.dtype)).pow(2)
-        importance.mul_(decay).add_(score, alpha=1.0 - decay)
-    return importance
+        compute = torch.promote_types(importance.dtype, torch.float32)
+        grad = mask_grad.to(compute)
+        if grad_scale is not None:
+            grad = grad / torch.as_tensor(grad_scale, dtype=compute, device=grad.device)
+        score = (mask.to(compute) * grad).pow(2)
+        finite = torch.isfinite(score).all()
+        updated = importance.to(compute) * decay + score * (1.0 - decay)
+        importance.copy_(torch.where(finite, updated, importance.to(compute)))
+    return finite
 
 
 # --- SNIP and cross-expert gradient variance (PAD-Net IMP, docs/pad.md) ---------------------------------------

@@ -24,10 +24,41 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from transformers.utils import logging
 
 from .importance import taylor_importance_ema_
 
-__all__ = ["DifferentiableTopK", "normalize_importance", "soft_topk_mask"]
+logger = logging.get_logger(__name__)
+
+__all__ = ["DifferentiableTopK", "apply_mask", "normalize_importance", "soft_topk_mask"]
+
+
+class _ApplyMask(torch.autograd.Function):
+    """``x · m`` in ``x``'s dtype; the mask's gradient ``Σ ∂L/∂y · x`` is reduced in fp32 (see :func:`apply_mask`)."""
+
+    @staticmethod
+    def forward(ctx, x, mask):
+        ctx.save_for_backward(x, mask)
+        return x * mask.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, mask = ctx.saved_tensors
+        grad_x = grad * mask.to(grad.dtype) if ctx.needs_input_grad[0] else None
+        grad_mask = None
+        if ctx.needs_input_grad[1]:
+            compute = torch.promote_types(mask.dtype, torch.float32)
+            grad_mask = (grad.to(compute) * x.to(compute)).sum_to_size(mask.shape)
+        return grad_x, grad_mask
+
+
+def apply_mask(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``x * mask`` (``mask`` broadcast against ``x``), returned in ``x``'s dtype, with ``∂L/∂mask`` computed and
+    reduced in fp32 whatever ``x``'s dtype (``docs/dms.md``, "## Mixed precision"): under bf16/fp16 activations the
+    plain product would round the mask gradient, hence the Taylor importance, to the activation dtype."""
+    if not (torch.is_grad_enabled() and mask.requires_grad) or mask.dtype == x.dtype:
+        return x * mask.to(x.dtype)
+    return _ApplyMask.apply(x, mask)
 
 
 def normalize_importance(importance: torch.Tensor) -> torch.Tensor:
@@ -109,6 +140,19 @@ class DifferentiableTopK(nn.Module):
         self.keep_ratio = nn.Parameter(torch.full(ratio_shape, float(init_keep_ratio)))
         self.register_buffer("importance", torch.zeros(*self.rows, self.num_elements))
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+        self.register_buffer("num_skipped", torch.zeros((), dtype=torch.long), persistent=False)  # diagnostic
+        self.loss_scale_source = None
+
+    def _apply(self, fn, recurse=True):
+        """Moves and casts like any module, except that the keep ratio and the importance stay fp32 (or fp64): a
+        ``.to(torch.bfloat16)`` would quantise ``e`` and the Taylor EMA (``docs/dms.md``, "## Mixed precision")."""
+        before = {name: getattr(self, name).data for name in ("keep_ratio", "importance")}
+        super()._apply(fn, recurse)
+        for name, original in before.items():
+            tensor = getattr(self, name)
+            if tensor.dtype != original.dtype:  # restore the unrounded values, on the new device
+                tensor.data = original.to(tensor.device)
+        return self
 
     # ----------------------------------------------------------------------------------------------- keep ratio
     @property
@@ -196,11 +240,43 @@ class DifferentiableTopK(nn.Module):
             raise ValueError(f"ema_decay must be in [0, 1), got {decay}")
         self.ema_decay = float(decay)
 
+    def set_loss_scale_source(self, source) -> None:
+        """Where the loss scale of a mixed-precision run is read (``docs/dms.md``, "## Mixed precision"): a
+        ``torch.amp.GradScaler``, a callable returning one (or a number, or None), or None (gradients unscaled).
+
+        The scale current at each backward pass is divided out of ``∂L/∂m`` before the Taylor update, so the EMA
+        weights every step by its true gradient, as in an fp32 run. ``DMSTrainer`` sets this to its Accelerator's
+        scaler; in a plain loop with a ``GradScaler`` call ``DMSPruner.set_loss_scale_source(scaler)``.
+        """
+        self.loss_scale_source = source
+
+    def loss_scale(self):
+        """The loss scale the gradients of the current backward pass carry (None: unscaled)."""
+        source = self.loss_scale_source
+        if source is not None and not hasattr(source, "get_scale") and callable(source):
+            source = source()
+        if source is None:
+            return None
+        if hasattr(source, "get_scale"):  # a GradScaler (its scale is 1.0 when disabled)
+            if hasattr(source, "is_enabled") and not source.is_enabled():
+                return None
+            return source.get_scale()
+        return source
+
     @torch.no_grad()
     def update_importance(self, mask: torch.Tensor, grad: torch.Tensor) -> None:
-        """``c ← d·c + (1 − d)·(m·∂L/∂m)²`` (``docs/dms.md``), then count the update."""
-        taylor_importance_ema_(self.importance, mask, grad, decay=self.ema_decay)
-        self.num_updates += 1
+        """``c ← d·c + (1 − d)·(m·∂L/∂m)²`` (``docs/dms.md``) in fp32, with the loss scale divided out, then count the
+        update. A gradient with a non-finite entry (an overflowed fp16 step) leaves ``c`` unchanged, counts in
+        :attr:`num_skipped` instead, and is reported once in the log."""
+        applied = taylor_importance_ema_(self.importance, mask, grad, decay=self.ema_decay,
+                                         grad_scale=self.loss_scale())
+        self.num_updates += applied.long()
+        self.num_skipped += (~applied).long()
+        if not bool(applied):
+            logger.warning_once(
+                "DMS: a non-finite mask gradient (inf/NaN, e.g. an overflowed fp16 step) was skipped; the Taylor "
+                "importance keeps its previous value (counted in DifferentiableTopK.num_skipped)"
+            )
 
     def extra_repr(self) -> str:
         return (

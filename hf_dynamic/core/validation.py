@@ -13,3 +13,12 @@ def check_choice(name, value, choices):
     choices = tuple(choices)
     if value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
+def check_number(name, value, integer=False):
+    """Raise ``ValueError("<name> must be a number, got <value>")`` unless ``value`` is an int or a float (an int
+    when ``integer``); a bool or a numeric string (``"0.5"``) is not a number."""
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        raise ValueError(f"{name} must be {'an integer' if integer else 'a number'}, got {value!r} "
+                         f"({type(value).__name__})")

@@ -70,7 +70,8 @@ def read_idx(path: Path, kind: str) -> np.ndarray:
         raise ValueError(f"MNIST file {str(path)!r} is corrupt: {len(raw)} bytes, shorter than its header")
     dims = np.frombuffer(raw[:header], dtype=">u4")
     if int(dims[0]) != IDX_MAGIC[kind]:
-        raise ValueError(f"MNIST file {str(path)!r} is corrupt: magic number {int(dims[0])}, expected {IDX_MAGIC[kind]}")
+        raise ValueError(
+            f"MNIST file {str(path)!r} is corrupt: magic number {int(dims[0])}, expected {IDX_MAGIC[kind]}")
     shape = tuple(int(d) for d in dims[1:])
     if len(raw) - header != int(np.prod(shape)):
         raise ValueError(

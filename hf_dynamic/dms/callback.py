@@ -7,12 +7,16 @@ callback when it is missing. The callback talks to the pruner through its public
 - **target schedule**: the target is ramped linearly from the full size (1.0) to ``target`` over the first
   ``ramp_fraction`` (80 %) of ``state.max_steps``, then held (:meth:`DMSCallback.target_at`,
   :meth:`~hf_dynamic.dms.pruner.DMSPruner.set_target`);
-- **keep-ratio learning rate**: at ``on_train_begin`` the keep ratios are added to the Trainer's optimizer as their
-  own param group (``lr=keep_ratio_lr``, no weight decay), unless the optimizer already holds them (if you build
-  the optimizer yourself, e.g. ``Trainer(optimizers=(torch.optim.AdamW([{"params": weights, "lr": 1e-5},
-  {"params": pruner.structure_parameters(), "lr": 1e-2}]), None))``, that group is used as is). The group is added
-  after the Trainer built its LR scheduler; the callback appends a constant factor to the (``LambdaLR``) scheduler's
-  public ``lr_lambdas`` / ``base_lrs``, so the keep ratios' learning rate stays constant (no warm-up/decay);
+- **keep-ratio learning rate**: the keep ratios train as their own param group of the Trainer's optimizer
+  (``lr=keep_ratio_lr``, no weight decay) at a constant learning rate (no warm-up/decay): the group's factor in the
+  (``LambdaLR``) scheduler's public ``lr_lambdas`` / ``base_lrs`` is a constant one
+  (:meth:`DMSCallback.add_keep_ratio_group`, :meth:`DMSCallback.hold_keep_ratio_lr`). ``DMSTrainer`` puts the group
+  into the optimizer when it creates it (its public ``create_optimizer`` / ``create_scheduler``), so a resumed run's
+  optimizer state loads onto it; under a plain ``Trainer`` the callback adds it at ``on_train_begin``. Either way
+  it is added only if the optimizer does not already hold the keep ratios (if you build the optimizer yourself,
+  e.g. ``Trainer(optimizers=(torch.optim.AdamW([{"params": weights, "lr": 1e-5},
+  {"params": pruner.structure_parameters(), "lr": 1e-2}]), None))``, that group is used as is, scheduled like the
+  others);
 - **projection**: after every optimizer step the keep ratios are clamped to ``[1/(2N), 1]`` and, if the pruner was
   built with ``resource_weight_adapt > 0``, the resource weight takes one multiplier step
   (:meth:`~hf_dynamic.dms.pruner.DMSPruner.adapt_resource_weight_`);
@@ -25,12 +29,32 @@ train. Joint search: leave the weights trainable.
 
 from __future__ import annotations
 
+import os
+
+import torch
 from transformers import TrainerCallback
 from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["DMSCallback"]
+__all__ = ["DMSCallback", "KEEP_RATIO_GROUP", "PRUNER_STATE_NAME", "load_pruner_state"]
+
+PRUNER_STATE_NAME = "dms_pruner.pt"
+"""The file, in each Trainer checkpoint folder, holding the pruner's state (:meth:`DMSCallback.on_save`)."""
+
+KEEP_RATIO_GROUP = "dms_keep_ratios"
+"""Key (``True``) marking the optimizer param group :meth:`DMSCallback.add_keep_ratio_group` added: the group whose
+learning rate :meth:`DMSCallback.hold_keep_ratio_lr` keeps constant."""
+
+
+def load_pruner_state(pruner, checkpoint: str) -> None:
+    """Load ``pruner``'s state from the :data:`PRUNER_STATE_NAME` file of a Trainer ``checkpoint`` folder (written by
+    :meth:`DMSCallback.on_save`); a ``ValueError`` if the folder has none."""
+    path = os.path.join(checkpoint, PRUNER_STATE_NAME)
+    if not os.path.isfile(path):
+        raise ValueError(f"resuming a DMS search needs the pruner's state {path}, written by DMSCallback at "
+                         "every checkpoint; this checkpoint has none")
+    pruner.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
 
 
 def _constant_factor(step: int) -> float:
@@ -69,33 +93,83 @@ class DMSCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
         self.pruner.set_target(self.target_at(state.global_step, state.max_steps))
-        if optimizer is not None:
-            held = {id(p) for group in optimizer.param_groups for p in group["params"]}
-            params = [p for p in self.pruner.structure_parameters() if id(p) not in held]
-            if params:
-                self._add_keep_ratio_group(optimizer, lr_scheduler, params)
+        if optimizer is not None:  # a plain Trainer; DMSTrainer's optimizer holds the keep ratios already
+            if not self.add_keep_ratio_group(optimizer, lr_scheduler):
+                # held already (DMSTrainer, or a plain Trainer's next train(), whose scheduler is built anew)
+                self.hold_keep_ratio_lr(optimizer, lr_scheduler)
 
-    def _add_keep_ratio_group(self, optimizer, lr_scheduler, params) -> None:
-        """Add the keep ratios as a constant-lr param group, extending a ``LambdaLR`` scheduler to cover it."""
-        if lr_scheduler is not None and not hasattr(lr_scheduler, "lr_lambdas"):
+    def add_keep_ratio_group(self, optimizer, lr_scheduler=None) -> bool:
+        """Add the keep ratios ``optimizer`` does not hold yet as one param group (``lr=keep_ratio_lr``, no weight
+        decay, marked :data:`KEEP_RATIO_GROUP`); with ``lr_scheduler``, also give that group a constant factor in it
+        (:meth:`hold_keep_ratio_lr`). Returns whether a group was added."""
+        held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        params = [p for p in self.pruner.structure_parameters() if id(p) not in held]
+        if not params:
+            return False
+        if lr_scheduler is not None:
+            self._check_scheduler(lr_scheduler)
+        optimizer.add_param_group(
+            {"params": params, "lr": self.keep_ratio_lr, "weight_decay": 0.0, "initial_lr": self.keep_ratio_lr,
+             KEEP_RATIO_GROUP: True}
+        )
+        self.hold_keep_ratio_lr(optimizer, lr_scheduler)
+        logger.info(
+            f"DMSCallback: added {len(params)} keep ratio(s) to the optimizer (constant lr={self.keep_ratio_lr})"
+        )
+        return True
+
+    def hold_keep_ratio_lr(self, optimizer, lr_scheduler) -> None:
+        """Keep the learning rate of ``optimizer``'s :data:`KEEP_RATIO_GROUP` group constant under a ``LambdaLR``
+        ``lr_scheduler`` (Trainer's default): its factor in the scheduler's public ``lr_lambdas`` becomes 1 and its
+        ``base_lrs`` entry its own ``initial_lr`` (both appended if the scheduler was built before the group)."""
+        marked = [i for i, group in enumerate(optimizer.param_groups) if group.get(KEEP_RATIO_GROUP)]
+        if lr_scheduler is None or not marked:
+            return
+        self._check_scheduler(lr_scheduler)
+        for i in marked:
+            group = optimizer.param_groups[i]
+            lr = group.setdefault("initial_lr", group["lr"])
+            if i < len(lr_scheduler.lr_lambdas):  # built over the group: replace its (warm-up/decay) factor
+                lr_scheduler.lr_lambdas[i] = _constant_factor
+                lr_scheduler.base_lrs[i] = lr
+            else:  # built before the group: its next step() sets every group's lr from these lists
+                lr_scheduler.lr_lambdas.append(_constant_factor)
+                lr_scheduler.base_lrs.append(lr)
+            group["lr"] = lr
+
+    @staticmethod
+    def _check_scheduler(lr_scheduler) -> None:
+        if not (hasattr(lr_scheduler, "lr_lambdas") and hasattr(lr_scheduler, "base_lrs")):
             raise ValueError(
                 f"DMSCallback can only extend a LambdaLR scheduler (Trainer's default); got "
                 f"{type(lr_scheduler).__name__}. Put pruner.structure_parameters() in your optimizer yourself."
             )
-        group = {"params": params, "lr": self.keep_ratio_lr, "weight_decay": 0.0}
-        optimizer.add_param_group(group)
-        optimizer.param_groups[-1]["initial_lr"] = self.keep_ratio_lr
-        if lr_scheduler is not None:  # its next step() sets every group's lr (and get_last_lr()) from these lists
-            lr_scheduler.lr_lambdas.append(_constant_factor)
-            lr_scheduler.base_lrs.append(self.keep_ratio_lr)
-        logger.info(
-            f"DMSCallback: added {len(params)} keep ratio(s) to the optimizer (constant lr={self.keep_ratio_lr})"
-        )
+
+    def on_save(self, args, state, control, **kwargs):
+        """Write the pruner's state (keep ratios, Taylor importance EMA, update counts, resource weight, current
+        target) into the checkpoint folder the Trainer just wrote, as :data:`PRUNER_STATE_NAME`."""
+        folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        if args.should_save and os.path.isdir(folder):
+            torch.save(self.pruner.state_dict(), os.path.join(folder, PRUNER_STATE_NAME))
+
+    def restore(self, checkpoint: str, optimizer=None, lr_scheduler=None) -> None:
+        """Resume from a Trainer ``checkpoint`` folder: load the pruner's state written by :meth:`on_save`
+        (:func:`load_pruner_state`) and, given an ``optimizer``, add the keep-ratio param group to it if missing
+        (:meth:`add_keep_ratio_group`), so that a checkpoint's optimizer state, which holds that group, loads onto
+        it. :class:`~hf_dynamic.dms.trainer.DMSTrainerMixin` calls it (without an optimizer: its optimizer holds the
+        group from its creation) from ``train(resume_from_checkpoint=...)``, before the Trainer loads anything."""
+        load_pruner_state(self.pruner, checkpoint)
+        if optimizer is not None:
+            self.add_keep_ratio_group(optimizer, lr_scheduler)
 
     def on_step_begin(self, args, state, control, **kwargs):
         self.pruner.set_target(self.target_at(state.global_step, state.max_steps))
 
     def on_step_end(self, args, state, control, **kwargs):
+        # The Trainer zeroes only the model's gradients (``model.zero_grad()``); the keep ratios are not model
+        # parameters, so without this their gradients would add up over every step of the search.
+        for param in self.pruner.structure_parameters():
+            param.grad = None
         self.pruner.clamp_()
         self.pruner.adapt_resource_weight_()
 

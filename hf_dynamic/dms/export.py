@@ -30,9 +30,16 @@ __all__ = [
 ]
 
 
+def _upcast(tensor: torch.Tensor) -> torch.Tensor:
+    """fp32 (fp64 stays fp64): exports compute in fp32 and cast once, at the end (docs/dms.md, "## Mixed
+    precision")."""
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
+
+
 def rescale_rmsnorm(weight: torch.Tensor, eps: float, full: int, kept: int) -> tuple[torch.Tensor, float]:
-    """RMSNorm over ``kept`` of ``full`` channels: ``w' = w·sqrt(H/H')``, ``ε' = ε·H/H'``."""
-    return weight * math.sqrt(full / kept), eps * full / kept
+    """RMSNorm over ``kept`` of ``full`` channels: ``w' = w·sqrt(H/H')``, ``ε' = ε·H/H'``; ``w'`` is computed and
+    returned in fp32 (fp64 for fp64 ``weight``), the export casts it to the model's dtype once."""
+    return _upcast(weight) * math.sqrt(full / kept), eps * full / kept
 
 
 def _head_rows(heads: torch.Tensor, head_dim: int) -> torch.Tensor:
@@ -88,7 +95,7 @@ def slice_state_dict(model, structure, keep_layers: list[int], adapter=None) -> 
             for path in adapter.head_normed_projections:  # keeps the per-head norms exact under ε' = ε·H/H'
                 for suffix in (".weight", ".bias"):
                     if dst + path + suffix in out:
-                        out[dst + path + suffix] = out[dst + path + suffix] * math.sqrt(H / Hp)
+                        out[dst + path + suffix] = _upcast(out[dst + path + suffix]) * math.sqrt(H / Hp)
         if structure.mlp_present[old]:
             ch = structure.mlp_channels[old]
             out[dst + adapter.mlp_norm + ".weight"] = norm(src + adapter.mlp_norm)
@@ -138,7 +145,12 @@ def pruned_config(model, structure, config_class, adapter=None, **updates):
 
 def finish_export(model, new_model, state_dict, dtype=None):
     """Load ``state_dict`` into ``new_model`` (strict but for a tied LM head), copy ``model``'s generation config,
-    move to ``model``'s device and ``dtype`` (default: ``model``'s), eval mode."""
+    move to ``model``'s device and ``dtype`` (default: ``model``'s), eval mode.
+
+    ``new_model`` is loaded in fp32 (the sliced weights exactly, the rescaled norms as computed in fp32) and cast
+    to ``dtype`` once, so every exported weight is the correctly rounded value of its exact one (``docs/dms.md``,
+    "## Mixed precision")."""
+    new_model.float()
     missing, unexpected = new_model.load_state_dict(state_dict, strict=False)
     tied = {"lm_head.weight"} if getattr(new_model.config, "tie_word_embeddings", False) else set()
     if set(missing) - tied or unexpected:

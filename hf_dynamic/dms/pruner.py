@@ -48,7 +48,7 @@ from torch import nn
 from transformers.utils import logging
 
 from ..core.resources import count_parameters, llama_forward_flops, llama_param_count
-from ..core.topk import DifferentiableTopK
+from ..core.topk import DifferentiableTopK, apply_mask
 from ..core.validation import check_choice
 from .adapters import ADAPTERS, adapter_for, get_module
 
@@ -250,20 +250,20 @@ class DMSPruner(nn.Module):
 
     def _scale_embedding(self, module, args, output):
         hidden = self._masks.get("hidden") if self._masks else None
-        return output if hidden is None else output * hidden.to(output.dtype)
+        return output if hidden is None else apply_mask(output, hidden)
 
     def _mask_heads(self, layer, module, args):
         heads = self._masks.get("heads_q") if self._masks else None
         if heads is None:
             return None
-        scale = heads[layer].repeat_interleave(self.head_dim).to(args[0].dtype)
-        return (args[0] * scale,) + tuple(args[1:])
+        scale = heads[layer].repeat_interleave(self.head_dim)
+        return (apply_mask(args[0], scale),) + tuple(args[1:])
 
     def _mask_channels(self, layer, module, args):
         mlp = self._masks.get("mlp") if self._masks else None
         if mlp is None:
             return None
-        return (args[0] * mlp[layer].to(args[0].dtype),) + tuple(args[1:])
+        return (apply_mask(args[0], mlp[layer]),) + tuple(args[1:])
 
     def _scale_branch(self, layer, which, module, args, output):
         if not self._masks:
@@ -271,9 +271,9 @@ class DMSPruner(nn.Module):
         block = self._masks.get(f"{which}_block")
         hidden = self._masks.get("hidden")
         if block is not None:
-            output = output * block[layer].to(output.dtype)
+            output = apply_mask(output, block[layer])
         if hidden is not None:
-            output = output * hidden.to(output.dtype)
+            output = apply_mask(output, hidden)
         return output
 
     # --------------------------------------------------------------------------------------------- masks
@@ -448,6 +448,17 @@ class DMSPruner(nn.Module):
             self.resource_weight = min(max(w, w0 / 1e3), max(1e4, w0 * 1e4))
         return self.resource_weight
 
+    # ------------------------------------------------------------------------------------------ state
+    def get_extra_state(self) -> dict:
+        """The search state beyond the keep ratios and importances (which are parameters and buffers): the
+        resource weight (adapted, see :meth:`adapt_resource_weight_`) and the current target. ``state_dict()``
+        includes it, so ``pruner.load_state_dict(pruner.state_dict())`` restores a search entirely."""
+        return {"resource_weight": self.resource_weight, "current_target": self.current_target}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.resource_weight = float(state["resource_weight"])
+        self.current_target = float(state["current_target"])
+
     # -------------------------------------------------------------------------------------- structure API
     def structure_parameters(self) -> list[nn.Parameter]:
         """The keep ratios ``e`` (one tensor per searched kind): give them their own optimizer / learning rate."""
@@ -463,6 +474,14 @@ class DMSPruner(nn.Module):
     def num_search_steps(self) -> int:
         """Importance updates seen so far (the least over searched kinds)."""
         return min(int(op.num_updates) for op in self.topk.values())
+
+    def set_loss_scale_source(self, source) -> None:
+        """Tell the Taylor importance of every searched kind where to read the loss scale of a mixed-precision run
+        (a ``torch.amp.GradScaler``, a callable returning one, or None); see
+        :meth:`hf_dynamic.core.topk.DifferentiableTopK.set_loss_scale_source` and ``docs/dms.md``, "## Mixed
+        precision". ``DMSTrainer`` does this itself."""
+        for op in self.topk.values():
+            op.set_loss_scale_source(source)
 
     @torch.no_grad()
     def set_importance(self, kind: str, importance: torch.Tensor) -> None:

@@ -5,7 +5,10 @@
 :meth:`hf_dynamic.dms.pruner.DMSPruner.resource_loss` in training mode (evaluation losses stay task-only). To add
 the same to a Trainer subclass of your own, put :class:`DMSTrainerMixin` first in its bases. The target ramp, the
 keep ratios' param group and the ``dms/*`` logs come from :class:`hf_dynamic.dms.callback.DMSCallback`, which the
-trainer adds with its defaults when ``callbacks`` holds none for this pruner::
+trainer adds with its defaults when ``callbacks`` holds none for this pruner. The mixin works through the Trainer's
+public methods only: ``create_optimizer`` / ``create_scheduler`` put the keep ratios' constant-lr param group into
+the optimizer from its creation, and ``train(resume_from_checkpoint=...)`` restores the pruner's state first
+(``docs/dms.md``, "## Resume")::
 
     trainer = DMSTrainer(model=model, args=args, train_dataset=data, pruner=pruner,
                          callbacks=[DMSCallback(pruner, keep_ratio_lr=1e-2)])
@@ -15,9 +18,12 @@ trainer adds with its defaults when ``callbacks`` holds none for this pruner::
 
 from __future__ import annotations
 
-from transformers import Trainer
+import os
 
-from .callback import DMSCallback
+from transformers import Trainer
+from transformers.trainer_utils import get_last_checkpoint
+
+from .callback import DMSCallback, load_pruner_state
 
 __all__ = ["DMSTrainer", "DMSTrainerMixin"]
 
@@ -35,6 +41,50 @@ class DMSTrainerMixin:
             callbacks.append(DMSCallback(pruner))
         self.pruner = pruner
         super().__init__(*args, callbacks=callbacks, **kwargs)
+        # fp16 training scales the loss: the Taylor importance divides the Accelerator's current scale back out
+        # (read at each backward pass, as the scaler changes it; docs/dms.md, "## Mixed precision").
+        pruner.set_loss_scale_source(self._loss_scaler)
+
+    def _loss_scaler(self):
+        return getattr(getattr(self, "accelerator", None), "scaler", None)
+
+    @property
+    def dms_callback(self) -> DMSCallback | None:
+        """The :class:`~hf_dynamic.dms.callback.DMSCallback` driving this trainer's pruner (None if removed)."""
+        for callback in self.callback_handler.callbacks:
+            if isinstance(callback, DMSCallback) and callback.pruner is self.pruner:
+                return callback
+        return None
+
+    def create_optimizer(self, *args, **kwargs):
+        # The keep ratios' param group is part of the optimizer from its creation, so a resumed run's optimizer
+        # state (which holds the group, with its Adam moments) loads onto it (docs/dms.md, "## Resume").
+        optimizer = super().create_optimizer(*args, **kwargs)
+        if self.dms_callback is not None:
+            self.dms_callback.add_keep_ratio_group(optimizer)
+        return optimizer
+
+    def create_scheduler(self, num_training_steps, optimizer=None):
+        # The scheduler is built over every group; the keep ratios' group gets a constant factor (no warm-up/decay).
+        scheduler = super().create_scheduler(num_training_steps, optimizer)
+        if self.dms_callback is not None:
+            self.dms_callback.hold_keep_ratio_lr(self.optimizer if optimizer is None else optimizer, scheduler)
+        return scheduler
+
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        """``Trainer.train``; resuming (``resume_from_checkpoint`` a checkpoint folder, or True for the last one in
+        ``args.output_dir``) first restores the pruner's state from the checkpoint's ``dms_pruner.pt`` (a
+        ``ValueError`` if it has none; docs/dms.md, "## Resume")."""
+        checkpoint = resume_from_checkpoint
+        if checkpoint is True:
+            checkpoint = get_last_checkpoint(self.args.output_dir)  # None: the Trainer raises its own error
+        if isinstance(checkpoint, (str, os.PathLike)):
+            if self.dms_callback is not None:
+                self.dms_callback.restore(checkpoint)
+            else:
+                load_pruner_state(self.pruner, checkpoint)
+            resume_from_checkpoint = checkpoint
+        return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = super().compute_loss(

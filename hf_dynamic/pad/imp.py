@@ -29,9 +29,11 @@ import torch
 from transformers import TrainerCallback
 from transformers.utils import logging
 
+from ..core.checkpoints import check_optimizer_state_shapes
 from ..core.importance import normalize_scores
 from ..core.masks import count_to_keep, topk_mask, topk_masks
 from ..core.validation import check_choice
+from ..core.zero import is_zero3_partitioned
 from .interface import PartiallyDynamicLayer
 
 logger = logging.get_logger(__name__)
@@ -49,7 +51,8 @@ def _check_imp_arguments(model, dynamic_ratio, iterations, num_batches, scope, s
     layers = pad_layers(model)
     config = model.config
     if not layers:
-        raise ValueError(f"{type(model).__name__} has no PAD-Net MoE layers to partition")
+        raise ValueError(f"{type(model).__name__} has no partially dynamic layers (PAD-Net MoE FFNs or convolutions), "
+                         f"so nothing to partition: config.dynamic_ratio={getattr(config, 'dynamic_ratio', None)}")
     if not all(layer.partitionable for layer in layers):
         raise ValueError(f"{type(model).__name__} has nothing to partition (every entry dynamic, a plain MoE): "
                          f"config.dynamic_ratio={config.dynamic_ratio}")
@@ -110,7 +113,14 @@ def _score_iteration(model, layers, dataloader, num_batches: int, kind: str, dev
         if loss is None:
             raise ValueError("IMP needs the model to return a loss: batches must contain labels")
         inputs = [layer.imp_inputs() for layer in layers]
-        grads = iter(torch.autograd.grad(loss, [t for ts in inputs for t in ts], allow_unused=True))
+        flat = [t for ts in inputs for t in ts]
+        if not loss.requires_grad:
+            raise ValueError("IMP needs gradients: the loss does not require grad (is the model run under "
+                             "torch.no_grad() / inference_mode, or are its PAD layers outside the loss?)")
+        # A tensor computed from frozen weights only (PEFT freezes the base model; neuron mode's static b_down)
+        # has no gradient path: it gets zeros, which its score ignores.
+        found = iter(torch.autograd.grad(loss, [t for t in flat if t.requires_grad], allow_unused=True))
+        grads = iter([next(found) if t.requires_grad else None for t in flat])
         for layer, tensors in zip(layers, inputs):
             layer.imp_accumulate([torch.zeros_like(t) if g is None else g for t, g in zip(tensors, grads)])
         seen += 1
@@ -126,7 +136,8 @@ def _score_iteration(model, layers, dataloader, num_batches: int, kind: str, dev
 def iterative_mode_partition(model, dataloader, dynamic_ratio: float | None = None, iterations: int = 2,
                              num_batches: int = 8, scope: str = "global", score: str = "auto",
                              finalize: bool = True) -> dict:
-    """Run PAD-Net's Iterative Mode Partition on ``model`` (a PartialMoEBert, unpartitioned) and fix its masks.
+    """Run PAD-Net's Iterative Mode Partition on ``model`` (unpartitioned: a PartialMoEBert, a DynamicResNet, any
+    model with partially dynamic layers) and fix its masks.
 
     Args:
         dataloader: any iterable of batches (dicts of tensors with labels); ``num_batches`` are used per iteration.
@@ -145,6 +156,8 @@ def iterative_mode_partition(model, dataloader, dynamic_ratio: float | None = No
     arguments.
     """
     kappa = _check_imp_arguments(model, dynamic_ratio, iterations, num_batches, scope, score)
+    if finalize:
+        _refuse_adapted_parameters(model)
     layers = pad_layers(model)
     kind = score
     if kind == "auto":
@@ -206,6 +219,31 @@ def iterative_mode_partition(model, dataloader, dynamic_ratio: float | None = No
     return summary
 
 
+def _adapted_pad_parameters(model) -> list[str]:
+    """``module.parameter`` names of PAD layers that a parameter adapter wraps (PEFT's ``ParamWrapper``: a module
+    with ``parameter_name`` whose ``get_base_layer()`` is a partially dynamic layer)."""
+    found = []
+    for name, module in model.named_modules():
+        parameter = getattr(module, "parameter_name", None)
+        base = getattr(module, "base_layer", None)
+        while base is not None and not isinstance(base, PartiallyDynamicLayer):
+            base = getattr(base, "base_layer", None)
+        if parameter is not None and base is not None:
+            found.append(f"{name}.{parameter}")
+    return found
+
+
+def _refuse_adapted_parameters(model) -> None:
+    """ValueError when finalising would break parameter adapters attached to PAD expert weights."""
+    adapted = _adapted_pad_parameters(model)
+    if adapted:
+        raise ValueError(
+            f"finalize_partition changes the shapes of the PAD expert parameters, but adapters (PEFT "
+            f"target_parameters) are attached to {adapted[:4]}: run IMP and finalize_partition before wrapping the "
+            "model with PEFT, or keep the partitioned layout (iterative_mode_partition(..., finalize=False), "
+            "IMPCallback(finalize_at='never'))")
+
+
 def finalize_partition(model) -> dict:
     """Make a partitioned model compact: static entries stored once where ``M = 0``, dynamic ones where ``M = 1``
     (bit-packed mask in element mode; static/dynamic neuron split in neuron mode). Records the per-layer counts in
@@ -213,10 +251,25 @@ def finalize_partition(model) -> dict:
     state = getattr(model.config, "pad_state", None)
     if state != "partitioned":
         raise ValueError(f"finalize_partition needs a partitioned model (run IMP first); pad_state={state!r}")
+    _refuse_adapted_parameters(model)
     counts = {str(layer.layer_idx): layer.finalize_() for layer in pad_layers(model)}
     model.config.pad_partition = counts
     model.config.pad_state = "finalized"
     return counts
+
+
+def model_pad_state(model) -> str | None:
+    """``model.config.pad_state``, corrected to ``"partitioned"`` (in the config too) when it says
+    ``"unpartitioned"`` but a layer's mask already has static entries (masks loaded into an unpartitioned model):
+    IMP never runs on a model that has masks."""
+    config = model.config
+    state = getattr(config, "pad_state", None)
+    if state == "unpartitioned" and any(
+            layer.partitionable and not bool(layer.partition_mask().all()) for layer in pad_layers(model)):
+        logger.warning("the model's masks are already partitioned although its config says 'unpartitioned'; "
+                       "pad_state set to 'partitioned'")
+        config.pad_state = state = "partitioned"
+    return state
 
 
 FINALIZE_AT = ("auto", "train_begin", "train_end", "never")
@@ -254,12 +307,16 @@ class IMPCallback(TrainerCallback):
         wrapped = _distributed() is not None or getattr(args, "deepspeed", None) or getattr(args, "fsdp", None)
         return "train_end" if wrapped else "train_begin"
 
-    def on_train_begin(self, args, state, control, model=None, train_dataloader=None, **kwargs):
+    def on_train_begin(self, args, state, control, model=None, train_dataloader=None, optimizer=None, **kwargs):
         if model is None or train_dataloader is None:
             raise ValueError("IMPCallback needs the Trainer's model and train_dataloader")
-        pad_state = getattr(model.config, "pad_state", None)
+        if optimizer is not None and state.global_step > 0 and not getattr(args, "deepspeed", None):
+            check_optimizer_state_shapes(optimizer, model)  # a resumed optimizer state of another layout
+        pad_state = model_pad_state(model)
         if pad_state != "unpartitioned":
-            logger.warning("IMPCallback: the model is already %s; IMP is not run again", pad_state)
+            # a resumed run (or a partitioned model): the masks are the checkpoint's, IMP must not overwrite them
+            log = logger.info if state.global_step > 0 else logger.warning
+            log("IMPCallback: the model is already %s; IMP is not run again", pad_state)
             return
         self.summary = iterative_mode_partition(model, train_dataloader, finalize=False, **self.kwargs)
         self.summary["finalize_at"] = self._resolved_finalize_at(args)
@@ -270,4 +327,9 @@ class IMPCallback(TrainerCallback):
         if self._resolved_finalize_at(args) == "never" or model is None:
             return
         if getattr(model.config, "pad_state", None) == "partitioned":
+            if is_zero3_partitioned(model.parameters()):
+                # ZeRO-3 owns the parameters (shards; its engine saves them by ds_id): they cannot shrink in place
+                logger.warning("IMPCallback: under DeepSpeed ZeRO-3 the model stays in the partitioned (masked) "
+                               "layout; save it, load it with from_pretrained and call finalize_partition(model)")
+                return
             finalize_partition(model)

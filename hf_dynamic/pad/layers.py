@@ -21,8 +21,10 @@ from torch import nn
 from transformers.activations import ACT2FN
 
 from ..core.routing import TopKRouter
+from ..core.zero import gathered
 from .experts import ExpertWeights
-from .layouts import FINALIZED, GRANULARITIES, PAD_STATES, PARTS, MaskedLayout, layout_for, part_numel
+from .layouts import (FINALIZED, GRANULARITIES, PAD_STATES, PARTS, MaskedLayout, layout_for, layout_of_state_dict,
+                      part_numel, record_layout_in_config)
 
 __all__ = ["PartialDynamicFFN", "PARTS", "PAD_STATES", "GRANULARITIES"]
 
@@ -62,7 +64,8 @@ class PartialDynamicFFN(nn.Module):
         self.imp_state: IMPState | None = None
         self.storage = layout_for(config)
         if self.storage.partitionable:
-            self.phi = nn.Parameter(torch.zeros(()))
+            # shape [1], not 0-d: DeepSpeed ZeRO cannot flatten or partition a 0-d parameter
+            self.phi = nn.Parameter(torch.zeros(1))
         counts = self.partition_counts_from_config(config, layer_idx) if self.layout == "finalized" else None
         self.storage.build(self, counts)
 
@@ -100,10 +103,12 @@ class PartialDynamicFFN(nn.Module):
         return self._require(FINALIZED[self.granularity], "partition_counts()").counts(self)
 
     def lambdas(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(λ_s, λ_d)`` with ``λ_d = 2·sigmoid(φ)`` and ``λ_s = 2 − λ_d``."""
+        """``(λ_s, λ_d)`` with ``λ_d = 2·sigmoid(φ)`` and ``λ_s = 2 − λ_d``, as 0-d fp32 tensors whatever the model's
+        dtype (``docs/pad.md``, "## Mixed precision"): in bf16, ``λ`` near 1 would move in steps of 2⁻⁷ ≈ 0.008.
+        Being 0-d, they scale a bf16/fp16 weight in fp32 arithmetic and leave the result in the weight's dtype."""
         if not self.partitionable:
             raise ValueError("a dynamic_ratio=1.0 layer (plain MoE) has no λ: every entry is dynamic")
-        lambda_d = 2.0 * torch.sigmoid(self.phi)
+        lambda_d = 2.0 * torch.sigmoid(self.phi.reshape(()).to(torch.promote_types(self.phi.dtype, torch.float32)))
         return 2.0 - lambda_d, lambda_d
 
     def expert_weights(self, up_proj, up_proj_bias, down_proj, down_proj_bias) -> ExpertWeights:
@@ -133,7 +138,10 @@ class PartialDynamicFFN(nn.Module):
     def experts_tied(self) -> bool:
         """True when every expert equals the static weight and ``λ_s = λ_d`` (upcycled, untrained): SNIP's
         ``|dL/dM|`` is then identically zero (``docs/pad.md``, "## Iterative Mode Partition")."""
-        return isinstance(self.storage, MaskedLayout) and self.storage.experts_tied(self)
+        if not isinstance(self.storage, MaskedLayout):
+            return False
+        with gathered(self.parameters(recurse=False)):  # whole weights under DeepSpeed ZeRO-3
+            return self.storage.experts_tied(self)
 
     # ----------------------------------------------------------------------------------------------- forward
     def forward(self, hidden_states: torch.Tensor):
@@ -152,6 +160,19 @@ class PartialDynamicFFN(nn.Module):
         mode, or any masked layer; while IMP scores, from the continuous mask, keeping gradients). The finalised
         element layout caches them at inference (:class:`~hf_dynamic.pad.layouts.FinalizedElementLayout`)."""
         return self.storage.merged_expert_weights(self)
+
+    def clear_cache(self) -> None:
+        """Drop the inference caches (merged expert weights, mask positions). The cache is only used in eval mode
+        with gradients off, and is rebuilt when a tensor is replaced or changed in place through autograd-visible
+        ops (optimiser steps, ``load_state_dict``, in-place edits under ``no_grad``), on ``train()`` / ``eval()``,
+        and here. Call this after writing weights through ``.data`` in eval mode (``param.data.copy_(...)``,
+        which no version counter records; ``docs/pad.md``, "## Mixed precision")."""
+        self.storage.clear_cache()
+
+    def train(self, mode: bool = True):
+        """``nn.Module.train``; also drops the inference caches (:meth:`clear_cache`)."""
+        self.storage.clear_cache()
+        return super().train(mode)
 
     # ----------------------------------------------------------------------------------------------- IMP
     def imp_begin(self, relaxed_mask: torch.Tensor | None = None) -> None:
@@ -220,6 +241,42 @@ class PartialDynamicFFN(nn.Module):
         """
         counts, self.storage = self._require(MaskedLayout, "finalize_()").finalize(self)
         return counts
+
+    def adopt_layout_(self, storage, counts: dict | None = None) -> None:
+        """Replace this layer's storage by ``storage`` (a :class:`~hf_dynamic.pad.layouts.Layout`), its tensors
+        registered empty, on the old tensors' device and dtype, in the canonical order (for loading a checkpoint of
+        another layout into this layer; the values come from the checkpoint)."""
+        reference = self.static_up if hasattr(self, "static_up") else self.up_proj
+        device, dtype = reference.device, reference.dtype
+        for name in [n for n, _ in self.named_parameters(recurse=False) if n != "phi"]:
+            delattr(self, name)
+        for name in [n for n, _ in self.named_buffers(recurse=False)]:
+            delattr(self, name)
+        self.storage = storage
+        with torch.device(device):
+            storage.build(self, counts)
+        for _, param in self.named_parameters(recurse=False):
+            param.data = param.data.to(dtype)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        """``nn.Module`` loading, plus: a 0-d ``phi`` (checkpoints before φ became ``[1]``) is reshaped, and a
+        state dict of another layout (a checkpoint written after IMP or after finalisation, loaded into a freshly
+        upcycled model, as ``Trainer(resume_from_checkpoint=...)`` does) makes this layer adopt that layout first,
+        recording it in the config (``pad_state``, ``pad_partition``): see ``docs/pad.md``, "## Resume and
+        distributed training"."""
+        phi = state_dict.get(prefix + "phi")
+        if phi is not None and phi.dim() == 0:
+            state_dict[prefix + "phi"] = phi.reshape(1)
+        if self.partitionable:
+            adopted = layout_of_state_dict(self, state_dict, prefix)
+            if adopted is not None:
+                storage, counts, pad_state = adopted
+                if type(storage) is not type(self.storage):
+                    self.adopt_layout_(storage, counts)
+                record_layout_in_config(self.config, self.layer_idx, counts, pad_state)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
         """Shapes of this layer's parameters and buffers as its config implies (for checking loaded weights)."""

@@ -63,10 +63,23 @@ class VersionCache:
     def get(self, tensors, build):
         key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
         if self.key != key:
-            self.key, self.value = None, None  # free the stale value before building the new one
+            self.clear()  # free the stale value before building the new one
             self.value = build()
             self.key = key
         return self.value
+
+    def clear(self) -> None:
+        self.key, self.value = None, None
+
+
+def inference_cache_allowed(layer) -> bool:
+    """Whether ``layer`` may serve cached merged weights: only at inference (eval mode, gradients off) and only
+    when none of its tensors is parametrised (PEFT's ``target_parameters`` LoRA computes ``W + ΔW`` on every
+    access, which no key of the stored tensors sees). Training never caches, so optimiser steps, ``.data`` writes
+    and adapters are always seen there (``docs/pad.md``, "## Mixed precision")."""
+    from torch.nn.utils import parametrize
+
+    return not torch.is_grad_enabled() and not layer.training and not parametrize.is_parametrized(layer)
 
 
 def neuron_forward(layer, x, top_k_index, top_k_weights, static_up, static_up_bias, static_down, up_proj,
@@ -79,12 +92,13 @@ def neuron_forward(layer, x, top_k_index, top_k_weights, static_up, static_up_bi
     lambda_s, lambda_d = layer.lambdas()
     output = (lambda_s * layer.static_down_bias).to(x.dtype).expand(x.shape[0], -1)
     if static_up.shape[0] > 0:
-        hidden = layer.act_fn(F.linear(x, static_up, static_up_bias) * lambda_s.to(x.dtype))
-        output = output + F.linear(hidden, static_down) * lambda_s.to(x.dtype)
+        # λ are 0-d fp32: the products are computed in fp32 and stay in the activations' dtype
+        hidden = layer.act_fn(F.linear(x, static_up, static_up_bias) * lambda_s)
+        output = output + F.linear(hidden, static_down) * lambda_s
     if up_proj.shape[1] > 0:
         weights = layer.expert_weights(up_proj, up_proj_bias * lambda_d, down_proj, None)
-        routed = weights.forward(x * lambda_d.to(x.dtype), top_k_index, top_k_weights)
-        output = output + routed * lambda_d.to(routed.dtype)
+        routed = weights.forward(x * lambda_d, top_k_index, top_k_weights)
+        output = output + routed * lambda_d
     return output
 
 
@@ -106,6 +120,12 @@ class Layout:
     def merged_expert_weights(self, layer):
         raise ValueError(f"merged_expert_weights() is not defined for layer {layer.layout_name()} outside IMP "
                          "scoring")
+
+    def clear_cache(self) -> None:
+        """Drop every cached value (:class:`VersionCache` attributes); they are rebuilt on the next use."""
+        for value in vars(self).values():
+            if isinstance(value, VersionCache):
+                value.clear()
 
 
 class MoELayout(Layout):
@@ -295,9 +315,11 @@ class FinalizedElementLayout(Layout):
 
     Element mode saves no FLOPs: an unstructured mask leaves every expert a dense matrix, and splitting ``W_i x``
     into a static and a dynamic product by linearity would *add* a ``[tokens, d_ff, H]`` product. So the routed
-    experts run at the full MoE's cost on merged weights, while only the static values are stored once. Without
-    gradients (inference) the merged weights are cached until a parameter or buffer changes, so inference runs at
-    the full MoE's speed, holding the full MoE's expert weights in memory.
+    experts run at the full MoE's cost on merged weights, while only the static values are stored once. At
+    inference (eval mode, gradients off, no parametrised tensor: :func:`inference_cache_allowed`) the merged weights
+    are cached until a parameter or buffer is replaced or changed in place (or ``train()``/``eval()``/
+    ``clear_cache()`` drops them), so inference runs at the full MoE's speed, holding the full MoE's expert weights
+    in memory. Writes through ``.data`` need ``clear_cache()`` (``docs/pad.md``, "## Mixed precision").
     """
 
     kind = "finalized"
@@ -338,9 +360,10 @@ class FinalizedElementLayout(Layout):
         return layer.expert_weights(merged["up"], merged["up_bias"], merged["down"], merged["down_bias"])
 
     def merged_expert_weights(self, layer):
-        own = [*layer.parameters(recurse=False), *layer.buffers(recurse=False)]
-        if torch.is_grad_enabled() and any(p.requires_grad for p in layer.parameters(recurse=False)):
+        if not inference_cache_allowed(layer):
+            self.merged.clear()
             return self._merge(layer)
+        own = [*layer.parameters(recurse=False), *layer.buffers(recurse=False)]
         return self.merged.get(own, lambda: self._merge(layer))
 
     def mix(self, layer, x, top_k_index, top_k_weights):
@@ -360,13 +383,14 @@ class FinalizedNeuronLayout(Layout):
         H, E = layer.hidden_size, layer.num_experts
         dynamic = counts["dynamic_neurons"]
         static = layer.ffn_size - dynamic
-        layer.static_up = nn.Parameter(torch.empty(static, H))
-        layer.static_up_bias = nn.Parameter(torch.empty(static))
-        layer.static_down = nn.Parameter(torch.empty(H, static))
-        layer.static_down_bias = nn.Parameter(torch.empty(H))
-        layer.up_proj = nn.Parameter(torch.empty(E, dynamic, H))
-        layer.up_proj_bias = nn.Parameter(torch.empty(E, dynamic))
-        layer.down_proj = nn.Parameter(torch.empty(E, H, dynamic))
+        # registered in the masked layouts' order (per part: static, then experts), so an optimizer state saved
+        # while training a model finalised in place maps onto a model built finalised (the state is positional)
+        static_shapes = {"up": (static, H), "up_bias": (static,), "down": (H, static), "down_bias": (H,)}
+        expert_shapes = {"up": (E, dynamic, H), "up_bias": (E, dynamic), "down": (E, H, dynamic)}
+        for part, static_name, expert_name in PARTS:
+            setattr(layer, static_name, nn.Parameter(torch.empty(static_shapes[part])))
+            if part in expert_shapes:
+                setattr(layer, expert_name, nn.Parameter(torch.empty(expert_shapes[part])))
 
     def mix(self, layer, x, top_k_index, top_k_weights):
         return neuron_forward(layer, x, top_k_index, top_k_weights, layer.static_up, layer.static_up_bias,
@@ -378,6 +402,41 @@ class FinalizedNeuronLayout(Layout):
 
 MASKED = {"element": MaskedElementLayout, "neuron": MaskedNeuronLayout}
 FINALIZED = {"element": FinalizedElementLayout, "neuron": FinalizedNeuronLayout}
+
+
+def layout_of_state_dict(layer, state_dict, prefix: str) -> tuple[Layout, dict | None, str] | None:
+    """The layout a (partitionable) layer's tensors in ``state_dict`` (keys ``prefix`` + name) are stored in:
+    ``(layout, counts, pad_state)``, with the dynamic-entry counts of a finalised layout (else None) and the
+    ``pad_state`` the tensors imply (a masked layout with an entry static is ``"partitioned"``). None when the
+    state dict holds no tensors of this layer."""
+    static_up, granularity = state_dict.get(prefix + "static_up"), layer.granularity
+    if static_up is None:
+        return None
+    if granularity == "neuron":
+        masks = [state_dict.get(prefix + "mask_neurons")]
+        finalized = masks[0] is None
+    else:
+        masks = [state_dict.get(f"{prefix}mask_{part}") for part, _, _ in PARTS]
+        finalized = static_up.dim() == 1
+    if finalized:
+        experts = [(part, state_dict.get(prefix + expert_name)) for part, _, expert_name in PARTS]
+        if any(t is None for _, t in experts[:3]):
+            return None
+        counts = ({"dynamic_neurons": int(experts[0][1].shape[1])} if granularity == "neuron"
+                  else {part: int(t.shape[1]) for part, t in experts})
+        return FINALIZED[granularity](), counts, "finalized"
+    partitioned = any(m is not None and not bool(m.all()) for m in masks)
+    return MASKED[granularity](), None, "partitioned" if partitioned else "unpartitioned"
+
+
+def record_layout_in_config(config, layer_idx: int, counts: dict | None, pad_state: str) -> None:
+    """Record in ``config`` that layer ``layer_idx`` was loaded in a layout of ``pad_state`` (its ``counts`` when
+    finalised). The config's ``pad_state`` only moves forward (unpartitioned → partitioned → finalized): a
+    partitioned model may have a layer that IMP left fully dynamic."""
+    if pad_state == "finalized":
+        config.pad_partition = {**(config.pad_partition or {}), str(layer_idx): dict(counts)}
+    if PAD_STATES.index(pad_state) > PAD_STATES.index(config.pad_state):
+        config.pad_state = pad_state
 
 
 def layout_for(config) -> Layout:

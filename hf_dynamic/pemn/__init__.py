@@ -52,7 +52,8 @@ def register() -> None:
     if current is not None:
         raise RuntimeError(f"peft already has a method {PEFT_TYPE!r} ({current.__module__}.{current.__qualname__})")
     if PEFT_TYPE in PeftType.__members__:
-        register_peft_method(name=PEFT_TYPE.lower(), config_cls=PEMNConfig, model_cls=PEMNModel, prefix=PEMNModel.prefix)
+        register_peft_method(
+            name=PEFT_TYPE.lower(), config_cls=PEMNConfig, model_cls=PEMNModel, prefix=PEMNModel.prefix)
         return
     mapping.PEFT_TYPE_TO_PREFIX_MAPPING[PEFT_TYPE] = PEMNModel.prefix
     mapping.PEFT_TYPE_TO_CONFIG_MAPPING[PEFT_TYPE] = PEMNConfig

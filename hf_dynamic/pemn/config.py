@@ -7,7 +7,7 @@ from typing import Optional, Union
 
 from peft.config import PeftConfig
 
-from . import retry_registration
+from . import register, retry_registration
 from .prototypes import INITS, STRATEGIES
 
 PEFT_TYPE = "PEMN"  # the peft_type string written to adapter_config.json (see hf_dynamic.pemn.register)
@@ -54,7 +54,8 @@ class PEMNConfig(PeftConfig):
     )
     ratio: float = field(
         default=0.1,
-        metadata={"help": "RP only: the random vector's length as a fraction r in (0, 1] of the largest layer's numel."},
+        metadata={
+            "help": "RP only: the random vector's length as a fraction r in (0, 1] of the largest layer's numel."},
     )
     permute: bool = field(
         default=True,
@@ -98,6 +99,7 @@ class PEMNConfig(PeftConfig):
     def __post_init__(self):
         super().__post_init__()
         self.peft_type = PEFT_TYPE
+        register()  # a PEMNConfig in hand means peft is imported: make sure it knows "PEMN" (idempotent)
         if isinstance(self.target_modules, list):
             self.target_modules = set(self.target_modules)
         if self.strategy not in STRATEGIES:
@@ -109,7 +111,8 @@ class PEMNConfig(PeftConfig):
         if self.init not in INITS:
             raise ValueError(f"PEMNConfig.init must be one of {INITS}, got {self.init!r}")
         if self.init_scores not in ("kaiming_uniform", "magnitude"):
-            raise ValueError(f"PEMNConfig.init_scores must be 'kaiming_uniform' or 'magnitude', got {self.init_scores!r}")
+            raise ValueError(
+                f"PEMNConfig.init_scores must be 'kaiming_uniform' or 'magnitude', got {self.init_scores!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"PEMNConfig.seed must be a non-negative int, got {self.seed!r}")
 

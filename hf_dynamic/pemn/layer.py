@@ -82,7 +82,8 @@ class PEMNLayer(BaseTunerLayer):
         base = self.get_base_layer()
         shape = tuple(base.weight.shape)
         if prototype.layers.get(layer_name) != shape:
-            raise ValueError(f"prototype has shape {prototype.layers.get(layer_name)} for {layer_name!r}, layer has {shape}")
+            raise ValueError(
+                f"prototype has shape {prototype.layers.get(layer_name)} for {layer_name!r}, layer has {shape}")
         unit = prototype.unit(layer_name).to(base.weight.device)
         bias = None
         if config.random_bias and base.bias is not None:

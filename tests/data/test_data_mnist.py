@@ -54,7 +54,8 @@ def write_idx(path, magic, dims, payload):
 @pytest.fixture
 def fake_mnist(tmp_path):
     rng = np.random.default_rng(0)
-    write_idx(tmp_path / MNIST_FILES["images"], 2051, (10, 28, 28), rng.integers(0, 256, 7840, dtype=np.uint8).tobytes())
+    pixels = rng.integers(0, 256, 7840, dtype=np.uint8).tobytes()
+    write_idx(tmp_path / MNIST_FILES["images"], 2051, (10, 28, 28), pixels)
     write_idx(tmp_path / MNIST_FILES["labels"], 2049, (10,), np.arange(10, dtype=np.uint8).tobytes())
     return tmp_path
 

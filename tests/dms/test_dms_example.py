@@ -29,7 +29,7 @@ def test_prune_llama_example_runs(tmp_path):
         "--search_batch_size", "2", "--seq_len", "32", "--recovery", "lora", "--recovery_steps", "2",
         "--recovery_batch_size", "2", "--eval_tokens", "300", "--eval_window", "64", "--calibration_batches", "1",
         "--prefill_batch", "1", "--prefill_len", "16", "--decode_tokens", "2", "--decode_batches", "1",
-        "--output_dir", str(out),
+        "--output_dir", str(out), "--keep_ratio_lr", "1e-2", "--no-full_eval", "--speed_isolation", "inprocess",
     ])
     names = [r["model"] for r in results["rows"]]
     assert names == ["dense", "DMS", "magnitude", "taylor"]

@@ -62,6 +62,16 @@ def tiny_bert_kwargs() -> dict:
                 max_position_embeddings=32, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 
 
+def tiny_resnet_kwargs() -> dict:
+    return dict(num_channels=1, embedding_size=4, hidden_sizes=[4, 8], depths=[1, 1], layer_type="basic",
+                num_labels=3)
+
+
+def image_inputs(seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    return {"pixel_values": torch.randn(BATCH, 1, 12, 12, generator=g), "labels": torch.arange(BATCH) % 3}
+
+
 @dataclass
 class Case:
     """One tiny configuration of a model type.
@@ -97,6 +107,19 @@ CASES: dict[str, list[Case]] = {
             "bert",
             lambda: dict(backbone=BertConfig(**tiny_bert_kwargs()), num_labels=2, classifier_dropout=0.0),
             "AutoModelForSequenceClassification", encoder_inputs, ("ensemble_temperature", 0.0),
+        ),
+    ],
+    "dynamic_resnet": [
+        Case(
+            "dyconv",
+            lambda: dict(**tiny_resnet_kwargs(), num_kernels=3),
+            "AutoModelForImageClassification", image_inputs, ("num_kernels", 0),
+        ),
+        Case(
+            "pad_filter",
+            lambda: dict(**tiny_resnet_kwargs(), num_kernels=2, routing="sigmoid", dynamic_ratio=0.5,
+                         partition_granularity="filter"),
+            "AutoModelForImageClassification", image_inputs, ("dynamic_convs", [99]),
         ),
     ],
     "dms_llama": [

@@ -73,7 +73,7 @@ def test_a_mask_with_too_many_bytes_is_rejected_naming_the_layer(saved, tiny_net
 def test_a_mask_for_a_differently_shaped_layer_is_rejected(saved):
     from peft import PeftModel
 
-    from conftest import TinyNet
+    from pemn_testing import TinyNet
 
     base = TinyNet()
     base.fc2 = torch.nn.Linear(32, 9)  # 288 weights: 36 bytes instead of 40
@@ -100,7 +100,8 @@ def test_a_mask_with_a_wrong_kept_count_is_rejected(saved, tiny_net):
         tensors["base_model.model.fc1.pemn_mask"][0] ^= 1
 
     edit_tensors(saved, flip_one_bit)
-    with pytest.raises(ValueError, match=r"mask of layer 'fc1' keeps 230[35] of 4608 weights but sparsity=0.5 keeps 2304"):
+    message = r"mask of layer 'fc1' keeps 230[35] of 4608 weights but sparsity=0.5 keeps 2304"
+    with pytest.raises(ValueError, match=message):
         PeftModel.from_pretrained(tiny_net(), saved)
 
 

@@ -1,4 +1,4 @@
-"""PEMN as a peft method: get_peft_model → train → save_pretrained → PeftModel.from_pretrained, bit-exact and small."""
+"""PEMN as a peft method: get_peft_model → train → save_pretrained → from_pretrained, bit-exact and small."""
 
 import json
 import os
@@ -66,11 +66,13 @@ def test_a_realistic_layer_is_about_32x_smaller_than_fp32(tmp_path):
     from peft import get_peft_model
     from safetensors.torch import save_file
 
-    base = torch.nn.Sequential(torch.nn.Linear(784, 256, bias=False), torch.nn.ReLU(), torch.nn.Linear(256, 10, bias=False))
+    linear = torch.nn.Linear
+    base = torch.nn.Sequential(linear(784, 256, bias=False), torch.nn.ReLU(), linear(256, 10, bias=False))
     save_file({k: v.contiguous() for k, v in base.state_dict().items()}, tmp_path / "dense.safetensors")
     model = get_peft_model(base, hf_dynamic.PEMNConfig(target_modules=["0", "2"], strategy="rp"))
     model.save_pretrained(tmp_path / "pemn")
-    ratio = os.path.getsize(tmp_path / "dense.safetensors") / os.path.getsize(tmp_path / "pemn" / "adapter_model.safetensors")
+    pemn_file = tmp_path / "pemn" / "adapter_model.safetensors"
+    ratio = os.path.getsize(tmp_path / "dense.safetensors") / os.path.getsize(pemn_file)
     assert 30 < ratio <= 32
 
 
@@ -85,11 +87,10 @@ def test_fresh_process_loads_through_plain_peft_after_import_hf_dynamic(tmp_path
     model.save_pretrained(tmp_path / "adapter")
     code = f"""
 import sys, torch
-sys.path.insert(0, {os.path.dirname(__file__)!r})
-import hf_dynamic                      # installs the hook; peft is not imported yet
-assert "peft" not in sys.modules
-from peft import PeftModel             # the hook registers PEMN here
-from conftest import TinyNet
+sys.path.insert(0, {os.path.dirname(os.path.dirname(os.path.abspath(__file__)))!r})
+import hf_dynamic                      # registers PEMN now if peft is imported, else installs the import hook
+from peft import PeftModel             # (the hook registers PEMN here; tests/test_package.py keeps peft lazy)
+from pemn_testing import TinyNet
 model = PeftModel.from_pretrained(TinyNet(), {str(tmp_path / "adapter")!r})
 print(torch.equal(model(torch.load({str(tmp_path / "x.pt")!r})), torch.load({str(tmp_path / "y.pt")!r})))
 """

@@ -61,7 +61,8 @@ def test_rp_repeats_a_vector_of_ratio_times_the_largest_layer(permute):
     vector = proto.sources["vector"]
     flat = proto.unit("fc1").reshape(-1)
     if permute:
-        assert torch.equal(flat.sort().values, vector.repeat(math.ceil(flat.numel() / length))[: flat.numel()].sort().values)
+        tiled = vector.repeat(math.ceil(flat.numel() / length))[: flat.numel()]
+        assert torch.equal(flat.sort().values, tiled.sort().values)
         assert not torch.equal(proto.unit("fc2"), proto.unit("fc3"))  # per-layer permutations
     else:
         assert torch.equal(flat[:length], vector) and torch.equal(flat[length : 2 * length], vector)

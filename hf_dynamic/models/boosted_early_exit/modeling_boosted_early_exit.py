@@ -34,19 +34,21 @@ import json
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Unpack
 
 import torch
 from torch import nn
 from transformers import AutoModel, PreTrainedModel
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import ModelOutput
-from transformers.utils import logging
+from transformers.utils import TransformersKwargs, logging
 
 from ...boost.criteria import ExitRule, exit_confidence, exit_entropy, exit_score
 from ...boost.heads import ExitHead
 from ...boost.loss import boosted_loss, boosted_prediction, rescale_trunk
 from ...core.checkpoints import checkpoint_tensor_shapes
 from ...core.routing import TopKRouter, load_balancing_loss
+from ...sharing import HubSharingMixin
 from .configuration_boosted_early_exit import BoostedEarlyExitConfig
 
 logger = logging.get_logger(__name__)
@@ -147,7 +149,7 @@ class BoostedEarlyExitOutput(ModelOutput):
     aux_loss: torch.FloatTensor | None = None
 
 
-class BoostedEarlyExitPreTrainedModel(PreTrainedModel):
+class BoostedEarlyExitPreTrainedModel(HubSharingMixin, PreTrainedModel):
     config_class = BoostedEarlyExitConfig
     config: BoostedEarlyExitConfig
     base_model_prefix = "backbone"
@@ -157,6 +159,9 @@ class BoostedEarlyExitPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
     _no_split_modules = []
+    # The loss is a mean over the batch's samples: forward accepts ``num_items_in_batch`` (``**kwargs``) but does not
+    # normalise by it, so the Trainer keeps dividing the loss by the gradient-accumulation steps.
+    accepts_loss_kwargs = False
 
 
 class BoostedEarlyExitForSequenceClassification(BoostedEarlyExitPreTrainedModel):
@@ -399,6 +404,7 @@ class BoostedEarlyExitForSequenceClassification(BoostedEarlyExitPreTrainedModel)
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> BoostedEarlyExitOutput | tuple:
         r"""
         labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
@@ -413,9 +419,16 @@ class BoostedEarlyExitForSequenceClassification(BoostedEarlyExitPreTrainedModel)
             Return every backbone layer's attention weights as ``attentions``, padded like ``hidden_states`` in
             dynamic mode.
 
+        kwargs ([`TransformersKwargs`], *optional*):
+            Of these, ``num_items_in_batch`` is accepted and unused (the loss is a mean over the samples); the
+            packed-sequence ones (``cu_seq_lens_q``, ...) and ``output_router_logits`` are refused (`TypeError`).
+
         Dynamic (early-exit) mode is used in eval mode when the config enables it
         (``config.dynamic_exit_enabled``) and ``output_all_exits`` is not set.
         """
+        unsupported = sorted(set(kwargs) - {"num_items_in_batch"})
+        if unsupported:
+            raise TypeError(f"{type(self).__name__}.forward() does not support {', '.join(unsupported)}")
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states

@@ -12,6 +12,8 @@ Llama's, so a pruned ``LlamaForCausalLM`` state dict slices straight into this m
 ``DynamicCache.get_seq_length()`` (which reads slot 0) stays correct when layer 0 has no attention.
 """
 
+from typing import Unpack
+
 import torch
 from torch import nn
 from transformers.cache_utils import Cache
@@ -23,8 +25,10 @@ from transformers.models.llama.modeling_llama import (
     LlamaModel,
     LlamaPreTrainedModel,
 )
+from transformers.utils import TransformersKwargs
 
 from ...dms.export import finish_export, pruned_config, slice_state_dict
+from ...sharing import HubSharingMixin
 from .configuration_dms_llama import DMSLlamaConfig
 
 __all__ = ["DMSLlamaPreTrainedModel", "DMSLlamaModel", "DMSLlamaForCausalLM"]
@@ -77,7 +81,7 @@ class DMSLlamaDecoderLayer(LlamaDecoderLayer):
         cache: Cache | None = None,
         use_cache: bool | None = False,
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> torch.Tensor:
         if self.self_attn is not None:
             residual = hidden_states
@@ -96,7 +100,7 @@ class DMSLlamaDecoderLayer(LlamaDecoderLayer):
         return hidden_states
 
 
-class DMSLlamaPreTrainedModel(LlamaPreTrainedModel):
+class DMSLlamaPreTrainedModel(HubSharingMixin, LlamaPreTrainedModel):
     config_class = DMSLlamaConfig
     config: DMSLlamaConfig
     _no_split_modules = ["DMSLlamaDecoderLayer"]

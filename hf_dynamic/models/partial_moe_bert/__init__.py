@@ -20,3 +20,11 @@ AUTO_CLASSES = {
     "AutoModelForQuestionAnswering": PartialMoEBertForQuestionAnswering,
 }
 PUBLIC = {"PartialMoEBertPreTrainedModel": PartialMoEBertPreTrainedModel}
+# What a saved checkpoint's model card says (hf_dynamic.sharing.model_card).
+MODEL_CARD = {
+    "method": "PartialMoEBert: BERT whose FFNs are PAD-Net partially dynamic mixture-of-experts layers (a static "
+              "shared part plus a small dynamic, routed part; He et al., arXiv 2211.05528)",
+    "docs": "docs/pad.md",
+    "fields": ("num_hidden_layers", "hidden_size", "num_experts", "num_experts_per_tok", "moe_layers", "dynamic_ratio",
+               "partition_granularity", "pad_state"),
+}

@@ -6,8 +6,9 @@ from __future__ import annotations
 from huggingface_hub.dataclasses import strict
 from transformers import BertConfig
 
+from ...pad.checks import check_pad_state_fields
 from ...pad.layouts import GRANULARITIES, PAD_STATES, is_plain_moe
-from ...core.validation import check_choice
+from ...core.validation import check_choice, check_number
 
 
 @strict
@@ -53,6 +54,10 @@ class PartialMoEBertConfig(BertConfig):
 
     def check_moe_fields(self) -> None:
         """Raise a ValueError naming the first invalid MoE/PAD field and its value."""
+        for name in ("num_experts", "num_experts_per_tok"):
+            check_number(name, getattr(self, name), integer=True)
+        for name in ("dynamic_ratio", "router_aux_loss_coef", "router_jitter_noise", "router_noise_std"):
+            check_number(name, getattr(self, name))
         if self.num_experts < 1:
             raise ValueError(f"num_experts must be >= 1, got {self.num_experts}")
         if not 1 <= self.num_experts_per_tok <= self.num_experts:
@@ -71,17 +76,7 @@ class PartialMoEBertConfig(BertConfig):
                                      f"{self.num_hidden_layers}")
             if len(set(self.moe_layers)) != len(self.moe_layers):
                 raise ValueError(f"moe_layers has repeated indices: {self.moe_layers}")
-        if is_plain_moe(self) and self.pad_state != "unpartitioned":
-            raise ValueError(f"pad_state must be 'unpartitioned' for dynamic_ratio=1.0 (a plain MoE), got "
-                             f"{self.pad_state!r}")
-        if self.pad_state == "finalized":
-            if not isinstance(self.pad_partition, dict):
-                raise ValueError(f"pad_partition must record the per-layer counts of a finalized model, got "
-                                 f"{self.pad_partition!r}")
-            expected = {str(i) for i in self.moe_layer_indices}
-            if set(self.pad_partition) != expected:
-                raise ValueError(f"pad_partition must have one entry per MoE layer {sorted(expected)}, got keys "
-                                 f"{sorted(self.pad_partition)}")
+        check_pad_state_fields(self, self.moe_layer_indices, is_plain_moe(self), "MoE layer")
 
     @property
     def moe_layer_indices(self) -> list[int]:

@@ -16,10 +16,9 @@ the model computes exactly what the dense model computes until IMP (:mod:`hf_dyn
 separate them.
 """
 
-from __future__ import annotations
-
 import os
 from dataclasses import dataclass
+from typing import Unpack
 
 import torch
 from torch import nn
@@ -30,6 +29,7 @@ from transformers.modeling_outputs import (
     SequenceClassifierOutput,
     TokenClassifierOutput,
 )
+from transformers.core_model_loading import ConversionOps, WeightConverter
 from transformers.modeling_utils import PreTrainedModel
 from transformers.models.bert.configuration_bert import BertConfig
 from transformers.models.bert.modeling_bert import (
@@ -43,14 +43,16 @@ from transformers.models.bert.modeling_bert import (
     BertSelfAttention,
 )
 from transformers.models.bert.modeling_bert import BertOutput
-from transformers.utils import logging
+from transformers.utils import TransformersKwargs, logging
 from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import OutputRecorder
 
 from ...core.checkpoints import checkpoint_tensor_shapes
 from ...core.routing import TopKRouter, load_balancing_loss
-from ...pad.experts import EXPERTS_IMPLEMENTATION
+from ...pad.experts import EXPERTS_IMPLEMENTATION, register_experts_implementation
+from ...pad.checks import check_layer_against_config
 from ...pad.layers import PARTS, PartialDynamicFFN
+from ...sharing import HubSharingMixin
 from .configuration_partial_moe_bert import PartialMoEBertConfig
 
 logger = logging.get_logger(__name__)
@@ -108,7 +110,7 @@ class PartialMoEBertLayer(BertLayer):
         self.output = PartialMoEBertOutput(config)
 
     def forward(self, hidden_states, attention_mask=None, encoder_hidden_states=None, encoder_attention_mask=None,
-                cache=None, **kwargs):
+                cache=None, **kwargs: Unpack[TransformersKwargs]):
         attention_output, _ = self.attention(hidden_states, attention_mask, cache=cache, **kwargs)
         ffn_output, _ = self.mlp(attention_output)
         return self.output(ffn_output, attention_output)
@@ -138,8 +140,35 @@ def register_zero3_leaf_modules(model) -> bool:
     return True
 
 
+# ------------------------------------------------------------------------------------------------ checkpoints
+class PhiToVector(ConversionOps):
+    """Load-time conversion of φ: checkpoints written before φ became a ``[1]`` tensor store it 0-d; reshape it
+    (``[1]`` passes through). Saving writes ``[1]`` (the reverse is the identity)."""
+
+    @torch.no_grad()
+    def convert(self, input_dict, source_patterns, target_patterns, **kwargs):
+        (name, tensors), = input_dict.items()
+        tensor = tensors[0] if isinstance(tensors, list) else tensors
+        return {target_patterns[0]: tensor.reshape(1) if tensor.dim() == 0 else tensor}
+
+    @property
+    def reverse_op(self) -> ConversionOps:
+        return PhiToVector()
+
+
+def _register_phi_conversion() -> None:
+    from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
+
+    if get_checkpoint_conversion_mapping(PartialMoEBertConfig.model_type) is None:
+        register_checkpoint_conversion_mapping(
+            PartialMoEBertConfig.model_type, [WeightConverter("mlp.phi", "mlp.phi", [PhiToVector()])])
+
+
+_register_phi_conversion()
+
+
 # ------------------------------------------------------------------------------------------------------- models
-class PartialMoEBertPreTrainedModel(BertPreTrainedModel):
+class PartialMoEBertPreTrainedModel(HubSharingMixin, BertPreTrainedModel):
     config: PartialMoEBertConfig
     config_class = PartialMoEBertConfig
     base_model_prefix = "bert"
@@ -162,7 +191,9 @@ class PartialMoEBertPreTrainedModel(BertPreTrainedModel):
         register_zero3_leaf_modules(self)
 
     def get_correct_experts_implementation(self, requested_experts: str | None) -> str:
-        # Unset means hf_dynamic's kernel (registered on `import hf_dynamic`), not transformers' `grouped_mm`.
+        # Unset means hf_dynamic's kernel, not transformers' `grouped_mm`. It is registered on `import hf_dynamic`,
+        # and here for a process that has only this module (remote code, hf_dynamic.sharing).
+        register_experts_implementation()
         return super().get_correct_experts_implementation(
             EXPERTS_IMPLEMENTATION if requested_experts is None else requested_experts)
 
@@ -280,23 +311,16 @@ class PartialMoEBertPreTrainedModel(BertPreTrainedModel):
         """The model's PAD/MoE FFN layers, in depth order."""
         return [m for m in self.modules() if isinstance(m, PartialDynamicFFN)]
 
+    def clear_cache(self) -> None:
+        """Drop every PAD layer's inference cache (:meth:`PartialDynamicFFN.clear_cache`): call it after writing
+        weights through ``.data`` in eval mode."""
+        for layer in self.pad_layers():
+            layer.clear_cache()
+
     def check_pad_shapes(self) -> None:
         """Raise ValueError when a MoE layer's stored tensors disagree with the shapes its config implies."""
         for layer in self.pad_layers():
-            expected = _expected_layer_shapes(self.config, layer.layer_idx)
-            actual = layer.expected_shapes()
-            for name, shape in expected.items():
-                if actual.get(name) != shape:
-                    raise ValueError(
-                        f"layer {layer.layer_idx} tensor {name!r} has shape {actual.get(name)}, but the config "
-                        f"(pad_state={self.config.pad_state!r}, pad_partition entry "
-                        f"{(self.config.pad_partition or {}).get(str(layer.layer_idx))!r}) implies {shape}")
-            if layer.layout == "finalized":
-                recorded = self.config.pad_partition[str(layer.layer_idx)]
-                for part, count in layer.partition_counts().items():
-                    if count != recorded[part]:
-                        raise ValueError(f"layer {layer.layer_idx} mask {part!r} keeps {count} entries, but "
-                                         f"pad_partition records {recorded[part]}")
+            check_layer_against_config(layer, _expected_layer_shapes(self.config, layer.layer_idx), self.config)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
@@ -342,6 +366,8 @@ def _check_checkpoint_shapes(folder, config) -> None:
         if index not in expected_by_layer:
             expected_by_layer[index] = _expected_layer_shapes(config, index)
         expected = expected_by_layer[index].get(name)
+        if name == "phi" and shape == () and expected == (1,):
+            continue  # written before φ became [1]; PhiToVector reshapes it on load
         if expected != shape:
             raise ValueError(
                 f"checkpoint tensor {key} has shape {shape}, but the config (dynamic_ratio="
@@ -369,7 +395,8 @@ class PartialMoEBertModel(PartialMoEBertPreTrainedModel, BertModel):
 
     @can_return_tuple
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                inputs_embeds=None, output_router_logits: bool | None = None, **kwargs) -> PartialMoEBertModelOutput:
+                inputs_embeds=None, output_router_logits: bool | None = None,
+                **kwargs: Unpack[TransformersKwargs]) -> PartialMoEBertModelOutput:
         """BERT's forward; also returns ``aux_loss`` and, if ``output_router_logits``, ``router_logits``."""
         if output_router_logits is None:
             output_router_logits = self.config.output_router_logits
@@ -419,7 +446,8 @@ class _PartialMoEBertClassifier(PartialMoEBertPreTrainedModel):
 
     @can_return_tuple
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                inputs_embeds=None, labels=None, output_router_logits: bool | None = None, **kwargs):
+                inputs_embeds=None, labels=None, output_router_logits: bool | None = None,
+                **kwargs: Unpack[TransformersKwargs]):
         outputs = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
                                output_router_logits, kwargs)
         logits = self.classifier(self.dropout(self.features(outputs)))
@@ -469,7 +497,8 @@ class PartialMoEBertForQuestionAnswering(PartialMoEBertPreTrainedModel):
     @can_return_tuple
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                 inputs_embeds=None, start_positions=None, end_positions=None,
-                output_router_logits: bool | None = None, **kwargs) -> PartialMoEBertQuestionAnsweringOutput:
+                output_router_logits: bool | None = None,
+                **kwargs: Unpack[TransformersKwargs]) -> PartialMoEBertQuestionAnsweringOutput:
         outputs = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
                                output_router_logits, kwargs)
         logits = self.qa_outputs(outputs.last_hidden_state)

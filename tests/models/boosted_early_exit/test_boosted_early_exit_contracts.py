@@ -173,3 +173,25 @@ def test_loss_leaves_problem_type_unset():
     model = make_model().train()
     out = model(**make_batch(), labels=torch.tensor([0, 1, 2, 0, 1, 2]))
     assert torch.isfinite(out.loss) and model.config.problem_type is None
+
+
+def test_forward_declares_transformers_kwargs():
+    """``**kwargs: Unpack[TransformersKwargs]``, the transformers way: ``num_items_in_batch`` is accepted and leaves
+    the (per-sample mean) loss unchanged, the Trainer keeps its gradient-accumulation division
+    (``accepts_loss_kwargs = False``), and kwargs the model cannot honour are refused."""
+    import inspect
+    from typing import Unpack
+
+    from transformers.utils import TransformersKwargs
+
+    annotation = inspect.signature(BoostedEarlyExitForSequenceClassification.forward).parameters["kwargs"].annotation
+    assert annotation == Unpack[TransformersKwargs]
+    model = make_model()
+    assert model.accepts_loss_kwargs is False
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    with torch.no_grad():
+        plain = model(**make_batch(), labels=labels, output_all_exits=True)
+        counted = model(**make_batch(), labels=labels, output_all_exits=True, num_items_in_batch=torch.tensor(6))
+    assert torch.equal(plain.loss, counted.loss) and torch.equal(plain.logits, counted.logits)
+    with pytest.raises(TypeError, match="cu_seq_lens_q"):
+        model(**make_batch(), cu_seq_lens_q=torch.tensor([0, 9]))

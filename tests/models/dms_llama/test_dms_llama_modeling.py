@@ -88,3 +88,18 @@ def test_checkpoint_of_the_first_version_loads_and_reproduces_its_logits():
         with torch.no_grad():
             logits = model(expected["input_ids"]).logits
     assert torch.allclose(logits, expected["logits"], atol=1e-6, rtol=0)
+
+
+def test_decoder_layer_forward_declares_transformers_kwargs():
+    """``**kwargs: Unpack[TransformersKwargs]``, as ``LlamaDecoderLayer`` declares them."""
+    import inspect
+    from typing import Unpack
+
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+    from transformers.utils import TransformersKwargs
+
+    from hf_dynamic.models.dms_llama.modeling_dms_llama import DMSLlamaDecoderLayer
+
+    annotation = inspect.signature(DMSLlamaDecoderLayer.forward).parameters["kwargs"].annotation
+    assert annotation == Unpack[TransformersKwargs]
+    assert annotation == inspect.signature(LlamaDecoderLayer.forward).parameters["kwargs"].annotation

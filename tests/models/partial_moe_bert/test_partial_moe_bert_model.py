@@ -57,6 +57,10 @@ def inputs(batch=3, seq=7):
     ("moe_layers", [-1], "moe_layers has index -1"),
     ("partition_granularity", "row", "partition_granularity .* got 'row'"),
     ("pad_state", "finalized", "pad_partition must record"),
+    # a string where a number belongs is a ValueError naming the field (it was a TypeError from `0 < "0.5"`)
+    ("dynamic_ratio", "0.5", "dynamic_ratio must be a number, got '0.5' \\(str\\)"),
+    ("num_experts", "8", "num_experts must be an integer, got '8'"),
+    ("router_aux_loss_coef", "x", "router_aux_loss_coef must be a number, got 'x'"),
 ])
 def test_config_rejects_bad_fields(field, value, match):
     with pytest.raises(ValueError, match=match):
