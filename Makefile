@@ -45,6 +45,7 @@ bench: setup
 	$(PY) bench/pad_ffn.py --device cpu --machine $(BENCH_MACHINE)
 	$(PY) bench/moe_layer.py --device cpu --machine $(BENCH_MACHINE)
 	$(PY) bench/early_exit.py --device cpu --machine $(BENCH_MACHINE)
+	$(PY) bench/glue_speed.py --device cpu --machine $(BENCH_MACHINE)
 
 clean:
 	rm -rf $(VENV) outputs *.egg-info

@@ -291,3 +291,46 @@ def test_bad_config_value_raises_value_error_naming_the_field(model_type, case):
     errors = list(value_errors(info.value))
     assert errors, f"{name}={value!r} raised {type(info.value).__name__}, not a ValueError: {info.value}"
     assert any(name in str(e) for e in errors), f"the ValueError does not name {name!r}: {errors}"
+
+
+TEXT_PARAMS = [p for p in PARAMS if "input_ids" in p.values[1].inputs()]
+
+
+@pytest.mark.parametrize("model_type,case", TEXT_PARAMS)
+def test_resize_token_embeddings_then_save_and_load_is_exact(model_type, case, tmp_path):
+    """Adding tokens and resizing is an everyday step: the config that is saved must describe the new vocabulary,
+    so the folder reloads with the same weights and outputs."""
+    model_class = PACKAGES[model_type].AUTO_CLASSES[case.train_head]
+    torch.manual_seed(0)
+    model = model_class(make_config(model_type, case)).eval()
+    model.resize_token_embeddings(VOCAB + 7)
+    assert model.get_input_embeddings().weight.shape[0] == VOCAB + 7
+    assert model.config.get_text_config().vocab_size == VOCAB + 7
+    model.save_pretrained(tmp_path)
+    loaded = getattr(transformers, case.train_head).from_pretrained(tmp_path).eval()
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[key]), key
+    batch = without_labels(case.inputs(), case)
+    batch["input_ids"] = batch["input_ids"].clone()
+    batch["input_ids"][:, 1] = VOCAB + 3  # a new token
+    with torch.no_grad():
+        expected, actual = output_tensors(model(**batch)), output_tensors(loaded(**batch))
+    for key in expected:
+        torch.testing.assert_close(actual[key], expected[key], rtol=0, atol=0, msg=key)
+
+
+@pytest.mark.parametrize("model_type,case", TEXT_PARAMS)
+def test_output_hidden_states_are_returned(model_type, case):
+    """Every transformers model accepts ``output_hidden_states``: embeddings + one entry per layer."""
+    model_class = PACKAGES[model_type].AUTO_CLASSES[case.train_head]
+    torch.manual_seed(0)
+    config = make_config(model_type, case)
+    model = model_class(config).eval()
+    batch = without_labels(case.inputs(), case)
+    with torch.no_grad():
+        output = model(**batch, output_hidden_states=True)
+    hidden = output.hidden_states
+    layers = config.get_text_config().num_hidden_layers
+    assert hidden is not None and len(hidden) == layers + 1
+    for state in hidden:
+        assert state.shape[:2] == batch["input_ids"].shape and torch.isfinite(state).all()
