@@ -6,7 +6,7 @@ Importing the package registers every model type it defines with transformers' A
 attribute access, so ``import hf_dynamic`` never pulls in datasets, matplotlib, peft or deepspeed.
 """
 
-import importlib
+from .core.lazy import lazy_attributes
 
 __version__ = "0.1.0"
 
@@ -58,17 +58,7 @@ _install_peft_hook()  # registers PEMN with peft when peft is imported (imports 
 globals().update(_PUBLIC_MODEL_NAMES)
 
 
-def __getattr__(name):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'hf_dynamic' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())
 
 
 __all__ = ["__version__", *sorted(_PUBLIC_MODEL_NAMES), *sorted(_LAZY)]

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+
 
 def check_pad_state_fields(config, layer_indices, fully_dynamic: bool, unit: str) -> None:
     """``ValueError`` unless ``config.pad_state`` / ``config.pad_partition`` agree: a fully dynamic model
@@ -37,3 +39,23 @@ def check_layer_against_config(layer, expected_shapes: dict, config, unit: str =
             if count != entry.get(part):
                 raise ValueError(f"{unit} {layer.layer_idx} mask {part!r} keeps {count} entries, but pad_partition "
                                  f"records {entry.get(part)}")
+
+
+class CheckedCheckpointMixin:
+    """``from_pretrained`` that refuses a local checkpoint whose partially dynamic tensors disagree with its config
+    *before* loading (``check_checkpoint_shapes(folder, config)``, reading only the safetensors headers) and checks
+    the built layers after it (``check_pad_shapes()``). Put it before the ``PreTrainedModel`` base; the model class
+    provides both checks."""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """``PreTrainedModel.from_pretrained``, plus a ValueError (naming the tensor, its shape and the config entry)
+        when a local checkpoint's partially dynamic tensors disagree with the shapes its config implies."""
+        if pretrained_model_name_or_path is not None and os.path.isdir(pretrained_model_name_or_path):
+            config = kwargs.get("config")
+            if not isinstance(config, cls.config_class):
+                config = cls.config_class.from_pretrained(pretrained_model_name_or_path)
+            cls.check_checkpoint_shapes(pretrained_model_name_or_path, config)
+        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        (model[0] if isinstance(model, tuple) else model).check_pad_shapes()  # a tuple: output_loading_info=True
+        return model

@@ -21,6 +21,8 @@ import importlib.util
 import sys
 import warnings
 
+from ..core.lazy import lazy_attributes
+
 _LAZY = {
     "PEMNConfig": "hf_dynamic.pemn.config",
     "PEMNModel": "hf_dynamic.pemn.model",
@@ -120,17 +122,7 @@ def install_peft_hook() -> None:
         sys.meta_path.insert(0, _PeftImportHook())
 
 
-def __getattr__(name):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'hf_dynamic.pemn' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())
 
 
 __all__ = ["PEFT_TYPE", "install_peft_hook", "register", *sorted(_LAZY)]

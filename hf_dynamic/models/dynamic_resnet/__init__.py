@@ -17,3 +17,11 @@ AUTO_CLASSES = {
     "AutoModelForImageClassification": DynamicResNetForImageClassification,
 }
 PUBLIC = {"DynamicResNetPreTrainedModel": DynamicResNetPreTrainedModel, "resnet_conv_specs": resnet_conv_specs}
+# What a saved checkpoint's model card says (hf_dynamic.sharing.model_card).
+MODEL_CARD = {
+    "method": "DynamicResNet: a ResNet whose convolutions mix K kernels per sample (Dynamic Convolution / CondConv), "
+              "optionally PAD-Net partially dynamic (a static kernel plus a small dynamic part; He et al., arXiv "
+              "2211.05528)",
+    "docs": "docs/pad.md",
+    "fields": ("num_kernels", "routing", "dynamic_ratio", "partition_granularity", "dynamic_convs", "pad_state"),
+}

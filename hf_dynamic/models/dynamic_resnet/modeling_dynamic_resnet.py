@@ -12,7 +12,6 @@ transformers' ResNet, with the same parameter names, so ``from_static`` copies a
 from __future__ import annotations
 
 import math
-import os
 import re
 
 import torch
@@ -26,7 +25,7 @@ from transformers.models.resnet.modeling_resnet import (
 from transformers.utils import logging
 
 from ...core.checkpoints import checkpoint_tensor_shapes
-from ...pad.checks import check_layer_against_config
+from ...pad.checks import CheckedCheckpointMixin, check_layer_against_config
 from ...pad.conv import DynamicConv2d, PartialDynamicConv2d
 from ...sharing import HubSharingMixin
 from .configuration_dynamic_resnet import ConvSpec, DynamicResNetConfig, resnet_conv_specs
@@ -68,7 +67,7 @@ def make_convs_dynamic_(resnet: ResNetModel, config: DynamicResNetConfig) -> Non
         setattr(resnet.get_submodule(parent_path), name, build_dynamic_conv(config, spec))
 
 
-class DynamicResNetPreTrainedModel(HubSharingMixin, ResNetPreTrainedModel):
+class DynamicResNetPreTrainedModel(HubSharingMixin, CheckedCheckpointMixin, ResNetPreTrainedModel):
     config: DynamicResNetConfig
     config_class = DynamicResNetConfig
     base_model_prefix = "resnet"
@@ -102,18 +101,10 @@ class DynamicResNetPreTrainedModel(HubSharingMixin, ResNetPreTrainedModel):
             check_layer_against_config(layer, _expected_conv_shapes(self.config, specs[layer.layer_idx]),
                                        self.config, "convolution")
 
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """``PreTrainedModel.from_pretrained``, plus a ValueError (naming the tensor, its shape and the config entry)
-        when a local checkpoint's dynamic-convolution tensors disagree with the shapes its config implies."""
-        if pretrained_model_name_or_path is not None and os.path.isdir(pretrained_model_name_or_path):
-            config = kwargs.get("config")
-            if not isinstance(config, DynamicResNetConfig):
-                config = DynamicResNetConfig.from_pretrained(pretrained_model_name_or_path)
-            _check_checkpoint_shapes(pretrained_model_name_or_path, config)
-        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        (model[0] if isinstance(model, tuple) else model).check_pad_shapes()
-        return model
+    @staticmethod
+    def check_checkpoint_shapes(folder, config) -> None:
+        """The pre-load check of :class:`~hf_dynamic.pad.checks.CheckedCheckpointMixin` (safetensors headers only)."""
+        _check_checkpoint_shapes(folder, config)
 
     # --------------------------------------------------------------------------------------------- upcycling
     @classmethod

@@ -50,7 +50,7 @@ from transformers.utils.output_capturing import OutputRecorder
 from ...core.checkpoints import checkpoint_tensor_shapes
 from ...core.routing import TopKRouter, load_balancing_loss
 from ...pad.experts import EXPERTS_IMPLEMENTATION, register_experts_implementation
-from ...pad.checks import check_layer_against_config
+from ...pad.checks import CheckedCheckpointMixin, check_layer_against_config
 from ...pad.layers import PARTS, PartialDynamicFFN
 from ...sharing import HubSharingMixin
 from .configuration_partial_moe_bert import PartialMoEBertConfig
@@ -168,7 +168,7 @@ _register_phi_conversion()
 
 
 # ------------------------------------------------------------------------------------------------------- models
-class PartialMoEBertPreTrainedModel(HubSharingMixin, BertPreTrainedModel):
+class PartialMoEBertPreTrainedModel(HubSharingMixin, CheckedCheckpointMixin, BertPreTrainedModel):
     config: PartialMoEBertConfig
     config_class = PartialMoEBertConfig
     base_model_prefix = "bert"
@@ -322,21 +322,10 @@ class PartialMoEBertPreTrainedModel(HubSharingMixin, BertPreTrainedModel):
         for layer in self.pad_layers():
             check_layer_against_config(layer, _expected_layer_shapes(self.config, layer.layer_idx), self.config)
 
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """``PreTrainedModel.from_pretrained``, plus a ValueError (naming the tensor, its shape and the config entry)
-        when a local checkpoint's PAD/MoE tensors disagree with the shapes its config implies."""
-        if pretrained_model_name_or_path is not None and os.path.isdir(pretrained_model_name_or_path):
-            config = kwargs.get("config")
-            if not isinstance(config, PartialMoEBertConfig):
-                config = PartialMoEBertConfig.from_pretrained(pretrained_model_name_or_path)
-            _check_checkpoint_shapes(pretrained_model_name_or_path, config)
-        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        if isinstance(model, tuple):  # output_loading_info=True
-            model[0].check_pad_shapes()
-        else:
-            model.check_pad_shapes()
-        return model
+    @staticmethod
+    def check_checkpoint_shapes(folder, config) -> None:
+        """The pre-load check of :class:`~hf_dynamic.pad.checks.CheckedCheckpointMixin` (safetensors headers only)."""
+        _check_checkpoint_shapes(folder, config)
 
     def _encode(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, output_router_logits,
                 kwargs) -> PartialMoEBertModelOutput:
