@@ -37,6 +37,10 @@ from transformers import (
 )
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+if not torch.cuda.is_available():
+    # DeepSpeed (installed with the dev extra) is imported by accelerate when present and warns that it "was unable
+    # to detect" an accelerator; naming the CPU (its documented DS_ACCELERATOR) says the same without the warning.
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 import hf_dynamic  # noqa: E402  (registers hf_dynamic's model types with the Auto classes)
 from hf_dynamic.sharing import HubSharingMixin, model_card as model_card_of  # noqa: E402
