@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Wall-clock speed-up of boosted early exit (dynamic mode) over the full model, at matched accuracy, on SST-2 dev.
 
-Issue 4's measure: dynamic mode at the lowest calibrated budget whose SST-2 dev accuracy is within
+The measure: dynamic mode at the lowest calibrated budget whose SST-2 dev accuracy is within
 ``--tolerance`` (0.5) point of the last exit's, timed against the same model running all layers, at batch 1 and
 batch 64 in one run. Target: >= 1.8x.
 

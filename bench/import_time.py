@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Cost of `import hf_dynamic` beyond what it must subclass (transformers' BERT and Llama modeling modules and
-`TrainerCallback`). Target (issue 2): at most 1 s. Each measurement runs in a fresh interpreter.
+`TrainerCallback`). Target: at most 1 s. Each measurement runs in a fresh interpreter.
 
     python bench/import_time.py [--repeats 5]
 

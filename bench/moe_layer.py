@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Expert-layer speed: hf_dynamic's kernel against transformers' and against dense FFNs (issue 6).
+"""Expert-layer speed: hf_dynamic's kernel against transformers' and against dense FFNs.
 
 1. One FFN layer (BERT-base 768 → 3072 → 768 with biases, GELU), forward (no grad) and forward+backward, timed
    round-robin in one run: ``dense`` (the BERT FFN), ``dense_equal_flops`` (width top_k·d_ff: the MoE's active

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""PAD-Net MoE FFN layer speed, IMP cost and checkpoint sizes (issue 3, "Measure").
+"""PAD-Net MoE FFN layer speed, IMP cost and checkpoint sizes.
 
 1. One FFN layer, forward (no grad) and forward+backward, as ratios within one run: dense FFN, a dense FFN with the
    MoE's active FLOPs (width top_k·d_ff), the full MoE (κ = 1, E experts, top-k), PAD neuron mode κ = 0.5 (a shared

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Prune SmolLM2-135M (or any Llama checkpoint) with DMS and compare with structured-pruning baselines, in
-resumable stages sized to a time budget (issue #11's protocol; method: ``docs/dms.md``).
+resumable stages sized to a time budget (the protocol below; method: ``docs/dms.md``).
 
 Rows (one target, e.g. ``--target 0.8`` = 80 % of the parameters; all pruned models at the parameter count of the
 uniform DMS model, baselines matched within 1 %, and the same recovery budget):
@@ -834,7 +834,7 @@ def collect_rows(pipe, args, path):
 
 
 def targets_check(rows, stage_seconds):
-    """Issue #11's targets as measured facts (True / False; None while a value is missing)."""
+    """The evidence targets (DMS vs the baselines, speed-up vs FLOPs, search share) as measured facts (True / False; None while a value is missing)."""
     by = {r["key"]: r for r in rows}
 
     def ppl(key):
@@ -862,7 +862,7 @@ def report(pipe, state):
     stage_files = sorted(f[:-5] for f in os.listdir(pipe.dir) if f.endswith(".json"))
     stage_seconds = {s: pipe.load(s)["seconds"] for s in stage_files}
     results = {
-        "issue": "#11 DMS vs magnitude vs Taylor on SmolLM2, 2-core CPU",
+        "study": "DMS vs magnitude vs Taylor on SmolLM2, 2-core CPU",
         "model_path": state["path"], "target": args.target,
         "command": "python examples/llama_prune/prune_llama.py " + shlex.join(state["argv"]),
         "commit": git_head(), "machine": {**machine_info(args.device), "load_average": os.getloadavg()},
