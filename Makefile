@@ -46,6 +46,7 @@ bench: setup
 	$(PY) bench/moe_layer.py --device cpu --machine $(BENCH_MACHINE)
 	$(PY) bench/early_exit.py --device cpu --machine $(BENCH_MACHINE)
 	$(PY) bench/glue_speed.py --device cpu --machine $(BENCH_MACHINE)
+	$(PY) bench/dynamic_conv.py --machine $(BENCH_MACHINE)
 
 clean:
 	rm -rf $(VENV) outputs *.egg-info
