@@ -16,7 +16,13 @@ the paper's networks) × seed:
   then fine-tuned (Adam 1e-3) with the same number of epochs;
 - ``magnitude-prune``: the same with the largest-|w| weights kept per layer; positions are charged at their entropy
   ``numel · H2(d)`` bits (a lower bound on any position code, so generous to magnitude pruning), hence
-  ``4 · d + H2(d) / 8 = PEMN bytes / numel``, d ≈ 2.5 %.
+  ``4 · d + H2(d) / 8 = PEMN bytes / numel``, d ≈ 2.5 %;
+- the accuracy-vs-bytes curve: ``pemn-mp-s0.5-w0.5`` / ``-w2`` (PEMN on the same network with half / twice the
+  hidden units or channels: its bytes follow the weight count), and ``random-prune-w0.5`` / ``-w2``,
+  ``magnitude-prune-w0.5`` / ``-w2`` (the trained x1 network pruned to those bytes). With the x1 rows that gives
+  three budgets per family between ~1 % and ~10 % of the dense bytes; the report says whether PEMN beats both
+  pruning baselines at every budget below 10 %. (MP at sparsity 0.5, the curve's PEMN row, was picked after
+  the x1 rows of the first seeds were in.)
 
 Sizing (the docstring is the record; each run also stores its settings): one CPU thread (``torch.set_num_threads(1)``),
 batch 128; MNIST 15 epochs for every row (a dense MLP run takes ~2 s, a PEMN ConvNet run 30-100 s on this 2-core
@@ -26,6 +32,7 @@ Three seeds. Payload bytes are compared (safetensors headers, ~100 bytes per ten
 alike; each PEMN run also records its real adapter file size).
 
     nice -n 15 .venv/bin/python examples/vision/pemn_mnist.py            # all runs, resumable
+    taskset -c 1 .venv/bin/python examples/vision/pemn_mnist.py --shard 1/2  # one process per core (0/2 on core 0)
     .venv/bin/python examples/vision/pemn_mnist.py --report              # regenerate the table and the plot
 """
 
@@ -59,6 +66,10 @@ SPARSITIES = (0.5, 0.8)
 EPOCHS = {"mnist": 15, "digits": 40}
 BATCH = 128
 RP_RATIO = 0.1
+# The accuracy-vs-bytes curve: PEMN (MP, sparsity 0.5) on networks of width x0.5 / x1 / x2 (its bytes scale with the
+# weight count), and both pruning baselines of the trained x1 network at each of those byte budgets.
+CURVE_PEMN = "pemn-mp-s0.5"
+CURVE_WIDTHS = (0.5, 2.0)
 
 
 # ------------------------------------------------------------------------------------------------ data and networks
@@ -87,11 +98,12 @@ class MLP(nn.Module):
 
 
 class ConvNet(nn.Module):
-    def __init__(self, side: int):
+    def __init__(self, side: int, width: float = 1.0):
         super().__init__()
-        self.conv1 = nn.Conv2d(1, 16, 3, padding=1, bias=False)
-        self.conv2 = nn.Conv2d(16, 32, 3, padding=1, bias=False)
-        self.fc = nn.Linear(32 * (side // 4) ** 2, 10, bias=False)
+        c1, c2 = round(16 * width), round(32 * width)
+        self.conv1 = nn.Conv2d(1, c1, 3, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(c1, c2, 3, padding=1, bias=False)
+        self.fc = nn.Linear(c2 * (side // 4) ** 2, 10, bias=False)
 
     def forward(self, x):
         x = F.max_pool2d(F.relu(self.conv1(x)), 2)
@@ -99,10 +111,13 @@ class ConvNet(nn.Module):
         return self.fc(x.flatten(1))
 
 
-def make_network(network: str, dataset: str, seed: int) -> nn.Module:
+def make_network(network: str, dataset: str, seed: int, width: float = 1.0) -> nn.Module:
+    """The row's network; ``width`` multiplies the hidden units / channels (the bytes axis of the PEMN curve)."""
     torch.manual_seed(seed)
     side = 28 if dataset == "mnist" else 8
-    return MLP(side, 128 if dataset == "mnist" else 64) if network == "mlp" else ConvNet(side)
+    if network == "mlp":
+        return MLP(side, round((128 if dataset == "mnist" else 64) * width))
+    return ConvNet(side, width)
 
 
 def target_names(model: nn.Module) -> list[str]:
@@ -177,10 +192,10 @@ def pemn_config(strategy="mp", sparsity=0.5, seed=0, targets=None):
 
 
 # ------------------------------------------------------------------------------------------------ one run
-def run_pemn(dataset, network, seed, strategy, sparsity, data):
+def run_pemn(dataset, network, seed, strategy, sparsity, data, width=1.0):
     from peft import get_peft_model
 
-    base = make_network(network, dataset, seed)
+    base = make_network(network, dataset, seed, width)
     config = pemn_config(strategy, sparsity, seed, target_names(base))
     shapes = [tuple(base.get_submodule(n).weight.shape) for n in target_names(base)]
     model = get_peft_model(base, config)
@@ -199,11 +214,12 @@ def run_pemn(dataset, network, seed, strategy, sparsity, data):
             "numel": numel, "final_train_loss": final_loss}
 
 
-def run_prune(dataset, network, seed, kind, data):
+def run_prune(dataset, network, seed, kind, data, budget_width=1.0):
+    """Prune the trained x1 network to the bytes PEMN takes on the network of width ``budget_width``."""
     model, _ = dense_weights(dataset, network, seed, data)
     names = target_names(model)
     numel = sum(model.get_submodule(n).weight.numel() for n in names)
-    budget = pemn_bytes(model)
+    budget = pemn_bytes(make_network(network, dataset, seed, budget_width))
     density = density_for_bytes(budget / numel, positions_cost=(kind == "magnitude"))
     masks = {}
     generator = torch.Generator().manual_seed(10_000 + seed)
@@ -250,6 +266,18 @@ def all_runs():
                         yield dataset, network, seed, f"pemn-{strategy}-s{sparsity}"
                 yield dataset, network, seed, "random-prune"
                 yield dataset, network, seed, "magnitude-prune"
+                for width in CURVE_WIDTHS:
+                    for family in (CURVE_PEMN, "random-prune", "magnitude-prune"):
+                        yield dataset, network, seed, f"{family}-w{width:g}"
+
+
+def parse_row(row: str) -> dict:
+    """``dense`` / ``pemn-<strategy>-s<sparsity>[-w<width>]`` / ``<random|magnitude>-prune[-w<width>]``."""
+    parts = row.split("-")
+    width = float(parts.pop()[1:]) if parts[-1].startswith("w") else 1.0
+    if parts[0] == "pemn":
+        return {"kind": "pemn", "strategy": parts[1], "sparsity": float(parts[2][1:]), "width": width}
+    return {"kind": parts[0], "width": width}
 
 
 def machine() -> dict:
@@ -268,14 +296,15 @@ def do_run(dataset, network, seed, row, cache):
         cache[dataset] = load_arrays(dataset)
     data = cache[dataset]
     start = time.time()
-    if row == "dense":
+    spec = parse_row(row)
+    if spec["kind"] == "dense":
         result = run_dense(dataset, network, seed, data)
-    elif row.startswith("pemn-"):
-        _, strategy, sparsity = row.split("-")
-        result = run_pemn(dataset, network, seed, strategy, float(sparsity[1:]), data)
+    elif spec["kind"] == "pemn":
+        result = run_pemn(dataset, network, seed, spec["strategy"], spec["sparsity"], data, spec["width"])
     else:
-        result = run_prune(dataset, network, seed, row.split("-")[0], data)
-    result.update(dataset=dataset, network=network, seed=seed, row=row, epochs=EPOCHS[dataset], batch_size=BATCH,
+        result = run_prune(dataset, network, seed, spec["kind"], data, spec["width"])
+    result.update(dataset=dataset, network=network, seed=seed, row=row, width=spec["width"], epochs=EPOCHS[dataset],
+                  batch_size=BATCH,
                   seconds=round(time.time() - start, 2), sizing="1 CPU thread; MNIST 15 epochs, digits 40 epochs, "
                   "batch 128: seconds to a minute per run", **machine())
     return result
@@ -291,7 +320,9 @@ def report() -> None:
     groups: dict[tuple, list[dict]] = {}
     for r in results:
         groups.setdefault((r["dataset"], r["network"], r["row"]), []).append(r)
-    order = ["dense"] + [f"pemn-{s}-s{p}" for s in STRATEGIES for p in SPARSITIES] + ["random-prune", "magnitude-prune"]
+    curve = [f"{family}-w{w:g}" for w in CURVE_WIDTHS for family in (CURVE_PEMN, "random-prune", "magnitude-prune")]
+    order = (["dense"] + [f"pemn-{s}-s{p}" for s in STRATEGIES for p in SPARSITIES] + ["random-prune",
+             "magnitude-prune"] + curve)
     lines = [
         "# PEMN vs pruning at equal stored bytes (CPU)", "",
         "Generated by `examples/vision/pemn_mnist.py` from the run files in `runs/` (see its docstring for the "
@@ -328,6 +359,10 @@ def report() -> None:
             verdict = "yes" if worst > rand_acc else "no"
             lines.append(f"- {dataset} / {network}: {verdict}: the weakest PEMN row ({worst_row}) {worst:.2f} vs "
                          f"random pruning {rand_acc:.2f}")
+    lines += ["", f"Accuracy-vs-bytes curve ({CURVE_PEMN} on networks of width x0.5 / x1 / x2 against both pruning "
+              "baselines of the trained x1 network at the same bytes): does PEMN beat both at every budget below "
+              "10 % of the dense bytes?", ""]
+    lines += dominance_lines(groups)
     if results:
         first = results[-1]
         lines += ["", f"Machine: {first['machine']} ({first['cpu_count']} CPUs), torch {first['torch']}, "
@@ -335,6 +370,39 @@ def report() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "README.md").write_text("\n".join(lines) + "\n")
     plot(groups)
+
+
+def mean_accuracy(runs: list[dict]) -> float:
+    return float(np.mean([r["accuracy"] for r in runs]) * 100)
+
+
+def dominance_lines(groups: dict, limit: float = 0.10) -> list[str]:
+    """Per dataset/network: at each curve budget below ``limit`` × dense bytes, PEMN vs the better pruning row."""
+    lines = []
+    for dataset in DATASETS:
+        for network in NETWORKS:
+            dense = groups.get((dataset, network, "dense"))
+            if not dense:
+                continue
+            points = []
+            for width in (1.0,) + CURVE_WIDTHS:
+                suffix = "" if width == 1.0 else f"-w{width:g}"
+                pemn = groups.get((dataset, network, CURVE_PEMN + suffix))
+                prunes = [groups.get((dataset, network, f"{k}-prune{suffix}")) for k in ("random", "magnitude")]
+                if not pemn or not all(prunes):
+                    continue
+                fraction = np.mean([r["stored_bytes"] for r in pemn]) / dense[0]["stored_bytes"]
+                if fraction > limit:
+                    continue
+                best = max(mean_accuracy(p) for p in prunes)
+                points.append((fraction, mean_accuracy(pemn), best))
+            if not points:
+                continue
+            verdict = "yes" if all(p > b for _, p, b in points) else "no"
+            detail = "; ".join(f"{100 * f:.1f} % of dense: PEMN {p:.2f} vs best pruning {b:.2f}"
+                               for f, p, b in sorted(points))
+            lines.append(f"- {dataset} / {network}: {verdict} ({detail})")
+    return lines
 
 
 def plot(groups) -> None:
@@ -349,13 +417,22 @@ def plot(groups) -> None:
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4), squeeze=False)
     markers = {"dense": "s", "pemn": "o", "random": "v", "magnitude": "^"}
     for ax, (dataset, network) in zip(axes[0], panels):
+        families: dict[str, list] = {}
         for (d, n, row), runs in sorted(groups.items()):
             if (d, n) != (dataset, network):
                 continue
             accs = np.array([r["accuracy"] for r in runs]) * 100
             x = np.mean([r["stored_bytes"] for r in runs])
+            family = row.rsplit("-w", 1)[0]
+            if family in (CURVE_PEMN, "random-prune", "magnitude-prune"):
+                families.setdefault(family, []).append((x, accs.mean(), accs.std() if len(accs) > 1 else 0))
+                continue
             ax.errorbar(x, accs.mean(), yerr=accs.std() if len(accs) > 1 else 0, marker=markers[row.split("-")[0]],
-                        capsize=3, label=row, linestyle="none")
+                        capsize=3, label=row, linestyle="none", alpha=0.6)
+        for family, points in families.items():
+            xs, ys, es = zip(*sorted(points))
+            ax.errorbar(xs, ys, yerr=es, marker=markers[family.split("-")[0]], capsize=3,
+                        label=f"{family} (widths)" if family.startswith("pemn") else f"{family} (budgets)")
         ax.set_xscale("log")
         ax.set_xlabel("stored bytes")
         ax.set_ylabel("test accuracy (%)")
@@ -371,12 +448,16 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--report", action="store_true", help="only regenerate the table and the plot")
     parser.add_argument("--only", default=None, help="substring filter on 'dataset/network/seed/row'")
+    parser.add_argument("--shard", default="0/1", help="K/N: do only every N-th run starting at K (one process per core)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     if not args.report:
         RUNS.mkdir(parents=True, exist_ok=True)
         cache: dict = {}
-        for dataset, network, seed, row in all_runs():
+        shard, num_shards = (int(v) for v in args.shard.split("/"))
+        for index, (dataset, network, seed, row) in enumerate(all_runs()):
+            if index % num_shards != shard:
+                continue
             key = f"{dataset}-{network}-s{seed}-{row}"
             if args.only and args.only not in f"{dataset}/{network}/{seed}/{row}":
                 continue
