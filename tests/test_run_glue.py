@@ -47,3 +47,24 @@ def test_default_output_dir_names_task_variant_and_seed():
     assert explicit.output_dir == "/tmp/somewhere"
     with pytest.raises(ValueError, match=r"--output_dir 'out/\{name\}': only \{task\}"):
         run_glue.parse_args(["--output_dir", "out/{name}"])
+
+
+# peft 0.21's PeftModel.__init__ calls transformers' deprecated ``is_gradient_checkpointing`` (their call path)
+@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
+def test_pemn_variant_masks_random_encoder_linears_and_reports_storage(tmp_path):
+    """--variant pemn: only the scores of the 36 encoder Linear layers and the head train; the stored bytes are
+    one bit per masked weight (+ the recipe), ~1/32 of their fp32 weights."""
+    results = run_glue.main([
+        "--task", "mrpc", "--data_dir", SHARED_GLUE, "--variant", "pemn", "--max_train_samples", "16",
+        "--max_eval_samples", "16", "--max_steps", "1", "--per_device_train_batch_size", "8",
+        "--learning_rate", "1e-3", "--output_dir", str(tmp_path), "--save_model", "false", "--disable_tqdm", "true",
+    ])
+    pemn = results["pemn"]
+    hidden, intermediate, layers = 384, 1536, 6
+    numel = layers * (4 * hidden * hidden + 2 * hidden * intermediate)
+    assert pemn["masked_layers"] == 6 * layers and pemn["masked_weights"] == numel
+    assert pemn["dense_fp32_bytes_masked_layers"] == 4 * numel
+    assert numel // 8 < pemn["stored_bytes_masked_layers"] < numel // 8 + 1024
+    head = hidden * 2 + 2  # the classifier, trained in full
+    assert pemn["trainable_parameters"] == numel + head
+    assert 0.0 <= results["metrics"]["validation"]["accuracy"] <= 1.0

@@ -61,8 +61,10 @@ RUNS = {
     "pad_neuron": ("pad_moe", ["--pad_granularity", "neuron", "--pad_dynamic_ratio", "0.5"]),
     "boosted": ("boosted_exit", []),
     "joint": ("joint_exit", []),
+    # PEMN's scores move through a top-k: they take an lr far above a fine-tune's (edge-popup: SGD 0.1)
+    "pemn": ("pemn", ["--pemn_strategy", "mp", "--pemn_sparsity", "0.5", "--learning_rate", "1e-3"]),
 }
-TABLES = {"pad": ("dense", "moe", "pad_element", "pad_neuron"), "exit": ("boosted", "joint")}
+TABLES = {"pad": ("dense", "moe", "pad_element", "pad_neuron"), "exit": ("boosted", "joint"), "pemn": ("dense", "pemn")}
 TASKS = ("rte", "mrpc", "cola")
 SEEDS = (1, 2, 3)
 _COMMON = ["--train_sampling_strategy", "group_by_length", "--max_seq_length", "128"]
@@ -78,6 +80,14 @@ RECIPES = {
                  "3 epochs: MoE ≈ 0.9 s/step × 268 steps/epoch ≈ 4 min/epoch on 2 cores"),
     },
 }
+# The PEMN data point (issue: PEMN on the MiniLM encoder, a few minutes of fine-tuning): SST-2, where a
+# bag-of-words signal lets masks over random weights learn something; dense and PEMN on the same first rows.
+RECIPES["sst2_short"] = {
+    "sst2": (["--max_train_samples", "8000", "--num_train_epochs", "1", "--learning_rate", "5e-5",
+              "--max_seq_length", "64"],
+             "SST-2, the first 8,000 training rows, 1 epoch (250 steps of 32), max length 64: a few minutes per "
+             "run on 2 cores; dense at lr 5e-5, PEMN's scores at its own lr (RUNS)"),
+}
 MAIN_METRIC = {"cola": "matthews_correlation", "sst2": "accuracy", "mrpc": "f1", "qqp": "f1", "stsb": "pearson",
                "mnli": "accuracy", "qnli": "accuracy", "rte": "accuracy", "wnli": "accuracy"}
 
@@ -91,7 +101,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--table", choices=sorted(TABLES), default="pad")
     parser.add_argument("--runs", nargs="+", default=None, help="subset of the table's runs (default: all)")
-    parser.add_argument("--tasks", nargs="+", default=list(TASKS))
+    parser.add_argument("--tasks", nargs="+", default=None, help="default: the recipe's tasks")
     parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     parser.add_argument("--recipe", default="naive", help=f"one of {sorted(RECIPES)}")
     parser.add_argument("--results_dir", default=os.path.join(HERE, "results", "cpu"))
@@ -108,6 +118,7 @@ def parse_args(argv=None):
                              f"{list(TABLES[args.table])}")
     if args.recipe not in RECIPES:
         raise ValueError(f"--recipe: unknown recipe {args.recipe!r}; choose from {sorted(RECIPES)}")
+    args.tasks = list(args.tasks or RECIPES[args.recipe])
     for task in args.tasks:
         if task not in RECIPES[args.recipe]:
             raise ValueError(f"--tasks: task {task!r} has no entry in recipe {args.recipe!r}; choose from "
@@ -122,9 +133,9 @@ def run_file(results_dir, recipe, task, run, seed) -> str:
 def command(args, task, run, seed, passthrough) -> list[str]:
     variant, flags = RUNS[run]
     recipe_flags, _ = RECIPES[args.recipe][task]
-    cmd = [sys.executable, os.path.join(HERE, "run_glue.py"), "--task", task, "--variant", variant, *flags,
+    cmd = [sys.executable, os.path.join(HERE, "run_glue.py"), "--task", task, "--variant", variant,
            "--seed", str(seed), "--output_dir", os.path.join(args.work_dir, args.recipe, task, run, f"s{seed}"),
-           *recipe_flags]
+           *recipe_flags, *flags]  # the run's own flags last: they override the recipe's (e.g. PEMN's lr)
     if run not in TABLES["exit"]:  # the early-exit models are kept for the speed benchmark; the others are not
         cmd += ["--save_model", "false"]
     if args.device == "cpu":
@@ -180,7 +191,7 @@ def run_record(args, task, run, seed, cmd, eval_results: dict, wall_s: float) ->
         "machine": machine_info(args.device), "commit": git_commit(),
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    for key in ("moe", "imp", "num_parameters_moe_ffn", "num_parameters_router"):
+    for key in ("moe", "imp", "num_parameters_moe_ffn", "num_parameters_router", "pemn"):
         if key in eval_results:
             record[key] = eval_results[key]
     if "exits" in eval_results:
@@ -256,6 +267,19 @@ def markdown_pad(table: dict, tasks, recipe: str, machine: str) -> str:
             cells.append(f"{row[key] / 1e6:.2f}" if row[key] else "–")
         cells.append(f"{row['train_min_per_run']:.1f}" if row["train_min_per_run"] is not None else "–")
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def markdown_pemn_storage(runs: list[dict]) -> str:
+    """What a PEMN run stores for the layers it masks, against their fp32 weights (from the run files)."""
+    lines = ["", "PEMN storage of the masked encoder layers (seed + recipe + 1 bit per weight) against their fp32 "
+             "weights; the trained head (and the frozen pre-trained embeddings) are left out of both:", "",
+             "| task | seed | masked layers | masked weights (M) | PEMN bytes | fp32 bytes | ratio |", "|---|---|---|---|---|---|---|"]
+    for r in sorted((r for r in runs if "pemn" in r), key=lambda r: (r["task"], r["seed"])):
+        p = r["pemn"]
+        lines.append(f"| {r['task']} | {r['seed']} | {p['masked_layers']} | {p['masked_weights'] / 1e6:.2f} | "
+                     f"{p['stored_bytes_masked_layers']:,} | {p['dense_fp32_bytes_masked_layers']:,} | "
+                     f"1/{p['dense_fp32_bytes_masked_layers'] / p['stored_bytes_masked_layers']:.1f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -347,9 +371,11 @@ def write_tables(args) -> tuple[dict, str]:
     machine = _machines(runs)
     base = os.path.join(args.results_dir, f"{args.table}_table" + ("" if args.recipe == "naive" else
                                                                    f"_{args.recipe}"))
-    if args.table == "pad":
-        summary = summarise_pad(runs, TABLES["pad"], args.tasks)
+    if args.table in ("pad", "pemn"):
+        summary = summarise_pad(runs, TABLES[args.table], args.tasks)
         text = markdown_pad(summary, args.tasks, args.recipe, machine)
+        if args.table == "pemn":
+            text += markdown_pemn_storage(runs)
     else:
         summary = summarise_exit(runs, args.tasks)
         text = markdown_exit(summary, args.tasks, args.recipe, machine)

@@ -118,3 +118,24 @@ def test_corrupt_run_file_is_reported(tmp_path):
         f.write("{not json")
     with pytest.raises(ValueError, match="dense-s1.json is not valid JSON"):
         compare.load_runs(str(tmp_path), "naive")
+
+
+def test_pemn_table_run_flags_override_the_recipe_and_storage_is_tabled(tmp_path):
+    args, passthrough = compare.parse_args(["--table", "pemn", "--recipe", "sst2_short",
+                                            "--results_dir", str(tmp_path)])
+    assert args.tasks == ["sst2"]  # the recipe's tasks by default
+    cmd = compare.command(args, "sst2", "pemn", 1, passthrough)
+    rates = [cmd[i + 1] for i, flag in enumerate(cmd) if flag == "--learning_rate"]
+    assert rates[-1] == "1e-3" and len(rates) == 2  # argparse keeps the last: PEMN's own lr wins
+    dense = compare.command(args, "sst2", "dense", 1, passthrough)
+    assert [dense[i + 1] for i, f in enumerate(dense) if f == "--learning_rate"] == [rates[0]]
+    record = {"task": "sst2", "run": "pemn", "seed": 1, "recipe": "sst2_short", "split": "validation",
+              "main_metric": 0.7, "metrics": {"validation": {"accuracy": 0.7}}, "num_parameters": 10,
+              "num_parameters_active": 10, "train_runtime_s": 60.0, "machine": MACHINE,
+              "pemn": {"masked_layers": 36, "masked_weights": 10_616_832, "stored_bytes_masked_layers": 1_327_404,
+                       "dense_fp32_bytes_masked_layers": 42_467_328}}
+    compare.write_json_atomic(compare.run_file(str(tmp_path), "sst2_short", "sst2", "pemn", 1), record)
+    _, markdown_path = compare.write_tables(args)
+    text = open(markdown_path).read()
+    assert "| pemn | 70.0 ± 0.0 (n=1) |" in text
+    assert "| sst2 | 1 | 36 | 10.62 | 1,327,404 | 42,467,328 | 1/32.0 |" in text
