@@ -63,8 +63,10 @@ RUNS = {
     "joint": ("joint_exit", []),
     # PEMN's scores move through a top-k: they take an lr far above a fine-tune's (edge-popup: SGD 0.1)
     "pemn": ("pemn", ["--pemn_strategy", "mp", "--pemn_sparsity", "0.5", "--learning_rate", "1e-3"]),
+    "pemn_lr1e-2": ("pemn", ["--pemn_strategy", "mp", "--pemn_sparsity", "0.5", "--learning_rate", "1e-2"]),
 }
-TABLES = {"pad": ("dense", "moe", "pad_element", "pad_neuron"), "exit": ("boosted", "joint"), "pemn": ("dense", "pemn")}
+TABLES = {"pad": ("dense", "moe", "pad_element", "pad_neuron"), "exit": ("boosted", "joint"),
+          "pemn": ("dense", "pemn", "pemn_lr1e-2")}
 TASKS = ("rte", "mrpc", "cola")
 SEEDS = (1, 2, 3)
 _COMMON = ["--train_sampling_strategy", "group_by_length", "--max_seq_length", "128"]
@@ -248,12 +250,12 @@ def summarise_pad(runs: list[dict], run_names, tasks) -> dict:
     return table
 
 
-def markdown_pad(table: dict, tasks, recipe: str, machine: str) -> str:
+def markdown_pad(table: dict, tasks, recipe: str, machine: str, title: str = "PAD-Net GLUE table") -> str:
     head = ["run", *[f"{t} ({MAIN_METRIC[t]})" for t in tasks]]
     if "mrpc" in tasks:
         head.insert(head.index(f"mrpc ({MAIN_METRIC['mrpc']})") + 1, "mrpc (accuracy)")
     head += ["average", "params total (M)", "params active/token (M)", "train min/run"]
-    lines = [f"# PAD-Net GLUE table (recipe `{recipe}`), dev set, mean ± std × 100 over seeds (n per cell)", "",
+    lines = [f"# {title} (recipe `{recipe}`), dev set, mean ± std × 100 over seeds (n per cell)", "",
              f"Machine: {machine}. Average: mean of the task means, shown once every task has a result.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, row in table.items():
@@ -373,7 +375,8 @@ def write_tables(args) -> tuple[dict, str]:
                                                                    f"_{args.recipe}"))
     if args.table in ("pad", "pemn"):
         summary = summarise_pad(runs, TABLES[args.table], args.tasks)
-        text = markdown_pad(summary, args.tasks, args.recipe, machine)
+        text = markdown_pad(summary, args.tasks, args.recipe, machine, title="PAD-Net GLUE table" if
+                            args.table == "pad" else "PEMN on the MiniLM encoder (masks over random weights), GLUE table")
         if args.table == "pemn":
             text += markdown_pemn_storage(runs)
     else:

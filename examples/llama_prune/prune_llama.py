@@ -48,7 +48,7 @@ set), the paper-scale GPU recipe. The paper's fixed resource weight: ``--resourc
 CPU runs (see README.md)::
 
     nice -n 10 python examples/llama_prune/prune_llama.py --device cpu --target 0.8 \\
-        --dms_variants uniform per_layer --output_dir out/llama_prune/target_80 \\
+        --dms_variants uniform per_layer --output_dir outputs/llama_prune/target_80 \\
         --results_dir examples/llama_prune/results/target_80
 """
 
@@ -134,7 +134,7 @@ def parse_args(argv=None):
     p.add_argument("--decode_tokens", type=int, default=64)
     p.add_argument("--decode_batches", type=int, nargs="+", default=[1])
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--output_dir", default="out/llama_prune", help="stage files and models (not committed)")
+    p.add_argument("--output_dir", default="outputs/llama_prune", help="stage files and models (not committed)")
     p.add_argument("--results_dir", default=None, help="results.json / .md / plot (default: --output_dir)")
     p.add_argument("--stop_after", default=None, help="stop after this stage (a name from stages.log)")
     p.add_argument("--plan", "--time_step", dest="plan_only", action="store_true", help="= --stop_after plan")
