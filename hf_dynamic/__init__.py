@@ -27,6 +27,7 @@ _LAZY = {
     "iterative_mode_partition": "hf_dynamic.pad.imp",
     "IMPCallback": "hf_dynamic.pad.imp",
     "finalize_partition": "hf_dynamic.pad.imp",
+    "PADTrainer": "hf_dynamic.pad.optim",
     # PAD-Net / dynamic convolution layers
     "DynamicConv2d": "hf_dynamic.pad.conv",
     "PartialDynamicConv2d": "hf_dynamic.pad.conv",

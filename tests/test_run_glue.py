@@ -68,3 +68,16 @@ def test_pemn_variant_masks_random_encoder_linears_and_reports_storage(tmp_path)
     head = hidden * 2 + 2  # the classifier, trained in full
     assert pemn["trainable_parameters"] == numel + head
     assert 0.0 <= results["metrics"]["validation"]["accuracy"] <= 1.0
+
+
+def test_pad_variants_train_with_router_and_lambda_learning_rate_scales():
+    import variant_pad
+
+    from hf_dynamic import PADTrainer
+
+    script_args, _, by_variant, variant_args = run_glue.parse_args(
+        ["--variant", "pad_moe", "--router_lr_scale", "10", "--lambda_lr_scale", "3"])
+    module = by_variant["pad_moe"]
+    assert module is variant_pad
+    cls, kwargs = module.trainer_class_and_kwargs("pad_moe", script_args, variant_args[module.__name__])
+    assert cls is PADTrainer and kwargs == {"router_lr_scale": 10.0, "lambda_lr_scale": 3.0}

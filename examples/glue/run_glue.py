@@ -14,7 +14,8 @@ tokenizer, the task's label names in `id2label`, and a model card `README.md`), 
 (`--save_model false` skips saving.)
 
 Variants other than `dense` live in `variant_*.py` modules beside this script; each provides `VARIANTS`, an
-`Arguments` dataclass (its own flags), `build_model`, `make_callbacks` and `after_training`.
+`Arguments` dataclass (its own flags), `build_model`, `make_callbacks` and `after_training`, and optionally
+`trainer_class_and_kwargs` (a Trainer subclass and its extra keyword arguments).
 """
 
 import importlib
@@ -172,9 +173,13 @@ def main(argv=None):
         args = variant_args[module.__name__]
         model = module.build_model(script_args.variant, script_args, args, task_info.num_labels, problem_type)
         callbacks = module.make_callbacks(script_args.variant, script_args, args)
+    trainer_cls, trainer_kwargs = Trainer, {}
+    if module is not None and hasattr(module, "trainer_class_and_kwargs"):  # optional: a Trainer subclass
+        trainer_cls, trainer_kwargs = module.trainer_class_and_kwargs(script_args.variant, script_args,
+                                                                      variant_args[module.__name__])
     set_label_names(model.config, task_info)
 
-    trainer = Trainer(
+    trainer = trainer_cls(
         model=model,
         args=training_args,
         train_dataset=tokenized["train"],
@@ -183,6 +188,7 @@ def main(argv=None):
         data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=glue_compute_metrics_fn(script_args.task),
         callbacks=callbacks,
+        **trainer_kwargs,
     )
     train_result = trainer.train()
 

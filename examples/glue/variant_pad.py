@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from hf_dynamic.models.partial_moe_bert import PartialMoEBertForSequenceClassification
 from hf_dynamic.pad.imp import IMPCallback, pad_layers
+from hf_dynamic.pad.optim import PADTrainer
 
 VARIANTS = ("moe", "pad_moe")
 
@@ -28,6 +29,8 @@ class Arguments:
     imp_num_batches: int = field(default=8, metadata={"help": "Training batches scored per IMP round"})
     imp_scope: str = field(default="global", metadata={"help": "global (over all layers) or layer"})
     imp_score: str = field(default="auto", metadata={"help": "auto, snip or grad_variance"})
+    router_lr_scale: float = field(default=1.0, metadata={"help": "Routers' lr as a multiple of --learning_rate"})
+    lambda_lr_scale: float = field(default=1.0, metadata={"help": "λ's (φ) lr as a multiple of --learning_rate"})
 
 
 def _moe_layers(args):
@@ -57,6 +60,11 @@ def make_callbacks(variant, script_args, args):
         return []
     return [IMPCallback(iterations=args.imp_iterations, num_batches=args.imp_num_batches, scope=args.imp_scope,
                         score=args.imp_score)]
+
+
+def trainer_class_and_kwargs(variant, script_args, args):
+    """``PADTrainer``: the routers and λ at their own learning rates (``docs/pad.md``, "## Learning rates")."""
+    return PADTrainer, {"router_lr_scale": args.router_lr_scale, "lambda_lr_scale": args.lambda_lr_scale}
 
 
 EXPERT_PARAMETERS = ("up_proj", "up_proj_bias", "down_proj", "down_proj_bias")
