@@ -81,3 +81,28 @@ def test_pad_variants_train_with_router_and_lambda_learning_rate_scales():
     assert module is variant_pad
     cls, kwargs = module.trainer_class_and_kwargs("pad_moe", script_args, variant_args[module.__name__])
     assert cls is PADTrainer and kwargs == {"router_lr_scale": 10.0, "lambda_lr_scale": 3.0}
+
+
+def test_expert_spread_is_zero_after_upcycling_and_measures_how_far_experts_moved():
+    import torch
+    import variant_pad
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from hf_dynamic import PartialMoEBertForSequenceClassification
+
+    torch.manual_seed(0)
+    dense = BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2,
+                                                     num_attention_heads=2, intermediate_size=32))
+    model = PartialMoEBertForSequenceClassification.from_dense(dense, num_experts=4, dynamic_ratio=1.0)
+    assert variant_pad.expert_spread(model) == {"0": 0.0, "1": 0.0}
+    mlp = model.bert.encoder.layer[1].mlp
+    with torch.no_grad():
+        mlp.up_proj[0].mul_(2.0)
+        mlp.down_proj[0].mul_(2.0)
+    weights = torch.cat([mlp.up_proj.reshape(4, -1), mlp.down_proj.reshape(4, -1)], dim=1).detach()
+    mean = weights.mean(0, keepdim=True)
+    expected = float((weights - mean).norm(dim=1).mean() / mean.norm())
+    spread = variant_pad.expert_spread(model)
+    # one of 4 experts doubled: mean 1.25 w, deviations 0.75 w and 3 × 0.25 w: (0.75 + 0.75) / 4 / 1.25 = 0.3
+    assert expected == pytest.approx(0.3, rel=1e-5)
+    assert spread["0"] == 0.0 and spread["1"] == pytest.approx(expected)

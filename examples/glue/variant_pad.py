@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+
 from hf_dynamic.models.partial_moe_bert import PartialMoEBertForSequenceClassification
 from hf_dynamic.pad.imp import IMPCallback, pad_layers
 from hf_dynamic.pad.optim import PADTrainer
@@ -89,6 +91,23 @@ def parameter_counts(model) -> dict:
             "num_parameters_router": router}
 
 
+def expert_spread(model) -> dict[str, float]:
+    """Per MoE layer, how far its experts moved apart: ``mean_i ||W_i − W̄|| / ||W̄||`` over the per-expert weight
+    tensors (up and down projections, their dynamic entries in a finalised PAD layer), ``W̄`` the experts' mean.
+    0 for the identical copies that upcycling starts from."""
+    per_layer: dict[str, list[torch.Tensor]] = {}
+    for name, param in model.named_parameters():
+        if ".mlp." in name and name.rsplit(".", 1)[-1] in ("up_proj", "down_proj"):
+            layer = name.split(".mlp.")[0].rsplit(".", 1)[-1]
+            per_layer.setdefault(layer, []).append(param.detach().float().reshape(param.shape[0], -1))
+    spread = {}
+    for layer, tensors in per_layer.items():
+        weights = torch.cat(tensors, dim=1)  # [E, all of the layer's expert entries]
+        mean = weights.mean(0, keepdim=True)
+        spread[layer] = float((weights - mean).norm(dim=1).mean() / mean.norm().clamp_min(1e-12))
+    return spread
+
+
 def after_training(variant, script_args, args, trainer, eval_datasets, task):
     model = trainer.model
     config = model.config
@@ -96,7 +115,8 @@ def after_training(variant, script_args, args, trainer, eval_datasets, task):
         **parameter_counts(model),
         "moe": {"num_experts": config.num_experts, "top_k": config.num_experts_per_tok,
                 "dynamic_ratio": config.dynamic_ratio, "granularity": config.partition_granularity,
-                "pad_state": config.pad_state},
+                "pad_state": config.pad_state, "expert_spread": expert_spread(model),
+                "router_lr_scale": args.router_lr_scale, "lambda_lr_scale": args.lambda_lr_scale},
     }
     if variant == "pad_moe":
         layers = pad_layers(model)
