@@ -275,11 +275,14 @@ def markdown_pad(table: dict, tasks, recipe: str, machine: str, title: str = "PA
 def markdown_pemn_storage(runs: list[dict]) -> str:
     """What a PEMN run stores for the layers it masks, against their fp32 weights (from the run files)."""
     lines = ["", "PEMN storage of the masked encoder layers (seed + recipe + 1 bit per weight) against their fp32 "
-             "weights; the trained head (and the frozen pre-trained embeddings) are left out of both:", "",
-             "| task | seed | masked layers | masked weights (M) | PEMN bytes | fp32 bytes | ratio |", "|---|---|---|---|---|---|---|"]
-    for r in sorted((r for r in runs if "pemn" in r), key=lambda r: (r["task"], r["seed"])):
+             "weights; the trained head (and the frozen pre-trained embeddings) are left out of both. (The parameter "
+             "columns above count a PEMN model's tensors in memory: its frozen weights, its scores and peft's copy of "
+             "the head.)", "",
+             "| run | task | seed | masked layers | masked weights (M) | PEMN bytes | fp32 bytes | ratio |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in sorted((r for r in runs if "pemn" in r), key=lambda r: (r["run"], r["task"], r["seed"])):
         p = r["pemn"]
-        lines.append(f"| {r['task']} | {r['seed']} | {p['masked_layers']} | {p['masked_weights'] / 1e6:.2f} | "
+        lines.append(f"| {r['run']} | {r['task']} | {r['seed']} | {p['masked_layers']} | {p['masked_weights'] / 1e6:.2f} | "
                      f"{p['stored_bytes_masked_layers']:,} | {p['dense_fp32_bytes_masked_layers']:,} | "
                      f"1/{p['dense_fp32_bytes_masked_layers'] / p['stored_bytes_masked_layers']:.1f} |")
     return "\n".join(lines) + "\n"

@@ -138,4 +138,4 @@ def test_pemn_table_run_flags_override_the_recipe_and_storage_is_tabled(tmp_path
     _, markdown_path = compare.write_tables(args)
     text = open(markdown_path).read()
     assert "| pemn | 70.0 ± 0.0 (n=1) |" in text
-    assert "| sst2 | 1 | 36 | 10.62 | 1,327,404 | 42,467,328 | 1/32.0 |" in text
+    assert "| pemn | sst2 | 1 | 36 | 10.62 | 1,327,404 | 42,467,328 | 1/32.0 |" in text
