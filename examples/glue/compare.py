@@ -8,6 +8,9 @@ RTE, MRPC and CoLA, 3 seeds, on the CPU. Each run is one `run_glue.py` process; 
     nice python examples/glue/compare.py --table exit
     # only regenerate the Markdown tables (and plots) from the run files that exist
     python examples/glue/compare.py --table pad --tables_only
+    # the recipe study: one change at a time (STUDY), on RTE and MRPC, then the study table (results_dir/study.md)
+    nice python examples/glue/compare.py --table pad --runs pad_neuron --seeds 1 --recipe study_router_lr10
+    python examples/glue/compare.py --study_report
     # on a GPU machine (bf16), into its own folder
     python examples/glue/compare.py --table pad --device cuda --bf16 --results_dir examples/glue/results/gpu
 
@@ -82,6 +85,22 @@ RECIPES = {
                  "3 epochs: MoE ≈ 0.9 s/step × 268 steps/epoch ≈ 4 min/epoch on 2 cores"),
     },
 }
+# The recipe study (issue: once the first naive seed is in, study why upcycling gains nothing): each study recipe
+# is the naive one with ONE change, run on RTE and MRPC (first the fastest PAD variant, `--runs pad_neuron`), and
+# `--study_report` tables every study recipe's runs against the naive ones of the same seeds.
+STUDY = {
+    "router_lr10": (["--router_lr_scale", "10"], "routers at 10 × the lr (new parameters next to pre-trained ones)"),
+    "lambda_lr10": (["--lambda_lr_scale", "10"], "λ (φ) at 10 × the lr"),
+    "balance0": (["--moe_router_aux_loss_coef", "0"], "no load-balancing loss"),
+    "balance0.1": (["--moe_router_aux_loss_coef", "0.1"], "load-balancing loss weight 0.1 (naive: 0.01)"),
+    "imp32": (["--imp_num_batches", "32"], "IMP scores 32 batches per round (naive: 8)"),
+    "snip": (["--imp_score", "snip"], "IMP's SNIP score (naive: gradient variance)"),
+    "jitter0.1": (["--moe_router_jitter_noise", "0.1"], "router input jitter 0.1 in training (expert diversity)"),
+}
+for _name, (_flags, _why) in STUDY.items():
+    RECIPES[f"study_{_name}"] = {task: (RECIPES["naive"][task][0] + _flags,
+                                        RECIPES["naive"][task][1] + f"; study: {_why}") for task in ("rte", "mrpc")}
+
 # The PEMN data point (issue: PEMN on the MiniLM encoder, a few minutes of fine-tuning): SST-2, where a
 # bag-of-words signal lets masks over random weights learn something; dense and PEMN on the same first rows.
 RECIPES["sst2_short"] = {
@@ -111,6 +130,8 @@ def parse_args(argv=None):
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (the GPU recipe)")
     parser.add_argument("--tables_only", action="store_true", help="only regenerate the tables from run files")
+    parser.add_argument("--study_report", action="store_true",
+                        help="only write <results_dir>/study.md: every study recipe against the naive one")
     parser.add_argument("--dry_run", action="store_true", help="print the commands only")
     args = parser.parse_args(argv)
     args.runs = list(args.runs or TABLES[args.table])
@@ -370,6 +391,32 @@ def _machines(runs: list[dict]) -> str:
     return "; ".join(names) or "–"
 
 
+def study_report(results_dir: str) -> str:
+    """Markdown: per study recipe and run, the main metric per task (mean over its seeds, n) and its change against
+    the naive recipe on the *same* seeds, with the mean change over the tasks present in both."""
+    naive = {(r["task"], r["run"], r["seed"]): r["main_metric"] for r in load_runs(results_dir, "naive")}
+    lines = ["# Recipe study (RTE, MRPC): one change at a time against the naive recipe, same seeds", "",
+             "Cells: study metric × 100 (Δ vs naive on the same seeds, n seeds). Mean Δ: over the cells present.", "",
+             "| recipe | change | run | rte | mrpc | mean Δ |", "|---|---|---|---|---|---|"]
+    for name, (flags, why) in STUDY.items():
+        runs = load_runs(results_dir, f"study_{name}")
+        for run in [r for r in RUNS if any(x["run"] == r for x in runs)]:
+            cells, deltas = [], []
+            for task in ("rte", "mrpc"):
+                pairs = [(x["main_metric"], naive[(task, run, x["seed"])]) for x in runs
+                         if x["run"] == run and x["task"] == task and (task, run, x["seed"]) in naive]
+                if not pairs:
+                    cells.append("–")
+                    continue
+                study = 100 * statistics.mean(p[0] for p in pairs)
+                delta = 100 * statistics.mean(p[0] - p[1] for p in pairs)
+                deltas.append(delta)
+                cells.append(f"{study:.1f} ({delta:+.1f}, n={len(pairs)})")
+            mean = f"{statistics.mean(deltas):+.1f}" if deltas else "–"
+            lines.append(f"| {name} | {why} | {run} | {' | '.join(cells)} | {mean} |")
+    return "\n".join(lines) + "\n"
+
+
 def write_tables(args) -> tuple[dict, str]:
     """Regenerate the table of ``args.table`` from the run files; returns the summary and the Markdown path."""
     runs = [r for r in load_runs(args.results_dir, args.recipe) if r["run"] in TABLES[args.table]]
@@ -402,6 +449,12 @@ def launch(cmd: list[str], env: dict) -> None:
 def main(argv=None):
     args, passthrough = parse_args(argv)
     env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    if args.study_report:
+        text = study_report(args.results_dir)
+        with open(os.path.join(args.results_dir, "study.md"), "w") as f:
+            f.write(text)
+        print(text)
+        return None
     if not args.tables_only:
         # seed-major: the first seed of every cell first, so a partial table is as wide as possible
         for seed in args.seeds:
@@ -424,6 +477,9 @@ def main(argv=None):
                     write_json_atomic(path, run_record(args, task, run, seed, cmd, eval_results, wall))
                     print(f"[compare] done in {wall:.0f} s -> {path}", flush=True)
                     write_tables(args)
+                    if args.recipe.startswith("study_"):
+                        with open(os.path.join(args.results_dir, "study.md"), "w") as f:
+                            f.write(study_report(args.results_dir))
     if args.dry_run:
         return None
     summary, markdown_path = write_tables(args)

@@ -139,3 +139,21 @@ def test_pemn_table_run_flags_override_the_recipe_and_storage_is_tabled(tmp_path
     text = open(markdown_path).read()
     assert "| pemn | 70.0 ± 0.0 (n=1) |" in text
     assert "| pemn | sst2 | 1 | 36 | 10.62 | 1,327,404 | 42,467,328 | 1/32.0 |" in text
+
+
+def test_study_recipes_change_one_flag_and_the_report_pairs_seeds_with_naive(tmp_path):
+    naive_rte = compare.RECIPES["naive"]["rte"][0]
+    assert compare.RECIPES["study_router_lr10"]["rte"][0] == naive_rte + ["--router_lr_scale", "10"]
+    assert sorted(compare.RECIPES["study_snip"]) == ["mrpc", "rte"]
+    results_dir = str(tmp_path)
+    write_run(results_dir, "rte", "pad_neuron", 1, 0.58)
+    write_run(results_dir, "rte", "pad_neuron", 2, 0.60)
+    write_run(results_dir, "mrpc", "pad_neuron", 1, 0.86)
+    write_run(results_dir, "rte", "pad_neuron", 1, 0.62, recipe="study_router_lr10")
+    write_run(results_dir, "mrpc", "pad_neuron", 1, 0.85, recipe="study_router_lr10")
+    write_run(results_dir, "rte", "pad_neuron", 3, 0.70, recipe="study_router_lr10")  # no naive seed 3: left out
+    compare.main(["--study_report", "--results_dir", results_dir])
+    text = open(os.path.join(results_dir, "study.md")).read()
+    assert "| router_lr10 | routers at 10 × the lr (new parameters next to pre-trained ones) | pad_neuron | " \
+           "62.0 (+4.0, n=1) | 85.0 (-1.0, n=1) | +1.5 |" in text
+    assert "snip" not in text  # no runs, no row
