@@ -70,7 +70,6 @@ RUNS = {
 }
 TABLES = {"pad": ("dense", "moe", "pad_element", "pad_neuron"), "exit": ("boosted", "joint"),
           "pemn": ("dense", "pemn", "pemn_lr1e-2")}
-TASKS = ("rte", "mrpc", "cola")
 SEEDS = (1, 2, 3)
 _COMMON = ["--train_sampling_strategy", "group_by_length", "--max_seq_length", "128"]
 # recipe -> task -> (run_glue flags, the reason written into every run file)
@@ -417,6 +416,14 @@ def study_report(results_dir: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_study_report(results_dir: str) -> str:
+    """Write :func:`study_report` to ``<results_dir>/study.md``; return its text."""
+    text = study_report(results_dir)
+    with open(os.path.join(results_dir, "study.md"), "w") as f:
+        f.write(text)
+    return text
+
+
 def write_tables(args) -> tuple[dict, str]:
     """Regenerate the table of ``args.table`` from the run files; returns the summary and the Markdown path."""
     runs = [r for r in load_runs(args.results_dir, args.recipe) if r["run"] in TABLES[args.table]]
@@ -450,10 +457,7 @@ def main(argv=None):
     args, passthrough = parse_args(argv)
     env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
     if args.study_report:
-        text = study_report(args.results_dir)
-        with open(os.path.join(args.results_dir, "study.md"), "w") as f:
-            f.write(text)
-        print(text)
+        print(write_study_report(args.results_dir))
         return None
     if not args.tables_only:
         # seed-major: the first seed of every cell first, so a partial table is as wide as possible
@@ -478,8 +482,7 @@ def main(argv=None):
                     print(f"[compare] done in {wall:.0f} s -> {path}", flush=True)
                     write_tables(args)
                     if args.recipe.startswith("study_"):
-                        with open(os.path.join(args.results_dir, "study.md"), "w") as f:
-                            f.write(study_report(args.results_dir))
+                        write_study_report(args.results_dir)
     if args.dry_run:
         return None
     summary, markdown_path = write_tables(args)
