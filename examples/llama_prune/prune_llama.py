@@ -8,7 +8,10 @@ uniform DMS model, baselines matched within 1 %, and the same recovery budget):
 - ``dense``: the unpruned model, evaluated on the same windows in the same run;
 - ``DMS``: DMS search (``DMSTrainer`` + ``DMSCallback``, structure-only on the frozen model by default) exported as a
   stock ``LlamaForCausalLM``; ``DMS per-layer``: the non-uniform search exported as ``dms_llama``
-  (``DMSLlamaForCausalLM.from_pruned``), with ``--dms_variants uniform per_layer``;
+  (``DMSLlamaForCausalLM.from_pruned``), with ``--dms_variants uniform per_layer``; before either export
+  ``DMSPruner.meet_target`` snaps the keep ratios to counts at or just below the target (``--export_rule target``,
+  the default; ``paper``: the paper's hard mask ``c' ≥ 1 − e``, which keeps ``floor(N·e) + 1`` elements per row and
+  overshoots for coarse kinds such as SmolLM2's 3 KV groups; ``docs/dms.md``, "## Exact-target export");
 - ``magnitude`` (L2) and ``taylor`` (one-shot first-order Taylor, LLM-Pruner-style): uniform heads + MLP channels;
 - every pruned model before recovery ("pruning only") and after ``--recovery_steps`` of fine-tuning on War and
   Peace. Evaluation: WikiText-2 test perplexity (``hf_dynamic.perplexity``) on the first ``--eval_windows``
@@ -77,6 +80,8 @@ sys.path.insert(0, os.path.join(REPO, "examples", "glue"))
 from compare import machine_info, write_json_atomic  # noqa: E402  (examples/glue/compare.py: shared run records)
 
 VARIANTS = {"uniform": ("dms", "DMS"), "per_layer": ("dms_per_layer", "DMS per-layer")}  # key, row name
+# Settings added after runs were recorded, with the behaviour those runs had (a run_args.json without the key).
+SETTINGS_ADDED_LATER = {"export_rule": "paper"}
 FIXED_SIZES = {"max_search_steps": 300, "recovery_steps": 300, "eval_windows": 0}  # --budget_minutes 0
 DEVICE_BATCH = {"cpu": 1, "cuda": 8}
 TIMING_KEYS = ("seconds", "search_s", "prune_s", "recovery_s", "finished")
@@ -103,6 +108,9 @@ def parse_args(argv=None):
     p.add_argument("--seq_len", type=int, default=1024, help="tokens per search / recovery / calibration sample")
     p.add_argument("--channel_multiple", type=int, default=8,
                    help="exported MLP / hidden widths are multiples of this (GPU-friendly shapes)")
+    p.add_argument("--export_rule", choices=["target", "paper"], default="target",
+                   help="target: DMSPruner.meet_target() before export (R_hard <= target, as close as one MLP "
+                        "channel step allows); paper: the hard mask c' >= 1 - e as searched (floor(N e) + 1 kept)")
     p.add_argument("--keep_ratio_lr", type=float, default=None, help="default min(0.05, max(1e-2, 2 / search steps))")
     p.add_argument("--weight_lr", type=float, default=1e-5, help="weights' lr in --search_mode joint")
     p.add_argument("--resource_weight", type=float, default=5.0, help="initial w of the resource loss")
@@ -571,7 +579,7 @@ def check_resume(args, output_dir):
     path = os.path.join(output_dir, "run_args.json")
     if os.path.exists(path):
         with open(path) as f:
-            before = json.load(f)
+            before = {**SETTINGS_ADDED_LATER, **json.load(f)}
         changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
         if changed:
             raise ValueError(f"{output_dir} holds a run with other settings ({', '.join(changed)}); use another "
@@ -641,6 +649,8 @@ def run_stages(pipe, args, path, tokenizer, wiki_ids, blocks, full_windows):
             pruner, callback = dms_search(model, blocks, variant, sizes["max_search_steps"], sizes["keep_ratio_lr"],
                                           args)
             search_s = time.perf_counter() - t0
+            searched = pruner.summary()
+            fit = pruner.meet_target() if args.export_rule == "target" else None
             if variant == "per_layer":
                 from hf_dynamic import DMSLlamaForCausalLM
 
@@ -653,6 +663,7 @@ def run_stages(pipe, args, path, tokenizer, wiki_ids, blocks, full_windows):
             save_model(pruned, tokenizer, os.path.join(args.output_dir, f"{key}_pruned"))
             return {"model_dir": os.path.join(args.output_dir, f"{key}_pruned"), "params": params_of(pruned),
                     "search_s": search_s, "steps": sizes["max_search_steps"], "summary": summary,
+                    "searched_summary": searched, "meet_target": fit, "export_rule": args.export_rule,
                     "history": callback.history}
         return stage
 
@@ -875,6 +886,9 @@ def report(pipe, state):
         "rows": rows, "stage_seconds": stage_seconds, "total_stage_seconds": sum(stage_seconds.values()),
         "targets": targets_check(rows, stage_seconds),
         "search_log": {s: pipe.load(s)["history"] for s in stage_files if s.startswith("search_")},
+        "exports": {s: {"rule": pipe.load(s).get("export_rule", "paper"), "meet_target": pipe.load(s).get("meet_target"),
+                        "resource_hard": pipe.load(s)["summary"].get("resource_hard")}
+                    for s in stage_files if s.startswith("search_")},
     }
     os.makedirs(args.results_dir, exist_ok=True)
     write_json_atomic(os.path.join(args.results_dir, "results.json"), results)
@@ -955,6 +969,17 @@ def markdown(results):
             lines += ["", "## Speed (each model in a fresh process, same threads)", ""]
             lines += md_table(rows, ["model"] + speed_cols + [c for c in rows[-1] if c.startswith(
                 ("prefill_speedup", "flop_reduction", "speedup_over"))])
+    exports = results.get("exports") or {}
+    if exports:
+        lines += ["", "## Export rule", ""]
+        for stage, e in exports.items():
+            fit = e.get("meet_target")
+            if fit:
+                lines.append(f"- {stage}: `meet_target` (exact target): hard resource {fit['before']:.4f} (paper's "
+                             f"rule c' ≥ 1 − e) → {fit['after']:.4f} for target {fit['target']:.2f}")
+            else:
+                lines.append(f"- {stage}: the paper's hard mask c' ≥ 1 − e (floor(N·e) + 1 elements kept), hard "
+                             f"resource {e['resource_hard']:.4f}")
     lines += ["", "## Targets (measured, not goals)", ""]
     lines += [f"- {k}: {fmt(v, 'ratio')}" for k, v in results["targets"].items()]
     lines += ["", "## Stage times", ""]

@@ -506,6 +506,117 @@ class DMSPruner(nn.Module):
         out.update(self.last_losses)
         return out
 
+    @torch.no_grad()
+    def meet_target(self, target: float | None = None) -> dict:
+        """Snap every keep ratio to a whole count so that the hard masks (and so the export) meet ``target`` (default
+        :attr:`target`) from below, as closely as the finest searched kind allows (``docs/dms.md``, "## Exact-target
+        export"). Call it after the search, before exporting; without it the export follows the paper's rule.
+
+        Why: the paper's hard mask keeps element ``i`` when ``c'_i ≥ 1 − e``, i.e. ``floor(N·e) + 1`` elements per
+        row, on average half an element more than the ``N·e`` the resource loss drove to the target. For coarse
+        kinds that overshoots (3 KV groups at ``e = 0.76`` keep 3, not 2.28: SmolLM2-135M at target 0.8 exported
+        at 0.818). Steps:
+
+        1. every kind keeps ``round(N·e)`` elements per row (at least one);
+        2. the finest searched kind (MLP channels, else hidden channels) gives up, then takes back, one rounding
+           step (``channel_multiple`` channels; for hidden channels in uniform mode the multiple of the kept query
+           heads) at a time, in the row whose next element the search wanted least (lowest soft-mask value; every
+           row at once when its keep ratio is shared), until ``R_hard ≤ target`` and one more step would exceed
+           it.
+
+        The keep ratios are set with :meth:`~hf_dynamic.core.topk.DifferentiableTopK.set_keep_count`, so the
+        hard-masked model and every export agree. Returns ``{"target", "before", "after", "counts"}``: the hard
+        resource ratios before / after and the kept counts per kind (lists over rows).
+        """
+        t = self.target if target is None else float(target)
+        if not 0.0 < t < 1.0:
+            raise ValueError(f"target must be a fraction in (0, 1), got {t!r}")
+        before = float(self.resource_ratio(hard=True))
+        fine = "mlp" if "mlp" in self.topk else "hidden" if "hidden" in self.topk else None
+        wanted = self.topk[fine].soft_mask().sort(dim=-1, descending=True).values if fine else None
+        for kind in ("layers", "heads", "mlp", "hidden"):  # heads before hidden: the hidden multiple depends on them
+            if kind not in self.topk:
+                continue
+            op = self.topk[kind]
+            counts = torch.round(op.clamped_keep_ratio() * op.num_elements).clamp(1, op.num_elements)
+            if kind == "mlp":
+                counts = _round_counts(counts, self.channel_multiple, self.intermediate_size)
+            op.set_keep_count(counts)
+            if kind == "hidden":  # what the hard mask's rounding makes of it, so that the threshold alone keeps it
+                op.set_keep_count(int(self.masks("hard")["hidden"].sum()))
+        if fine is not None:
+            self._fit_fine_kind(fine, t, wanted)
+        after = float(self.resource_ratio(hard=True))
+        if after > t:
+            logger.warning(
+                "meet_target(%.4f): the hard resource stays at %.4f with %s at their fewest elements; search longer or "
+                "prune more kinds", t, after, fine or "every kind rounded",
+            )
+        logger.info("meet_target(%.4f): hard resource %.4f -> %.4f", t, before, after)
+        counts = {kind: op.kept_counts().tolist() for kind, op in self.topk.items()}
+        hard = self.masks("hard")
+        if "hidden" in hard:
+            counts["hidden"] = int(hard["hidden"].sum())
+        if "mlp" in hard:
+            counts["mlp"] = hard["mlp"].sum(-1).long().tolist()
+        return {"target": t, "before": before, "after": after, "counts": counts}
+
+    def _fit_fine_kind(self, kind: str, target: float, wanted: torch.Tensor) -> None:
+        """Step 2 of :meth:`meet_target`: move ``kind``'s counts by one rounding step at a time (rows chosen by
+        ``wanted``, the pre-snap soft mask sorted in descending order per row)."""
+        op = self.topk[kind]
+        n = op.num_elements
+        if kind == "mlp":
+            step = self.channel_multiple if self.channel_multiple <= n else n
+            top = (n // step) * step
+            hard = self.masks("hard")
+            present = hard["mlp_block"] > 0.5 if "mlp_block" in hard else torch.ones(self.num_layers, dtype=torch.bool)
+        else:
+            heads = int(self.masks("hard")["heads_q"][0].sum()) if self.uniform and "heads" in self.topk else 1
+            step = math.lcm(self.channel_multiple, heads)
+            step = step if step <= n else n
+            top = (n // step) * step
+            present = torch.ones((), dtype=torch.bool)
+        counts = op.kept_counts().reshape(-1)
+        wanted = wanted.reshape(-1, n)
+        present = present.reshape(-1).to(counts.device)
+        shared = op.keep_ratio.dim() == 0
+
+        def ratio(new_counts):
+            op.set_keep_count(new_counts[0] if shared else new_counts.reshape(op.keep_ratio.shape))
+            return float(self.resource_ratio(hard=True))
+
+        def pick(movable, values):
+            if shared:
+                return 0 if bool(movable.all()) else None
+            rows = torch.nonzero(movable & present).flatten()
+            return None if rows.numel() == 0 else int(rows[torch.argmin(values[rows])])
+
+        def move(row, delta):
+            new = counts.clone()
+            if shared:
+                new += delta
+            else:
+                new[row] += delta
+            return new
+
+        while ratio(counts) > target:  # give up the least wanted kept elements
+            lowest = wanted.gather(1, (counts - 1).clamp(0, n - 1).unsqueeze(1)).squeeze(1)
+            row = pick(counts - step >= step, lowest)
+            if row is None:
+                break
+            counts = move(row, -step)
+        while True:  # take back the most wanted dropped ones while the target holds
+            nxt = wanted.gather(1, counts.clamp(0, n - 1).unsqueeze(1)).squeeze(1)
+            row = pick(counts + step <= top, -nxt)
+            if row is None:
+                break
+            new = move(row, step)
+            if ratio(new) > target:
+                break
+            counts = new
+        ratio(counts)
+
     def hard_structure(self) -> HardStructure:
         """Indices kept by the hard masks (the structure an export builds)."""
         masks = self.masks("hard")

@@ -42,3 +42,7 @@ def test_prune_llama_example_runs(tmp_path):
     reloaded = LlamaForCausalLM.from_pretrained(out / "dms_model")
     assert reloaded.num_parameters() == dms["params"]
     assert torch.isfinite(torch.tensor([r["ppl"] for r in results["rows"]])).all()
+    fit = saved["exports"]["search_uniform"]["meet_target"]  # the default --export_rule target
+    assert fit["after"] <= fit["before"]
+    assert dms["params"] == round(fit["after"] * saved["rows"][0]["params"])  # the export is what meet_target left
+    assert "## Export rule" in (out / "results.md").read_text()
