@@ -566,17 +566,16 @@ class DMSPruner(nn.Module):
         ``wanted``, the pre-snap soft mask sorted in descending order per row)."""
         op = self.topk[kind]
         n = op.num_elements
+        hard = self.masks("hard")
         if kind == "mlp":
-            step = self.channel_multiple if self.channel_multiple <= n else n
-            top = (n // step) * step
-            hard = self.masks("hard")
+            step = self.channel_multiple
             present = hard["mlp_block"] > 0.5 if "mlp_block" in hard else torch.ones(self.num_layers, dtype=torch.bool)
         else:
-            heads = int(self.masks("hard")["heads_q"][0].sum()) if self.uniform and "heads" in self.topk else 1
-            step = math.lcm(self.channel_multiple, heads)
-            step = step if step <= n else n
-            top = (n // step) * step
+            step = math.lcm(self.channel_multiple, int(hard["heads_q"][0].sum()) if self.uniform and "heads_q" in hard
+                            else 1)
             present = torch.ones((), dtype=torch.bool)
+        step = min(step, n)
+        top = (n // step) * step
         counts = op.kept_counts().reshape(-1)
         wanted = wanted.reshape(-1, n)
         present = present.reshape(-1).to(counts.device)
