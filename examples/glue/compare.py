@@ -425,23 +425,27 @@ def write_study_report(results_dir: str) -> str:
 
 
 def write_tables(args) -> tuple[dict, str]:
-    """Regenerate the table of ``args.table`` from the run files; returns the summary and the Markdown path."""
+    """Regenerate the table of ``args.table`` from the run files; returns the summary and the Markdown path.
+
+    The table has every task of the recipe (and any other ``--tasks``): ``--tasks`` chooses what to run, not what
+    the table shows."""
+    tasks = list(dict.fromkeys([*RECIPES.get(args.recipe, {}), *args.tasks]))
     runs = [r for r in load_runs(args.results_dir, args.recipe) if r["run"] in TABLES[args.table]]
     machine = _machines(runs)
     base = os.path.join(args.results_dir, f"{args.table}_table" + ("" if args.recipe == "naive" else
                                                                    f"_{args.recipe}"))
     if args.table in ("pad", "pemn"):
-        summary = summarise_pad(runs, TABLES[args.table], args.tasks)
-        text = markdown_pad(summary, args.tasks, args.recipe, machine, title="PAD-Net GLUE table" if
+        summary = summarise_pad(runs, TABLES[args.table], tasks)
+        text = markdown_pad(summary, tasks, args.recipe, machine, title="PAD-Net GLUE table" if
                             args.table == "pad" else "PEMN on the MiniLM encoder (masks over random weights), GLUE table")
         if args.table == "pemn":
             text += markdown_pemn_storage(runs)
     else:
-        summary = summarise_exit(runs, args.tasks)
-        text = markdown_exit(summary, args.tasks, args.recipe, machine)
-        for task in args.tasks:
+        summary = summarise_exit(runs, tasks)
+        text = markdown_exit(summary, tasks, args.recipe, machine)
+        for task in tasks:
             plot_exit(summary, task, f"{base}_{task}.png")
-    write_json_atomic(base + ".json", {"recipe": args.recipe, "tasks": args.tasks, "machine": machine,
+    write_json_atomic(base + ".json", {"recipe": args.recipe, "tasks": tasks, "machine": machine,
                                        "summary": summary})
     with open(base + ".md", "w") as f:
         f.write(text)

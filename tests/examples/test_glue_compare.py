@@ -71,15 +71,17 @@ def test_pad_table_from_partial_runs_has_mean_std_n_and_no_average_until_complet
     for seed, value in zip((1, 2, 3), (0.60, 0.64, 0.59)):
         write_run(results_dir, "rte", "dense", seed, value)
     write_run(results_dir, "mrpc", "dense", 1, 0.86)
+    write_run(results_dir, "cola", "dense", 1, 0.30)
     write_run(results_dir, "rte", "pad_neuron", 1, 0.62)
-    args, _ = compare.parse_args(["--table", "pad", "--results_dir", results_dir, "--tasks", "rte", "mrpc"])
+    # --tasks chooses what runs; the table keeps every task of the recipe
+    args, _ = compare.parse_args(["--table", "pad", "--results_dir", results_dir, "--tasks", "mrpc"])
     summary, markdown_path = compare.write_tables(args)
     rte = summary["dense"]["tasks"]["rte"]
     assert rte["n"] == 3
     assert rte["mean"] == pytest.approx(100 * statistics.mean([0.60, 0.64, 0.59]))
     assert rte["std"] == pytest.approx(100 * statistics.stdev([0.60, 0.64, 0.59]))
-    assert summary["dense"]["average"] == pytest.approx((rte["mean"] + 86.0) / 2)
-    assert summary["pad_neuron"]["average"] is None  # MRPC missing
+    assert summary["dense"]["average"] == pytest.approx((rte["mean"] + 86.0 + 30.0) / 3)
+    assert summary["pad_neuron"]["average"] is None  # MRPC and CoLA missing
     assert summary["pad_neuron"]["tasks"]["rte"]["std"] == 0.0
     assert summary["moe"]["tasks"] == {}
     text = open(markdown_path).read()
@@ -92,12 +94,15 @@ def test_exit_table_difference_per_exit_and_plot(tmp_path):
     write_run(results_dir, "rte", "boosted", 1, 0.6, exits=[0.55, 0.60])
     write_run(results_dir, "rte", "boosted", 2, 0.6, exits=[0.57, 0.62])
     write_run(results_dir, "rte", "joint", 1, 0.6, exits=[0.53, 0.61])
+    for name, exits in (("boosted", [0.80, 0.84]), ("joint", [0.80, 0.81])):
+        write_run(results_dir, "mrpc", name, 1, exits[-1], exits=exits)
+        write_run(results_dir, "cola", name, 1, 0.3, exits=[0.2, 0.3])
     args, _ = compare.parse_args(["--table", "exit", "--results_dir", results_dir, "--tasks", "rte"])
     summary, markdown_path = compare.write_tables(args)
     cell = summary["tasks"]["rte"][1]
     assert cell["boosted"]["n"] == 2 and cell["joint"]["n"] == 1
     assert cell["diff"] == pytest.approx(100 * (0.56 - 0.53))
-    assert summary["average"][2]["diff"] == pytest.approx(100 * (0.61 - 0.61))
+    assert summary["average"][2]["diff"] == pytest.approx(100 * ((0.61 - 0.61) + (0.84 - 0.81) + 0) / 3)
     assert os.path.isfile(os.path.join(results_dir, "exit_table_rte.png"))
     assert "| 1 | 56.0 ± 1.4 (n=2) | 53.0 ± 0.0 (n=1) | +3.0 |" in open(markdown_path).read()
 
