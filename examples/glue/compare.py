@@ -429,7 +429,7 @@ def write_tables(args) -> tuple[dict, str]:
 
     The table has every task of the recipe (and any other ``--tasks``): ``--tasks`` chooses what to run, not what
     the table shows."""
-    tasks = list(dict.fromkeys([*RECIPES.get(args.recipe, {}), *args.tasks]))
+    tasks = list(dict.fromkeys([*RECIPES[args.recipe], *args.tasks]))
     runs = [r for r in load_runs(args.results_dir, args.recipe) if r["run"] in TABLES[args.table]]
     machine = _machines(runs)
     base = os.path.join(args.results_dir, f"{args.table}_table" + ("" if args.recipe == "naive" else

@@ -872,6 +872,7 @@ def report(pipe, state):
     rows = collect_rows(pipe, args, state["path"])
     stage_files = sorted(f[:-5] for f in os.listdir(pipe.dir) if f.endswith(".json"))
     stage_seconds = {s: pipe.load(s)["seconds"] for s in stage_files}
+    searches = {s: pipe.load(s) for s in stage_files if s.startswith("search_")}
     results = {
         "study": "DMS vs magnitude vs Taylor on SmolLM2, 2-core CPU",
         "model_path": state["path"], "target": args.target,
@@ -885,10 +886,9 @@ def report(pipe, state):
                              "tokens (the plan's eval_windows × window), non-overlapping windows"},
         "rows": rows, "stage_seconds": stage_seconds, "total_stage_seconds": sum(stage_seconds.values()),
         "targets": targets_check(rows, stage_seconds),
-        "search_log": {s: pipe.load(s)["history"] for s in stage_files if s.startswith("search_")},
-        "exports": {s: {"rule": pipe.load(s).get("export_rule", "paper"), "meet_target": pipe.load(s).get("meet_target"),
-                        "resource_hard": pipe.load(s)["summary"].get("resource_hard")}
-                    for s in stage_files if s.startswith("search_")},
+        "search_log": {s: d["history"] for s, d in searches.items()},
+        "exports": {s: {"rule": d.get("export_rule", "paper"), "meet_target": d.get("meet_target"),
+                        "resource_hard": d["summary"].get("resource_hard")} for s, d in searches.items()},
     }
     os.makedirs(args.results_dir, exist_ok=True)
     write_json_atomic(os.path.join(args.results_dir, "results.json"), results)

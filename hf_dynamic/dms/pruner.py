@@ -553,12 +553,8 @@ class DMSPruner(nn.Module):
                 "prune more kinds", t, after, fine or "every kind rounded",
             )
         logger.info("meet_target(%.4f): hard resource %.4f -> %.4f", t, before, after)
+        # every count is now what the threshold alone keeps (multiples already rounded), so kept_counts is exact
         counts = {kind: op.kept_counts().tolist() for kind, op in self.topk.items()}
-        hard = self.masks("hard")
-        if "hidden" in hard:
-            counts["hidden"] = int(hard["hidden"].sum())
-        if "mlp" in hard:
-            counts["mlp"] = hard["mlp"].sum(-1).long().tolist()
         return {"target": t, "before": before, "after": after, "counts": counts}
 
     def _fit_fine_kind(self, kind: str, target: float, wanted: torch.Tensor) -> None:

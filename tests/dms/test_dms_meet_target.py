@@ -82,9 +82,11 @@ def test_per_layer_trims_the_least_wanted_rows_and_exports_as_dms_llama():
 @pytest.mark.parametrize("uniform", [True, False])
 def test_channel_multiple_is_kept(uniform):
     _, pruner = searched(uniform, {"heads": 0.75, "mlp": 0.66, "hidden": 0.8, "layers": 1.0}, channel_multiple=8)
-    pruner.meet_target()
+    report = pruner.meet_target()
     assert float(pruner.resource_ratio(hard=True)) <= pruner.target
     s = pruner.hard_structure()
+    assert report["counts"]["mlp"] == [c.numel() for c in s.mlp_channels]
+    assert report["counts"]["hidden"] == s.hidden.numel()
     assert all(c.numel() % 8 == 0 for c in s.mlp_channels) and s.hidden.numel() % 8 == 0
     assert all(step_exceeds(pruner, "mlp", 8))
 
