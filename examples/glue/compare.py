@@ -95,6 +95,11 @@ STUDY = {
     "imp32": (["--imp_num_batches", "32"], "IMP scores 32 batches per round (naive: 8)"),
     "snip": (["--imp_score", "snip"], "IMP's SNIP score (naive: gradient variance)"),
     "jitter0.1": (["--moe_router_jitter_noise", "0.1"], "router input jitter 0.1 in training (expert diversity)"),
+    # the naive IMP score ("auto") is the gradient variance because the experts start tied; once they are dropped
+    # apart "auto" would switch to SNIP, so the score is pinned to keep this a one-change row
+    "drop0.1": (["--moe_drop_upcycling", "0.1", "--imp_score", "grad_variance"],
+                "Drop-Upcycling: 10 % of every expert's neurons re-initialised after upcycling (expert diversity; "
+                "IMP score pinned to the naive's gradient variance)"),
 }
 for _name, (_flags, _why) in STUDY.items():
     RECIPES[f"study_{_name}"] = {task: (RECIPES["naive"][task][0] + _flags,

@@ -25,6 +25,8 @@ class Arguments:
     moe_router_aux_loss_coef: float = field(default=0.01, metadata={"help": "Weight of the load-balancing loss"})
     moe_router_jitter_noise: float = field(default=0.0, metadata={"help": "Router input jitter in training"})
     moe_router_noise_std: float = field(default=0.0, metadata={"help": "Router logit noise std in training"})
+    moe_drop_upcycling: float = field(default=0.0, metadata={
+        "help": "Drop-Upcycling: share of d_ff neurons re-initialised in every expert after upcycling (0: off)"})
     pad_dynamic_ratio: float = field(default=0.5, metadata={"help": "κ, the dynamic fraction (pad_moe)"})
     pad_granularity: str = field(default="element", metadata={"help": "element (the paper) or neuron (structured)"})
     imp_iterations: int = field(default=2, metadata={"help": "IMP rounds T (kept fraction κ^((t+1)/T))"})
@@ -48,13 +50,16 @@ def build_model(variant, script_args, args, num_labels, problem_type):
     from hf_dynamic.assets import minilm_path
 
     path = script_args.model_name_or_path or str(minilm_path())
-    return PartialMoEBertForSequenceClassification.from_dense(
+    model = PartialMoEBertForSequenceClassification.from_dense(
         path, num_labels=num_labels, problem_type=problem_type, num_experts=args.moe_num_experts,
         num_experts_per_tok=args.moe_top_k, moe_layers=_moe_layers(args),
         router_aux_loss_coef=args.moe_router_aux_loss_coef, router_jitter_noise=args.moe_router_jitter_noise,
         router_noise_std=args.moe_router_noise_std,
         dynamic_ratio=1.0 if variant == "moe" else args.pad_dynamic_ratio,
         partition_granularity=args.pad_granularity)
+    if args.moe_drop_upcycling > 0:  # torch's global RNG, seeded by run_glue's set_seed(--seed) before this call
+        model.drop_upcycle_(args.moe_drop_upcycling)
+    return model
 
 
 def make_callbacks(variant, script_args, args):
@@ -116,7 +121,8 @@ def after_training(variant, script_args, args, trainer, eval_datasets, task):
         "moe": {"num_experts": config.num_experts, "top_k": config.num_experts_per_tok,
                 "dynamic_ratio": config.dynamic_ratio, "granularity": config.partition_granularity,
                 "pad_state": config.pad_state, "expert_spread": expert_spread(model),
-                "router_lr_scale": args.router_lr_scale, "lambda_lr_scale": args.lambda_lr_scale},
+                "router_lr_scale": args.router_lr_scale, "lambda_lr_scale": args.lambda_lr_scale,
+                "drop_upcycling": args.moe_drop_upcycling},
     }
     if variant == "pad_moe":
         layers = pad_layers(model)

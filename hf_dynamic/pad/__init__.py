@@ -3,6 +3,7 @@
 - :mod:`hf_dynamic.pad.interface`: the partially dynamic layer interface IMP works through;
 - :mod:`hf_dynamic.pad.layers`: the partially dynamic MoE FFN (static + dynamic experts, λ, masks, compaction);
 - :mod:`hf_dynamic.pad.layouts`: its storage layouts (plain MoE, masked, finalised element / neuron mode);
+- :mod:`hf_dynamic.pad.upcycling`: Drop-Upcycling, expert diversity right after upcycling;
 - :mod:`hf_dynamic.pad.experts`: the routed-experts computation (transformers' expert kernels, eager reference);
 - :mod:`hf_dynamic.pad.conv`: dynamic convolution (Dynamic Convolution, CondConv) and its partially dynamic
   version (``DynamicConv2d``, ``PartialDynamicConv2d``); :mod:`hf_dynamic.pad.temperature`: the temperature schedule;

@@ -52,6 +52,7 @@ from ...core.routing import TopKRouter, load_balancing_loss
 from ...pad.experts import EXPERTS_IMPLEMENTATION, register_experts_implementation
 from ...pad.checks import CheckedCheckpointMixin, check_layer_against_config
 from ...pad.layers import PARTS, PartialDynamicFFN
+from ...pad.upcycling import drop_upcycle_
 from ...sharing import HubSharingMixin
 from .configuration_partial_moe_bert import PartialMoEBertConfig
 
@@ -310,6 +311,12 @@ class PartialMoEBertPreTrainedModel(HubSharingMixin, CheckedCheckpointMixin, Ber
     def pad_layers(self) -> list[PartialDynamicFFN]:
         """The model's PAD/MoE FFN layers, in depth order."""
         return [m for m in self.modules() if isinstance(m, PartialDynamicFFN)]
+
+    def drop_upcycle_(self, ratio: float, generator: torch.Generator | None = None) -> int:
+        """Drop-Upcycling (``docs/pad.md``, "## Drop-Upcycling"): re-initialise a random ``ratio`` of the ``d_ff``
+        neurons in every expert, in place, after :meth:`from_dense` and before IMP finalises the layers
+        (:func:`hf_dynamic.pad.upcycling.drop_upcycle_`). Returns the neurons re-initialised per expert."""
+        return drop_upcycle_(self.pad_layers(), ratio, generator)
 
     def clear_cache(self) -> None:
         """Drop every PAD layer's inference cache (:meth:`PartialDynamicFFN.clear_cache`): call it after writing
