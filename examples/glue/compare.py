@@ -85,8 +85,8 @@ RECIPES = {
     },
 }
 # The recipe study (issue: once the first naive seed is in, study why upcycling gains nothing): each study recipe
-# is the naive one with ONE change, run on RTE and MRPC (first the fastest PAD variant, `--runs pad_neuron`), and
-# `--study_report` tables every study recipe's runs against the naive ones of the same seeds.
+# is the naive one with ONE change to the MoE/PAD runs, run on RTE and MRPC (first the fastest PAD variant,
+# `--runs pad_neuron`), and `--study_report` tables every study recipe's runs against the naive ones of the same seeds.
 STUDY = {
     "router_lr10": (["--router_lr_scale", "10"], "routers at 10 × the lr (new parameters next to pre-trained ones)"),
     "lambda_lr10": (["--lambda_lr_scale", "10"], "λ (φ) at 10 × the lr"),
@@ -101,9 +101,13 @@ STUDY = {
                 "Drop-Upcycling: 10 % of every expert's neurons re-initialised after upcycling (expert diversity; "
                 "IMP score pinned to the naive's gradient variance)"),
 }
+# The runs built by variant_pad.py (an upcycled MoE): a derived recipe's flags (MOE_ONLY) reach only these.
+MOE_RUNS = ("moe", "pad_element", "pad_neuron")
+# derived recipe -> the flags it adds to the MoE/PAD runs of its base tasks, and why
+MOE_ONLY: dict[str, tuple[list[str], str]] = {}
 for _name, (_flags, _why) in STUDY.items():
-    RECIPES[f"study_{_name}"] = {task: (RECIPES["naive"][task][0] + _flags,
-                                        RECIPES["naive"][task][1] + f"; study: {_why}") for task in ("rte", "mrpc")}
+    RECIPES[f"study_{_name}"] = {task: RECIPES["naive"][task] for task in ("rte", "mrpc")}
+    MOE_ONLY[f"study_{_name}"] = (_flags, f"study: {_why}")
 
 # The PEMN data point (issue: PEMN on the MiniLM encoder, a few minutes of fine-tuning): SST-2, where a
 # bag-of-words signal lets masks over random weights learn something; dense and PEMN on the same first rows.
@@ -157,12 +161,37 @@ def run_file(results_dir, recipe, task, run, seed) -> str:
     return os.path.join(results_dir, recipe, task, f"{run}-s{seed}.json")
 
 
+def run_flags(recipe: str, task: str, run: str) -> list[str]:
+    """The run_glue.py flags of one run under ``recipe``: the task's flags, the recipe's MoE-only flags for an MoE
+    run, then the run's own flags (last: they override the recipe's, e.g. PEMN's lr)."""
+    flags = list(RECIPES[recipe][task][0])
+    if run in MOE_RUNS and recipe in MOE_ONLY:
+        flags += MOE_ONLY[recipe][0]
+    return flags + RUNS[run][1]
+
+
+def run_reason(recipe: str, task: str, run: str) -> str:
+    """The recipe's reason for its epochs (and, for an MoE run of a derived recipe, for its added flags)."""
+    reason = RECIPES[recipe][task][1]
+    if run in MOE_RUNS and recipe in MOE_ONLY:
+        reason += "; " + MOE_ONLY[recipe][1]
+    return reason
+
+
+def home_recipe(recipe: str, task: str, run: str) -> str:
+    """The recipe whose folder holds this run: the first recipe (in :data:`RECIPES` order) that runs ``task`` with
+    exactly the same flags. A derived recipe's dense and early-exit runs are the naive ones (its flags reach only
+    the MoE runs), so they are run once and every table that needs them reads the same files."""
+    flags = run_flags(recipe, task, run)
+    return next(name for name in RECIPES if task in RECIPES[name] and run_flags(name, task, run) == flags)
+
+
 def command(args, task, run, seed, passthrough) -> list[str]:
-    variant, flags = RUNS[run]
-    recipe_flags, _ = RECIPES[args.recipe][task]
+    variant = RUNS[run][0]
+    home = home_recipe(args.recipe, task, run)
     cmd = [sys.executable, os.path.join(HERE, "run_glue.py"), "--task", task, "--variant", variant,
-           "--seed", str(seed), "--output_dir", os.path.join(args.work_dir, args.recipe, task, run, f"s{seed}"),
-           *recipe_flags, *flags]  # the run's own flags last: they override the recipe's (e.g. PEMN's lr)
+           "--seed", str(seed), "--output_dir", os.path.join(args.work_dir, home, task, run, f"s{seed}"),
+           *run_flags(args.recipe, task, run)]
     if run not in TABLES["exit"]:  # the early-exit models are kept for the speed benchmark; the others are not
         cmd += ["--save_model", "false"]
     if args.device == "cpu":
@@ -207,13 +236,14 @@ def run_record(args, task, run, seed, cmd, eval_results: dict, wall_s: float) ->
     """One run file's content: the run's identity, recipe, machine, commit and what run_glue.py measured."""
     metrics = eval_results["metrics"]
     split = next(iter(metrics))
+    home = home_recipe(args.recipe, task, run)
     record = {
-        "task": task, "run": run, "seed": seed, "recipe": args.recipe, "split": split,
+        "task": task, "run": run, "seed": seed, "recipe": home, "split": split,
         "main_metric_name": MAIN_METRIC[task], "main_metric": metrics[split][MAIN_METRIC[task]],
         "metrics": metrics, "num_parameters": eval_results.get("num_parameters"),
         "num_parameters_active": eval_results.get("num_parameters_active", eval_results.get("num_parameters")),
         "train_runtime_s": eval_results.get("train_runtime_s"), "wall_s": wall_s,
-        "epochs_reason": RECIPES[args.recipe][task][1],
+        "epochs_reason": run_reason(home, task, run),
         "command": " ".join(["python", os.path.relpath(cmd[1], REPO), *cmd[2:]]),
         "machine": machine_info(args.device), "commit": git_commit(),
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -237,6 +267,22 @@ def load_runs(results_dir: str, recipe: str) -> list[dict]:
             except json.JSONDecodeError as error:
                 raise ValueError(f"run file {path} is not valid JSON: {error}") from None
     return runs
+
+
+def load_recipe_runs(results_dir: str, recipe: str, tasks, run_names) -> tuple[list[dict], dict]:
+    """The run files a table of ``recipe`` shows: each (task, run) read from its :func:`home_recipe` folder.
+    Returns the runs and ``{home recipe: [run names]}`` for the runs another recipe's folder holds."""
+    homes: dict[str, set] = {}
+    for task in tasks:
+        for run in run_names:
+            if task in RECIPES[recipe]:
+                homes.setdefault(home_recipe(recipe, task, run), set()).add((task, run))
+    runs, shared = [], {}
+    for home, cells in homes.items():
+        runs += [r for r in load_runs(results_dir, home) if (r["task"], r["run"]) in cells]
+        if home != recipe:
+            shared[home] = sorted({run for _, run in cells}, key=list(run_names).index)
+    return runs, shared
 
 
 def mean_std(values: list[float]) -> dict:
@@ -435,7 +481,7 @@ def write_tables(args) -> tuple[dict, str]:
     The table has every task of the recipe (and any other ``--tasks``): ``--tasks`` chooses what to run, not what
     the table shows."""
     tasks = list(dict.fromkeys([*RECIPES[args.recipe], *args.tasks]))
-    runs = [r for r in load_runs(args.results_dir, args.recipe) if r["run"] in TABLES[args.table]]
+    runs, shared = load_recipe_runs(args.results_dir, args.recipe, tasks, TABLES[args.table])
     machine = _machines(runs)
     base = os.path.join(args.results_dir, f"{args.table}_table" + ("" if args.recipe == "naive" else
                                                                    f"_{args.recipe}"))
@@ -450,8 +496,11 @@ def write_tables(args) -> tuple[dict, str]:
         text = markdown_exit(summary, tasks, args.recipe, machine)
         for task in tasks:
             plot_exit(summary, task, f"{base}_{task}.png")
+    if shared:
+        text += "\nShared runs (the same command, so one run file serves both recipes): " + "; ".join(
+            f"{', '.join(names)} from recipe `{home}`" for home, names in shared.items()) + ".\n"
     write_json_atomic(base + ".json", {"recipe": args.recipe, "tasks": tasks, "machine": machine,
-                                       "summary": summary})
+                                       "shared_runs": shared, "summary": summary})
     with open(base + ".md", "w") as f:
         f.write(text)
     return summary, base + ".md"
@@ -473,7 +522,7 @@ def main(argv=None):
         for seed in args.seeds:
             for task in args.tasks:
                 for run in args.runs:
-                    path = run_file(args.results_dir, args.recipe, task, run, seed)
+                    path = run_file(args.results_dir, home_recipe(args.recipe, task, run), task, run, seed)
                     cmd = command(args, task, run, seed, passthrough)
                     if args.dry_run:
                         print(" ".join(cmd))

@@ -148,7 +148,10 @@ def test_pemn_table_run_flags_override_the_recipe_and_storage_is_tabled(tmp_path
 
 def test_study_recipes_change_one_flag_and_the_report_pairs_seeds_with_naive(tmp_path):
     naive_rte = compare.RECIPES["naive"]["rte"][0]
-    assert compare.RECIPES["study_router_lr10"]["rte"][0] == naive_rte + ["--router_lr_scale", "10"]
+    pad_neuron = compare.RUNS["pad_neuron"][1]
+    assert compare.run_flags("study_router_lr10", "rte", "pad_neuron") == naive_rte + ["--router_lr_scale", "10"] \
+        + pad_neuron
+    assert compare.run_flags("study_router_lr10", "rte", "dense") == naive_rte  # MoE-only flags skip dense
     assert sorted(compare.RECIPES["study_snip"]) == ["mrpc", "rte"]
     results_dir = str(tmp_path)
     write_run(results_dir, "rte", "pad_neuron", 1, 0.58)
@@ -162,3 +165,37 @@ def test_study_recipes_change_one_flag_and_the_report_pairs_seeds_with_naive(tmp
     assert "| router_lr10 | routers at 10 × the lr (new parameters next to pre-trained ones) | pad_neuron | " \
            "62.0 (+4.0, n=1) | 85.0 (-1.0, n=1) | +1.5 |" in text
     assert "snip" not in text  # no runs, no row
+
+
+def test_derived_recipe_shares_identical_runs_and_runs_only_its_own(tmp_path, monkeypatch):
+    """A derived recipe's dense run is the naive one (same command): not run again, read from naive's folder and
+    named in the table; its MoE run gets the recipe's flag and its own folder."""
+    results_dir, work_dir = tmp_path / "results", tmp_path / "work"
+    write_run(str(results_dir), "rte", "dense", 1, 0.6)
+    write_run(str(results_dir), "rte", "pad_neuron", 1, 0.55)  # naive's: a different command, not shared
+    assert compare.home_recipe("study_router_lr10", "rte", "dense") == "naive"
+    assert compare.home_recipe("study_router_lr10", "rte", "pad_neuron") == "study_router_lr10"
+    launched = []
+
+    def fake_launch(cmd, env):
+        out = cmd[cmd.index("--output_dir") + 1]
+        launched.append(cmd)
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, "eval_results.json"), "w") as f:
+            json.dump(fake_eval_results("rte", 0.7), f)
+
+    monkeypatch.setattr(compare, "launch", fake_launch)
+    monkeypatch.setattr(compare, "machine_info", lambda device: MACHINE)
+    summary = compare.main(["--table", "pad", "--recipe", "study_router_lr10", "--tasks", "rte", "--runs", "dense",
+                            "pad_neuron", "--seeds", "1", "--results_dir", str(results_dir),
+                            "--work_dir", str(work_dir)])
+    assert len(launched) == 1 and "--router_lr_scale" in launched[0]
+    assert launched[0][launched[0].index("--output_dir") + 1].startswith(str(work_dir / "study_router_lr10"))
+    record = json.loads((results_dir / "study_router_lr10" / "rte" / "pad_neuron-s1.json").read_text())
+    assert record["recipe"] == "study_router_lr10" and record["epochs_reason"].endswith(
+        "study: " + compare.STUDY["router_lr10"][1])
+    assert not (results_dir / "study_router_lr10" / "rte" / "dense-s1.json").exists()
+    assert summary["dense"]["tasks"]["rte"]["mean"] == pytest.approx(60.0)
+    assert summary["pad_neuron"]["tasks"]["rte"]["mean"] == pytest.approx(70.0)
+    text = (results_dir / "pad_table_study_router_lr10.md").read_text()
+    assert "Shared runs (the same command, so one run file serves both recipes): dense from recipe `naive`." in text
