@@ -51,8 +51,8 @@ def test_resume_runs_only_missing_runs_and_writes_run_files(tmp_path, monkeypatc
 
     monkeypatch.setattr(compare, "launch", fake_launch)
     monkeypatch.setattr(compare, "machine_info", lambda device: MACHINE)
-    summary = compare.main(["--table", "pad", "--tasks", "rte", "--runs", "dense", "moe", "--seeds", "1",
-                            "--results_dir", str(results_dir), "--work_dir", str(work_dir)])
+    summary = compare.main(["--table", "pad", "--recipe", "naive", "--tasks", "rte", "--runs", "dense", "moe",
+                            "--seeds", "1", "--results_dir", str(results_dir), "--work_dir", str(work_dir)])
     assert launched == [("rte", "moe", "1")]
     record = json.loads((results_dir / "naive" / "rte" / "moe-s1.json").read_text())
     assert record["main_metric"] == pytest.approx(0.6)
@@ -61,7 +61,7 @@ def test_resume_runs_only_missing_runs_and_writes_run_files(tmp_path, monkeypatc
     assert summary["dense"]["tasks"]["rte"]["n"] == 1 and summary["moe"]["tasks"]["rte"]["n"] == 1
     # a second call finds everything done
     launched.clear()
-    compare.main(["--table", "pad", "--tasks", "rte", "--runs", "dense", "moe", "--seeds", "1",
+    compare.main(["--table", "pad", "--recipe", "naive", "--tasks", "rte", "--runs", "dense", "moe", "--seeds", "1",
                   "--results_dir", str(results_dir), "--work_dir", str(work_dir)])
     assert launched == []
 
@@ -74,8 +74,10 @@ def test_pad_table_from_partial_runs_has_mean_std_n_and_no_average_until_complet
     write_run(results_dir, "cola", "dense", 1, 0.30)
     write_run(results_dir, "rte", "pad_neuron", 1, 0.62)
     # --tasks chooses what runs; the table keeps every task of the recipe
-    args, _ = compare.parse_args(["--table", "pad", "--results_dir", results_dir, "--tasks", "mrpc"])
+    args, _ = compare.parse_args(["--table", "pad", "--recipe", "naive", "--results_dir", results_dir,
+                                  "--tasks", "mrpc"])
     summary, markdown_path = compare.write_tables(args)
+    assert markdown_path == os.path.join(results_dir, "pad_table_naive.md")  # the default recipe's is pad_table.md
     rte = summary["dense"]["tasks"]["rte"]
     assert rte["n"] == 3
     assert rte["mean"] == pytest.approx(100 * statistics.mean([0.60, 0.64, 0.59]))
@@ -98,7 +100,9 @@ def test_exit_table_difference_per_exit_and_plot(tmp_path):
         write_run(results_dir, "mrpc", name, 1, exits[-1], exits=exits)
         write_run(results_dir, "cola", name, 1, 0.3, exits=[0.2, 0.3])
     args, _ = compare.parse_args(["--table", "exit", "--results_dir", results_dir, "--tasks", "rte"])
+    assert args.recipe == compare.DEFAULT_RECIPE == "tuned"  # its exit runs are naive's: the same commands
     summary, markdown_path = compare.write_tables(args)
+    assert markdown_path == os.path.join(results_dir, "exit_table.md")
     cell = summary["tasks"]["rte"][1]
     assert cell["boosted"]["n"] == 2 and cell["joint"]["n"] == 1
     assert cell["diff"] == pytest.approx(100 * (0.56 - 0.53))
@@ -198,4 +202,18 @@ def test_derived_recipe_shares_identical_runs_and_runs_only_its_own(tmp_path, mo
     assert summary["dense"]["tasks"]["rte"]["mean"] == pytest.approx(60.0)
     assert summary["pad_neuron"]["tasks"]["rte"]["mean"] == pytest.approx(70.0)
     text = (results_dir / "pad_table_study_router_lr10.md").read_text()
-    assert "Shared runs (the same command, so one run file serves both recipes): dense from recipe `naive`." in text
+    assert "Shared runs (the same command, so one run file serves both recipes): dense (rte, mrpc) from recipe `naive`." in text
+
+
+def test_tuned_recipe_is_naive_plus_the_chosen_study_changes_on_moe_runs_only():
+    for task in ("rte", "mrpc", "cola"):
+        naive = compare.RECIPES["naive"][task][0]
+        assert compare.run_flags("tuned", task, "dense") == naive
+        assert compare.home_recipe("tuned", task, "boosted") == "naive"
+        added = [f for name in compare.TUNED_FROM_STUDY for f in compare.STUDY[name][0]]
+        assert added and compare.run_flags("tuned", task, "pad_element") == naive + added + \
+            compare.RUNS["pad_element"][1]
+    # a tuned MoE run on a study task is that study recipe's run when the study change is the only one
+    if compare.TUNED_FROM_STUDY == ("router_lr10",):
+        assert compare.home_recipe("tuned", "rte", "pad_neuron") == "study_router_lr10"
+        assert compare.home_recipe("tuned", "cola", "pad_neuron") == "tuned"
