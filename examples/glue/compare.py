@@ -23,7 +23,7 @@ Protocol (fixed before any result was looked at; the same for every variant of a
   IMP (2 rounds, 8 batches, gradient-variance score on the identical upcycled experts, global scope) at the
   start of training. Exits: a head on every layer, CLS pooling, t = 0.5 (boosted), no rescaling for joint.
 - Derived recipes (the study's ``study_<change>`` and ``tuned``, the default) are naive plus flags that reach only
-  the MoE/PAD runs (:data:`MOE_ONLY`). ``tuned`` takes the study changes that helped (:data:`TUNED_FROM_STUDY`).
+  one kind of run (:data:`ADDED_FLAGS`: the MoE/PAD runs, or the early-exit runs for ``study_exit_*``). ``tuned`` takes the study changes that helped (:data:`TUNED_FROM_STUDY`).
   A run whose command is identical under two recipes (a derived recipe's dense and early-exit runs are naive's)
   is run once and kept in the first recipe's folder (:func:`home_recipe`); every table reads it from there and
   names the runs it shares.
@@ -107,19 +107,28 @@ STUDY = {
                 "Drop-Upcycling: 10 % of every expert's neurons re-initialised after upcycling (expert diversity; "
                 "IMP score pinned to the naive's gradient variance)"),
 }
-# The runs built by variant_pad.py (an upcycled MoE): a derived recipe's flags (MOE_ONLY) reach only these.
+# The runs built by variant_pad.py (an upcycled MoE) and by variant_exit.py.
 MOE_RUNS = ("moe", "pad_element", "pad_neuron")
-# derived recipe -> the flags it adds to the MoE/PAD runs of its base tasks, and why
-MOE_ONLY: dict[str, tuple[list[str], str]] = {}
+EXIT_RUNS = TABLES["exit"]
+# derived recipe -> (the runs it changes, the flags it adds to them, why); its tasks' other flags are naive's
+ADDED_FLAGS: dict[str, tuple[tuple[str, ...], list[str], str]] = {}
 for _name, (_flags, _why) in STUDY.items():
     RECIPES[f"study_{_name}"] = {task: RECIPES["naive"][task] for task in ("rte", "mrpc")}
-    MOE_ONLY[f"study_{_name}"] = (_flags, f"study: {_why}")
+    ADDED_FLAGS[f"study_{_name}"] = (MOE_RUNS, _flags, f"study: {_why}")
+# The early-exit heads of the naive recipe pool the first token (CLS, as DeeBERT), but all-MiniLM-L6-v2 was trained
+# to mean-pool: on MRPC and CoLA its exits 1-4 stayed at the majority class (seed 1). One change, both exit runs.
+EXIT_STUDY = {
+    "exit_mean": (["--exit_pooling", "mean"], "exit heads pool the masked mean of the tokens (naive: CLS)"),
+}
+for _name, (_flags, _why) in EXIT_STUDY.items():
+    RECIPES[f"study_{_name}"] = {task: RECIPES["naive"][task] for task in ("mrpc", "cola")}
+    ADDED_FLAGS[f"study_{_name}"] = (EXIT_RUNS, _flags, f"study: {_why}")
 # The tuned recipe, the default: naive plus every study change whose seed-1 Δ against naive is ≥ +0.5 on the mean
 # of RTE and MRPC and negative on neither (the rule was fixed before the last study rows came in; study.md).
 TUNED_FROM_STUDY = ("router_lr10",)
 RECIPES["tuned"] = dict(RECIPES["naive"])
-MOE_ONLY["tuned"] = ([flag for name in TUNED_FROM_STUDY for flag in STUDY[name][0]],
-                     "tuned: " + "; ".join(STUDY[name][1] for name in TUNED_FROM_STUDY))
+ADDED_FLAGS["tuned"] = (MOE_RUNS, [flag for name in TUNED_FROM_STUDY for flag in STUDY[name][0]],
+                        "tuned: " + "; ".join(STUDY[name][1] for name in TUNED_FROM_STUDY))
 DEFAULT_RECIPE = "tuned"
 
 # The PEMN data point (issue: PEMN on the MiniLM encoder, a few minutes of fine-tuning): SST-2, where a
@@ -175,20 +184,18 @@ def run_file(results_dir, recipe, task, run, seed) -> str:
 
 
 def run_flags(recipe: str, task: str, run: str) -> list[str]:
-    """The run_glue.py flags of one run under ``recipe``: the task's flags, the recipe's MoE-only flags for an MoE
-    run, then the run's own flags (last: they override the recipe's, e.g. PEMN's lr)."""
+    """The run_glue.py flags of one run under ``recipe``: the task's flags, a derived recipe's added flags for the
+    runs it changes (:data:`ADDED_FLAGS`), then the run's own flags (last: they override the recipe's, e.g.
+    PEMN's lr)."""
     flags = list(RECIPES[recipe][task][0])
-    if run in MOE_RUNS and recipe in MOE_ONLY:
-        flags += MOE_ONLY[recipe][0]
-    return flags + RUNS[run][1]
+    runs, added, _ = ADDED_FLAGS.get(recipe, ((), [], ""))
+    return flags + (added if run in runs else []) + RUNS[run][1]
 
 
 def run_reason(recipe: str, task: str, run: str) -> str:
-    """The recipe's reason for its epochs (and, for an MoE run of a derived recipe, for its added flags)."""
-    reason = RECIPES[recipe][task][1]
-    if run in MOE_RUNS and recipe in MOE_ONLY:
-        reason += "; " + MOE_ONLY[recipe][1]
-    return reason
+    """The recipe's reason for its epochs (and, for a run a derived recipe changes, for its added flags)."""
+    runs, _, why = ADDED_FLAGS.get(recipe, ((), [], ""))
+    return RECIPES[recipe][task][1] + (f"; {why}" if run in runs else "")
 
 
 def home_recipe(recipe: str, task: str, run: str) -> str:

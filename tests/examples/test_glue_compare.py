@@ -217,3 +217,12 @@ def test_tuned_recipe_is_naive_plus_the_chosen_study_changes_on_moe_runs_only():
     if compare.TUNED_FROM_STUDY == ("router_lr10",):
         assert compare.home_recipe("tuned", "rte", "pad_neuron") == "study_router_lr10"
         assert compare.home_recipe("tuned", "cola", "pad_neuron") == "tuned"
+
+
+def test_exit_study_changes_only_the_exit_runs():
+    naive = compare.RECIPES["naive"]["cola"][0]
+    assert compare.run_flags("study_exit_mean", "cola", "boosted") == naive + ["--exit_pooling", "mean"]
+    assert compare.run_flags("study_exit_mean", "cola", "joint") == naive + ["--exit_pooling", "mean"]
+    assert compare.home_recipe("study_exit_mean", "cola", "boosted") == "study_exit_mean"
+    assert compare.home_recipe("study_exit_mean", "cola", "dense") == "naive"
+    assert compare.run_reason("study_exit_mean", "mrpc", "joint").endswith(compare.EXIT_STUDY["exit_mean"][1])
