@@ -23,9 +23,10 @@ Protocol (fixed before any result was looked at; the same for every variant of a
   IMP (2 rounds, 8 batches, gradient-variance score on the identical upcycled experts, global scope) at the
   start of training. Exits: a head on every layer, CLS pooling, t = 0.5 (boosted), no rescaling for joint.
 - Derived recipes (the study's ``study_<change>`` and ``tuned``, the default) are naive plus flags that reach only
-  one kind of run (:data:`ADDED_FLAGS`: the MoE/PAD runs, or the early-exit runs for ``study_exit_*``). ``tuned`` takes the study changes that helped (:data:`TUNED_FROM_STUDY`).
-  A run whose command is identical under two recipes (a derived recipe's dense and early-exit runs are naive's)
-  is run once and kept in the first recipe's folder (:func:`home_recipe`); every table reads it from there and
+  one kind of run (:data:`ADDED_FLAGS`: the MoE/PAD runs, or the early-exit runs for ``study_exit_*``). ``tuned``
+  takes the study changes that helped: routers at 10 × the lr (:data:`TUNED_FROM_STUDY`) and mean-pooled exit heads
+  (:data:`TUNED_FROM_EXIT_STUDY`). A run whose command is identical under two recipes (a derived recipe's dense
+  runs are naive's) is run once and kept in the first recipe's folder (:func:`home_recipe`); every table reads it from there and
   names the runs it shares.
 - Why these epochs: each run must finish in ~15 minutes on 2 CPU cores. The slowest variant (MoE, κ = 1) was
   timed at ≈ 4.8 s per step on RTE with random batches (padding to ≈ 128 tokens in every batch) and ≈ 3.5 s with
@@ -110,11 +111,11 @@ STUDY = {
 # The runs built by variant_pad.py (an upcycled MoE) and by variant_exit.py.
 MOE_RUNS = ("moe", "pad_element", "pad_neuron")
 EXIT_RUNS = TABLES["exit"]
-# derived recipe -> (the runs it changes, the flags it adds to them, why); its tasks' other flags are naive's
-ADDED_FLAGS: dict[str, tuple[tuple[str, ...], list[str], str]] = {}
+# derived recipe -> [(the runs it changes, the flags it adds to them, why)]; its tasks' other flags are naive's
+ADDED_FLAGS: dict[str, list[tuple[tuple[str, ...], list[str], str]]] = {}
 for _name, (_flags, _why) in STUDY.items():
     RECIPES[f"study_{_name}"] = {task: RECIPES["naive"][task] for task in ("rte", "mrpc")}
-    ADDED_FLAGS[f"study_{_name}"] = (MOE_RUNS, _flags, f"study: {_why}")
+    ADDED_FLAGS[f"study_{_name}"] = [(MOE_RUNS, _flags, f"study: {_why}")]
 # The early-exit heads of the naive recipe pool the first token (CLS, as DeeBERT), but all-MiniLM-L6-v2 was trained
 # to mean-pool: on MRPC and CoLA its exits 1-4 stayed at the majority class (seed 1). One change, both exit runs.
 EXIT_STUDY = {
@@ -122,13 +123,20 @@ EXIT_STUDY = {
 }
 for _name, (_flags, _why) in EXIT_STUDY.items():
     RECIPES[f"study_{_name}"] = {task: RECIPES["naive"][task] for task in ("mrpc", "cola")}
-    ADDED_FLAGS[f"study_{_name}"] = (EXIT_RUNS, _flags, f"study: {_why}")
+    ADDED_FLAGS[f"study_{_name}"] = [(EXIT_RUNS, _flags, f"study: {_why}")]
 # The tuned recipe, the default: naive plus every study change whose seed-1 Δ against naive is ≥ +0.5 on the mean
-# of RTE and MRPC and negative on neither (the rule was fixed before the last study rows came in; study.md).
+# of RTE and MRPC and negative on neither (the rule was fixed before the last study rows came in; study.md), and
+# for the exits the pooling that raised the anytime metric averaged over every exit of MRPC and CoLA, for boosted
+# and joint alike (exit_table_study_exit_mean.md against exit_table_naive.md).
 TUNED_FROM_STUDY = ("router_lr10",)
+TUNED_FROM_EXIT_STUDY = ("exit_mean",)
 RECIPES["tuned"] = dict(RECIPES["naive"])
-ADDED_FLAGS["tuned"] = (MOE_RUNS, [flag for name in TUNED_FROM_STUDY for flag in STUDY[name][0]],
-                        "tuned: " + "; ".join(STUDY[name][1] for name in TUNED_FROM_STUDY))
+ADDED_FLAGS["tuned"] = [
+    (MOE_RUNS, [flag for name in TUNED_FROM_STUDY for flag in STUDY[name][0]],
+     "tuned: " + "; ".join(STUDY[name][1] for name in TUNED_FROM_STUDY)),
+    (EXIT_RUNS, [flag for name in TUNED_FROM_EXIT_STUDY for flag in EXIT_STUDY[name][0]],
+     "tuned: " + "; ".join(EXIT_STUDY[name][1] for name in TUNED_FROM_EXIT_STUDY)),
+]
 DEFAULT_RECIPE = "tuned"
 
 # The PEMN data point (issue: PEMN on the MiniLM encoder, a few minutes of fine-tuning): SST-2, where a
@@ -188,14 +196,15 @@ def run_flags(recipe: str, task: str, run: str) -> list[str]:
     runs it changes (:data:`ADDED_FLAGS`), then the run's own flags (last: they override the recipe's, e.g.
     PEMN's lr)."""
     flags = list(RECIPES[recipe][task][0])
-    runs, added, _ = ADDED_FLAGS.get(recipe, ((), [], ""))
-    return flags + (added if run in runs else []) + RUNS[run][1]
+    for runs, added, _ in ADDED_FLAGS.get(recipe, []):
+        if run in runs:
+            flags += added
+    return flags + RUNS[run][1]
 
 
 def run_reason(recipe: str, task: str, run: str) -> str:
     """The recipe's reason for its epochs (and, for a run a derived recipe changes, for its added flags)."""
-    runs, _, why = ADDED_FLAGS.get(recipe, ((), [], ""))
-    return RECIPES[recipe][task][1] + (f"; {why}" if run in runs else "")
+    return "; ".join([RECIPES[recipe][task][1], *(why for runs, _, why in ADDED_FLAGS.get(recipe, []) if run in runs)])
 
 
 def home_recipe(recipe: str, task: str, run: str) -> str:
@@ -485,6 +494,28 @@ def study_report(results_dir: str) -> str:
                 cells.append(f"{study:.1f} ({delta:+.1f}, n={len(pairs)})")
             mean = f"{statistics.mean(deltas):+.1f}" if deltas else "–"
             lines.append(f"| {name} | {why} | {run} | {' | '.join(cells)} | {mean} |")
+    lines += ["", "## Exit study (MRPC, CoLA): one change to both exit runs against the naive recipe, same seeds", "",
+              "Cells: the anytime metric × 100 averaged over every exit, and the last exit's (Δ vs naive on the same "
+              "seeds, n seeds).", "",
+              "| recipe | change | run | mrpc (all exits) | mrpc (last exit) | cola (all exits) | cola (last exit) |",
+              "|---|---|---|---|---|---|---|"]
+    naive_exits = {(r["task"], r["run"], r["seed"]): [e["metric"] for e in r["exit_anytime"]]
+                   for r in load_runs(results_dir, "naive") if "exit_anytime" in r}
+    for name, (flags, why) in EXIT_STUDY.items():
+        runs = [r for r in load_runs(results_dir, f"study_{name}") if "exit_anytime" in r]
+        for run in [r for r in EXIT_RUNS if any(x["run"] == r for x in runs)]:
+            cells = []
+            for task in ("mrpc", "cola"):
+                pairs = [([e["metric"] for e in x["exit_anytime"]], naive_exits[(task, run, x["seed"])]) for x in runs
+                         if x["run"] == run and x["task"] == task and (task, run, x["seed"]) in naive_exits]
+                for pick in (statistics.mean, lambda metrics: metrics[-1]):
+                    if not pairs:
+                        cells.append("–")
+                        continue
+                    study = 100 * statistics.mean(pick(p[0]) for p in pairs)
+                    delta = 100 * statistics.mean(pick(p[0]) - pick(p[1]) for p in pairs)
+                    cells.append(f"{study:.1f} ({delta:+.1f}, n={len(pairs)})")
+            lines.append(f"| {name} | {why} | {run} | {' | '.join(cells)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -99,15 +99,15 @@ def test_exit_table_difference_per_exit_and_plot(tmp_path):
     for name, exits in (("boosted", [0.80, 0.84]), ("joint", [0.80, 0.81])):
         write_run(results_dir, "mrpc", name, 1, exits[-1], exits=exits)
         write_run(results_dir, "cola", name, 1, 0.3, exits=[0.2, 0.3])
-    args, _ = compare.parse_args(["--table", "exit", "--results_dir", results_dir, "--tasks", "rte"])
-    assert args.recipe == compare.DEFAULT_RECIPE == "tuned"  # its exit runs are naive's: the same commands
+    args, _ = compare.parse_args(["--table", "exit", "--recipe", "naive", "--results_dir", results_dir,
+                                  "--tasks", "rte"])
     summary, markdown_path = compare.write_tables(args)
-    assert markdown_path == os.path.join(results_dir, "exit_table.md")
+    assert markdown_path == os.path.join(results_dir, "exit_table_naive.md")
     cell = summary["tasks"]["rte"][1]
     assert cell["boosted"]["n"] == 2 and cell["joint"]["n"] == 1
     assert cell["diff"] == pytest.approx(100 * (0.56 - 0.53))
     assert summary["average"][2]["diff"] == pytest.approx(100 * ((0.61 - 0.61) + (0.84 - 0.81) + 0) / 3)
-    assert os.path.isfile(os.path.join(results_dir, "exit_table_rte.png"))
+    assert os.path.isfile(os.path.join(results_dir, "exit_table_naive_rte.png"))
     assert "| 1 | 56.0 ± 1.4 (n=2) | 53.0 ± 0.0 (n=1) | +3.0 |" in open(markdown_path).read()
 
 
@@ -209,7 +209,9 @@ def test_tuned_recipe_is_naive_plus_the_chosen_study_changes_on_moe_runs_only():
     for task in ("rte", "mrpc", "cola"):
         naive = compare.RECIPES["naive"][task][0]
         assert compare.run_flags("tuned", task, "dense") == naive
-        assert compare.home_recipe("tuned", task, "boosted") == "naive"
+        assert compare.home_recipe("tuned", task, "dense") == "naive"
+        exit_added = [f for name in compare.TUNED_FROM_EXIT_STUDY for f in compare.EXIT_STUDY[name][0]]
+        assert compare.run_flags("tuned", task, "boosted") == naive + exit_added
         added = [f for name in compare.TUNED_FROM_STUDY for f in compare.STUDY[name][0]]
         assert added and compare.run_flags("tuned", task, "pad_element") == naive + added + \
             compare.RUNS["pad_element"][1]
@@ -217,6 +219,10 @@ def test_tuned_recipe_is_naive_plus_the_chosen_study_changes_on_moe_runs_only():
     if compare.TUNED_FROM_STUDY == ("router_lr10",):
         assert compare.home_recipe("tuned", "rte", "pad_neuron") == "study_router_lr10"
         assert compare.home_recipe("tuned", "cola", "pad_neuron") == "tuned"
+    if compare.TUNED_FROM_EXIT_STUDY == ("exit_mean",):
+        assert compare.home_recipe("tuned", "cola", "joint") == "study_exit_mean"
+        assert compare.home_recipe("tuned", "rte", "joint") == "tuned"
+        assert compare.run_reason("tuned", "rte", "boosted").endswith("tuned: " + compare.EXIT_STUDY["exit_mean"][1])
 
 
 def test_exit_study_changes_only_the_exit_runs():
@@ -226,3 +232,14 @@ def test_exit_study_changes_only_the_exit_runs():
     assert compare.home_recipe("study_exit_mean", "cola", "boosted") == "study_exit_mean"
     assert compare.home_recipe("study_exit_mean", "cola", "dense") == "naive"
     assert compare.run_reason("study_exit_mean", "mrpc", "joint").endswith(compare.EXIT_STUDY["exit_mean"][1])
+
+
+def test_study_report_tables_the_exit_study_per_exit_mean_and_last_exit(tmp_path):
+    results_dir = str(tmp_path)
+    write_run(results_dir, "mrpc", "boosted", 1, 0.84, exits=[0.80, 0.84])
+    write_run(results_dir, "mrpc", "boosted", 1, 0.86, exits=[0.82, 0.86], recipe="study_exit_mean")
+    write_run(results_dir, "mrpc", "boosted", 2, 0.90, exits=[0.90, 0.90], recipe="study_exit_mean")  # no naive s2
+    text = compare.study_report(results_dir)
+    assert "| exit_mean | " + compare.EXIT_STUDY["exit_mean"][1] + " | boosted | 84.0 (+2.0, n=1) | " \
+           "86.0 (+2.0, n=1) | – | – |" in text
+    assert "| joint |" not in text
