@@ -304,8 +304,7 @@ def load_recipe_runs(results_dir: str, recipe: str, tasks, run_names) -> tuple[l
     homes: dict[str, list] = {}
     for run in run_names:
         for task in tasks:
-            if task in RECIPES[recipe]:
-                homes.setdefault(home_recipe(recipe, task, run), []).append((task, run))
+            homes.setdefault(home_recipe(recipe, task, run), []).append((task, run))
     runs, shared = [], {}
     for home, cells in homes.items():
         runs += [r for r in load_runs(results_dir, home) if (r["task"], r["run"]) in cells]
@@ -471,10 +470,28 @@ def _machines(runs: list[dict]) -> str:
     return "; ".join(names) or "–"
 
 
+def _paired_with_naive(runs: list[dict], naive: dict, run: str, task: str, value) -> list[tuple]:
+    """``(value(study run file), naive value)`` for every seed of ``run`` on ``task`` that both recipes have;
+    ``naive``: ``{(task, run, seed): value}``."""
+    return [(value(x), naive[(task, run, x["seed"])]) for x in runs
+            if x["run"] == run and x["task"] == task and (task, run, x["seed"]) in naive]
+
+
+def _delta_cell(pairs: list[tuple[float, float]]) -> tuple[str, float | None]:
+    """``"study (Δ, n=…)"`` × 100 over paired seeds and the Δ; ``"–"`` and None without a pair."""
+    if not pairs:
+        return "–", None
+    study = 100 * statistics.mean(p[0] for p in pairs)
+    delta = 100 * statistics.mean(p[0] - p[1] for p in pairs)
+    return f"{study:.1f} ({delta:+.1f}, n={len(pairs)})", delta
+
+
 def study_report(results_dir: str) -> str:
     """Markdown: per study recipe and run, the main metric per task (mean over its seeds, n) and its change against
-    the naive recipe on the *same* seeds, with the mean change over the tasks present in both."""
-    naive = {(r["task"], r["run"], r["seed"]): r["main_metric"] for r in load_runs(results_dir, "naive")}
+    the naive recipe on the *same* seeds, with the mean change over the tasks present in both; then the exit study,
+    the same for the anytime metric averaged over every exit and for the last exit."""
+    naive_runs = load_runs(results_dir, "naive")
+    naive = {(r["task"], r["run"], r["seed"]): r["main_metric"] for r in naive_runs}
     lines = ["# Recipe study (RTE, MRPC): one change at a time against the naive recipe, same seeds", "",
              "Cells: study metric × 100 (Δ vs naive on the same seeds, n seeds). Mean Δ: over the cells present.", "",
              "| recipe | change | run | rte | mrpc | mean Δ |", "|---|---|---|---|---|---|"]
@@ -483,15 +500,10 @@ def study_report(results_dir: str) -> str:
         for run in [r for r in RUNS if any(x["run"] == r for x in runs)]:
             cells, deltas = [], []
             for task in ("rte", "mrpc"):
-                pairs = [(x["main_metric"], naive[(task, run, x["seed"])]) for x in runs
-                         if x["run"] == run and x["task"] == task and (task, run, x["seed"]) in naive]
-                if not pairs:
-                    cells.append("–")
-                    continue
-                study = 100 * statistics.mean(p[0] for p in pairs)
-                delta = 100 * statistics.mean(p[0] - p[1] for p in pairs)
-                deltas.append(delta)
-                cells.append(f"{study:.1f} ({delta:+.1f}, n={len(pairs)})")
+                cell, delta = _delta_cell(_paired_with_naive(runs, naive, run, task, lambda x: x["main_metric"]))
+                cells.append(cell)
+                if delta is not None:
+                    deltas.append(delta)
             mean = f"{statistics.mean(deltas):+.1f}" if deltas else "–"
             lines.append(f"| {name} | {why} | {run} | {' | '.join(cells)} | {mean} |")
     lines += ["", "## Exit study (MRPC, CoLA): one change to both exit runs against the naive recipe, same seeds", "",
@@ -499,22 +511,19 @@ def study_report(results_dir: str) -> str:
               "seeds, n seeds).", "",
               "| recipe | change | run | mrpc (all exits) | mrpc (last exit) | cola (all exits) | cola (last exit) |",
               "|---|---|---|---|---|---|---|"]
-    naive_exits = {(r["task"], r["run"], r["seed"]): [e["metric"] for e in r["exit_anytime"]]
-                   for r in load_runs(results_dir, "naive") if "exit_anytime" in r}
+
+    def exit_metrics(record):
+        return [e["metric"] for e in record["exit_anytime"]]
+
+    naive_exits = {(r["task"], r["run"], r["seed"]): exit_metrics(r) for r in naive_runs if "exit_anytime" in r}
     for name, (flags, why) in EXIT_STUDY.items():
         runs = [r for r in load_runs(results_dir, f"study_{name}") if "exit_anytime" in r]
         for run in [r for r in EXIT_RUNS if any(x["run"] == r for x in runs)]:
             cells = []
             for task in ("mrpc", "cola"):
-                pairs = [([e["metric"] for e in x["exit_anytime"]], naive_exits[(task, run, x["seed"])]) for x in runs
-                         if x["run"] == run and x["task"] == task and (task, run, x["seed"]) in naive_exits]
+                pairs = _paired_with_naive(runs, naive_exits, run, task, exit_metrics)
                 for pick in (statistics.mean, lambda metrics: metrics[-1]):
-                    if not pairs:
-                        cells.append("–")
-                        continue
-                    study = 100 * statistics.mean(pick(p[0]) for p in pairs)
-                    delta = 100 * statistics.mean(pick(p[0]) - pick(p[1]) for p in pairs)
-                    cells.append(f"{study:.1f} ({delta:+.1f}, n={len(pairs)})")
+                    cells.append(_delta_cell([(pick(study), pick(base)) for study, base in pairs])[0])
             lines.append(f"| {name} | {why} | {run} | {' | '.join(cells)} |")
     return "\n".join(lines) + "\n"
 
@@ -527,16 +536,34 @@ def write_study_report(results_dir: str) -> str:
     return text
 
 
+def table_base(results_dir: str, table: str, recipe: str) -> str:
+    """``<results_dir>/<table>_table`` for the default recipe, ``..._<recipe>`` for any other (add .md / .json)."""
+    return os.path.join(results_dir, f"{table}_table" + ("" if recipe == DEFAULT_RECIPE else f"_{recipe}"))
+
+
+def refresh_after_run(args, task: str, run: str) -> None:
+    """Regenerate everything a new run file changes: the table of ``args.recipe`` and every other recipe's table
+    that already exists and shows this run (the same :func:`home_recipe` folder), and the study report when the run
+    is a study's or a naive one (its baseline)."""
+    home = home_recipe(args.recipe, task, run)
+    for recipe in RECIPES:
+        if recipe == args.recipe or (
+                task in RECIPES[recipe] and home_recipe(recipe, task, run) == home
+                and os.path.exists(table_base(args.results_dir, args.table, recipe) + ".md")):
+            write_tables(argparse.Namespace(**{**vars(args), "recipe": recipe}))
+    if home == "naive" or home.startswith("study_"):
+        write_study_report(args.results_dir)
+
+
 def write_tables(args) -> tuple[dict, str]:
     """Regenerate the table of ``args.table`` from the run files; returns the summary and the Markdown path.
 
-    The table has every task of the recipe (and any other ``--tasks``): ``--tasks`` chooses what to run, not what
-    the table shows."""
-    tasks = list(dict.fromkeys([*RECIPES[args.recipe], *args.tasks]))
+    The table has every task of the recipe (``parse_args`` refuses any other): ``--tasks`` chooses what to run, not
+    what the table shows."""
+    tasks = list(RECIPES[args.recipe])
     runs, shared = load_recipe_runs(args.results_dir, args.recipe, tasks, TABLES[args.table])
     machine = _machines(runs)
-    base = os.path.join(args.results_dir, f"{args.table}_table" + ("" if args.recipe == DEFAULT_RECIPE else
-                                                                   f"_{args.recipe}"))
+    base = table_base(args.results_dir, args.table, args.recipe)
     if args.table in ("pad", "pemn"):
         summary = summarise_pad(runs, TABLES[args.table], tasks)
         text = markdown_pad(summary, tasks, args.recipe, machine, title="PAD-Net GLUE table" if
@@ -591,9 +618,7 @@ def main(argv=None):
                         eval_results = json.load(f)
                     write_json_atomic(path, run_record(args, task, run, seed, cmd, eval_results, wall))
                     print(f"[compare] done in {wall:.0f} s -> {path}", flush=True)
-                    write_tables(args)
-                    if args.recipe.startswith("study_"):
-                        write_study_report(args.results_dir)
+                    refresh_after_run(args, task, run)
     if args.dry_run:
         return None
     summary, markdown_path = write_tables(args)

@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import torch
 
-from .layouts import PARTS
-
-# the expert tensors indexed by the intermediate neuron, and the dimension that indexes it ([E, F, H], [E, F],
-# [E, H, F]); the down-projection bias (``[E, H]``) has no neuron axis and is kept.
-NEURON_AXIS = {"up_proj": 1, "up_proj_bias": 1, "down_proj": 2}
+# the expert tensors indexed by the intermediate neuron, and that neuron's axis in one expert's slice (``[F, H]``,
+# ``[F]``, ``[H, F]``); the down-projection bias (``[E, H]``) has no neuron axis and is kept.
+NEURON_AXIS = {"up_proj": 0, "up_proj_bias": 0, "down_proj": 1}
 
 
 @torch.no_grad()
@@ -40,12 +38,12 @@ def drop_upcycle_(layers, ratio: float, generator: torch.Generator | None = None
     count = 0
     for layer in layers:
         count = round(ratio * layer.ffn_size)
-        tensors = {name: getattr(layer, name) for _, _, name in PARTS if name in NEURON_AXIS and hasattr(layer, name)}
+        tensors = {name: getattr(layer, name) for name in NEURON_AXIS if hasattr(layer, name)}
         for expert in range(layer.num_experts):
             neurons = torch.randperm(layer.ffn_size, generator=generator)[:count].to(layer.router.weight.device)
             for name, param in tensors.items():
                 weight = param[expert]
-                axis = NEURON_AXIS[name] - 1
+                axis = NEURON_AXIS[name]
                 shape = list(weight.shape)
                 shape[axis] = count
                 fresh = torch.randn(shape, generator=generator, dtype=torch.float32)

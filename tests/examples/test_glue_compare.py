@@ -243,3 +243,31 @@ def test_study_report_tables_the_exit_study_per_exit_mean_and_last_exit(tmp_path
     assert "| exit_mean | " + compare.EXIT_STUDY["exit_mean"][1] + " | boosted | 84.0 (+2.0, n=1) | " \
            "86.0 (+2.0, n=1) | – | – |" in text
     assert "| joint |" not in text
+
+
+def test_a_shared_run_refreshes_every_existing_table_that_shows_it(tmp_path, monkeypatch):
+    """A tuned MoE run on RTE lives in study_router_lr10's folder: that recipe's existing table and the study report
+    are regenerated with it; the naive table (a different command) is left alone, and no table is created for a
+    recipe that had none."""
+    results_dir, work_dir = tmp_path / "results", tmp_path / "work"
+    write_run(str(results_dir), "rte", "moe", 1, 0.55)
+    for recipe in ("naive", "study_router_lr10"):
+        compare.write_tables(compare.parse_args(["--recipe", recipe, "--results_dir", str(results_dir)])[0])
+    naive_before = (results_dir / "pad_table_naive.md").read_text()
+
+    def fake_launch(cmd, env):
+        out = cmd[cmd.index("--output_dir") + 1]
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, "eval_results.json"), "w") as f:
+            json.dump(fake_eval_results("rte", 0.6), f)
+
+    monkeypatch.setattr(compare, "launch", fake_launch)
+    monkeypatch.setattr(compare, "machine_info", lambda device: MACHINE)
+    compare.main(["--table", "pad", "--tasks", "rte", "--runs", "moe", "--seeds", "1", "--results_dir",
+                  str(results_dir), "--work_dir", str(work_dir)])
+    assert "| moe | 60.0 ± 0.0 (n=1) |" in (results_dir / "pad_table_study_router_lr10.md").read_text()
+    assert "| moe | 60.0 ± 0.0 (n=1) |" in (results_dir / "pad_table.md").read_text()
+    assert (results_dir / "pad_table_naive.md").read_text() == naive_before
+    assert not (results_dir / "pad_table_study_snip.md").exists()
+    assert "| router_lr10 | " + compare.STUDY["router_lr10"][1] + " | moe | 60.0 (+5.0, n=1) | – | +5.0 |" in \
+        (results_dir / "study.md").read_text()
