@@ -35,6 +35,13 @@ def test_unknown_variant_is_rejected_before_work(tmp_path):
         run_glue.main(["--variant", "nope", "--output_dir", str(tmp_path)])
 
 
+@pytest.mark.parametrize("value", ["-0.1", "1.5"])
+def test_drop_upcycling_outside_unit_interval_is_rejected_before_work(tmp_path, value):
+    with pytest.raises(ValueError, match=f"--moe_drop_upcycling must be in \\[0, 1\\], got {value}"):
+        run_glue.main(["--variant", "moe", "--moe_drop_upcycling", value, "--output_dir", str(tmp_path)])
+    assert not any(tmp_path.iterdir())
+
+
 def test_unknown_task_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="'mnli2'"):
         run_glue.main(["--task", "mnli2", "--output_dir", str(tmp_path)])

@@ -36,6 +36,11 @@ class Arguments:
     router_lr_scale: float = field(default=1.0, metadata={"help": "Routers' lr as a multiple of --learning_rate"})
     lambda_lr_scale: float = field(default=1.0, metadata={"help": "λ's (φ) lr as a multiple of --learning_rate"})
 
+    def __post_init__(self):
+        # checked at parsing, before any data or model is loaded (drop_upcycle_ itself runs after upcycling)
+        if not 0.0 <= self.moe_drop_upcycling <= 1.0:
+            raise ValueError(f"--moe_drop_upcycling must be in [0, 1], got {self.moe_drop_upcycling!r}")
+
 
 def _moe_layers(args):
     if args.moe_layers is None:
