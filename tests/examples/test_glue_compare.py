@@ -245,6 +245,21 @@ def test_study_report_tables_the_exit_study_per_exit_mean_and_last_exit(tmp_path
     assert "| joint |" not in text
 
 
+def test_anchor_study_changes_the_cola_schedule_of_every_run_and_is_reported_against_naive(tmp_path):
+    flags = compare.run_flags("study_cola_lr1e-4", "cola", "dense")
+    assert flags[flags.index("--learning_rate") + 1] == "1e-4" and flags.count("--learning_rate") == 1
+    flags = compare.run_flags("study_cola_5ep", "cola", "pad_neuron")
+    assert flags[flags.index("--num_train_epochs") + 1] == "5"
+    assert sorted(compare.RECIPES["study_cola_5ep"]) == ["cola"]
+    assert compare.home_recipe("study_cola_lr1e-4", "cola", "dense") == "study_cola_lr1e-4"
+    results_dir = str(tmp_path)
+    write_run(results_dir, "cola", "dense", 1, 0.25)
+    write_run(results_dir, "cola", "dense", 1, 0.29, recipe="study_cola_lr1e-4")
+    text = compare.study_report(results_dir)
+    assert "| cola_lr1e-4 | " + compare.ANCHOR_STUDY["cola_lr1e-4"][1] + " | dense | 29.0 (+4.0, n=1) |" in text
+    assert "| cola_5ep |" not in text
+
+
 def test_a_shared_run_refreshes_every_existing_table_that_shows_it(tmp_path, monkeypatch):
     """A tuned MoE run on RTE lives in study_router_lr10's folder: that recipe's existing table and the study report
     are regenerated with it; the naive table (a different command) is left alone, and no table is created for a
