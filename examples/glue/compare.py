@@ -507,6 +507,18 @@ def _delta_cell(pairs: list[tuple[float, float]]) -> tuple[str, float | None]:
     return f"{study:.1f} ({delta:+.1f}, n={len(pairs)})", delta
 
 
+def _main_metric_rows(results_dir: str, studies: dict, naive: dict, tasks):
+    """For every study recipe in ``studies`` (name -> (flags, why)) and every run it has files for:
+    ``(name, why, run, cells, deltas)``, one :func:`_delta_cell` per task against ``naive`` (``{(task, run, seed):
+    main metric}``) and the Δs of the cells that have a pair."""
+    for name, (_, why) in studies.items():
+        runs = load_runs(results_dir, f"study_{name}")
+        for run in [r for r in RUNS if any(x["run"] == r for x in runs)]:
+            cells = [_delta_cell(_paired_with_naive(runs, naive, run, task, lambda x: x["main_metric"]))
+                     for task in tasks]
+            yield name, why, run, [cell for cell, _ in cells], [delta for _, delta in cells if delta is not None]
+
+
 def study_report(results_dir: str) -> str:
     """Markdown: per study recipe and run, the main metric per task (mean over its seeds, n) and its change against
     the naive recipe on the *same* seeds, with the mean change over the tasks present in both; then the exit study,
@@ -517,17 +529,9 @@ def study_report(results_dir: str) -> str:
     lines = ["# Recipe study (RTE, MRPC): one change at a time against the naive recipe, same seeds", "",
              "Cells: study metric × 100 (Δ vs naive on the same seeds, n seeds). Mean Δ: over the cells present.", "",
              "| recipe | change | run | rte | mrpc | mean Δ |", "|---|---|---|---|---|---|"]
-    for name, (flags, why) in STUDY.items():
-        runs = load_runs(results_dir, f"study_{name}")
-        for run in [r for r in RUNS if any(x["run"] == r for x in runs)]:
-            cells, deltas = [], []
-            for task in ("rte", "mrpc"):
-                cell, delta = _delta_cell(_paired_with_naive(runs, naive, run, task, lambda x: x["main_metric"]))
-                cells.append(cell)
-                if delta is not None:
-                    deltas.append(delta)
-            mean = f"{statistics.mean(deltas):+.1f}" if deltas else "–"
-            lines.append(f"| {name} | {why} | {run} | {' | '.join(cells)} | {mean} |")
+    for name, why, run, cells, deltas in _main_metric_rows(results_dir, STUDY, naive, ("rte", "mrpc")):
+        mean = f"{statistics.mean(deltas):+.1f}" if deltas else "–"
+        lines.append(f"| {name} | {why} | {run} | {' | '.join(cells)} | {mean} |")
     lines += ["", "## Exit study (MRPC, CoLA): one change to both exit runs against the naive recipe, same seeds", "",
               "Cells: the anytime metric × 100 averaged over every exit, and the last exit's (Δ vs naive on the same "
               "seeds, n seeds).", "",
@@ -550,11 +554,8 @@ def study_report(results_dir: str) -> str:
     lines += ["", "## Dense anchor study (CoLA): the task's schedule, every run alike, checked on dense first", "",
               "Cells: MCC × 100 (Δ vs naive on the same seeds, n seeds); the anchor is 29.8 (ASSETS.md).", "",
               "| recipe | change | run | cola |", "|---|---|---|---|"]
-    for name, (flags, why) in ANCHOR_STUDY.items():
-        runs = load_runs(results_dir, f"study_{name}")
-        for run in [r for r in RUNS if any(x["run"] == r for x in runs)]:
-            cell = _delta_cell(_paired_with_naive(runs, naive, run, "cola", lambda x: x["main_metric"]))[0]
-            lines.append(f"| {name} | {why} | {run} | {cell} |")
+    for name, why, run, cells, _ in _main_metric_rows(results_dir, ANCHOR_STUDY, naive, ("cola",)):
+        lines.append(f"| {name} | {why} | {run} | {' | '.join(cells)} |")
     return "\n".join(lines) + "\n"
 
 

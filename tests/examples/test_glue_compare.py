@@ -207,14 +207,14 @@ def test_derived_recipe_shares_identical_runs_and_runs_only_its_own(tmp_path, mo
 
 def test_tuned_recipe_is_naive_plus_the_chosen_study_changes_on_moe_runs_only():
     for task in ("rte", "mrpc", "cola"):
-        naive = compare.RECIPES["naive" if task != "cola" else f"study_{compare.TUNED_COLA}"][task][0]
-        assert compare.run_flags("tuned", task, "dense") == naive
+        base = compare.RECIPES["naive" if task != "cola" else f"study_{compare.TUNED_COLA}"][task][0]
+        assert compare.run_flags("tuned", task, "dense") == base
         assert compare.home_recipe("tuned", task, "dense") == ("naive" if task != "cola" else
                                                                f"study_{compare.TUNED_COLA}")
         exit_added = [f for name in compare.TUNED_FROM_EXIT_STUDY for f in compare.EXIT_STUDY[name][0]]
-        assert compare.run_flags("tuned", task, "boosted") == naive + exit_added
+        assert compare.run_flags("tuned", task, "boosted") == base + exit_added
         added = [f for name in compare.TUNED_FROM_STUDY for f in compare.STUDY[name][0]]
-        assert added and compare.run_flags("tuned", task, "pad_element") == naive + added + \
+        assert added and compare.run_flags("tuned", task, "pad_element") == base + added + \
             compare.RUNS["pad_element"][1]
     # a tuned MoE run on a study task is that study recipe's run when the study change is the only one
     if compare.TUNED_FROM_STUDY == ("router_lr10",):
