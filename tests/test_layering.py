@@ -19,6 +19,8 @@ Per package, the hf_dynamic modules a module may import (function-level imports,
 - ``sharing`` (the remote-code bundler and model card that ``save_pretrained`` of every model type writes): nothing
   of hf_dynamic (it reads the library's source files); ``models/<type>`` may import it;
 - ``registry``: ``core``, methods and models;
+- ``deploy`` (exports to other engines: GGUF for llama.cpp, ONNX for onnxruntime): ``core``, methods, models and
+  itself; nothing below it imports it;
 - the package root ``hf_dynamic/__init__.py``: anything. Nothing else imports the root or ``hf_dynamic.registry``.
 
 No module of the library imports ``examples``, ``bench`` or ``tests``.
@@ -126,6 +128,8 @@ def layer_of(dotted: str) -> str | None:
         return f"method:{top}"
     if top == "models":
         return "models" if len(parts) == 2 else f"model:{parts[2]}"
+    if top == "deploy":
+        return "deploy"
     raise AssertionError(
         f"{dotted}: hf_dynamic.{top} is not classified in tests/test_layering.py; add it to the rule (and to "
         "docs/architecture.md)")
@@ -150,6 +154,8 @@ def allowed(source: str, target: str) -> bool:
         return False
     if source == "models":
         return False
+    if source == "deploy":
+        return target in ("core", "deploy", "models") or target.startswith(("method:", "model:"))
     raise AssertionError(f"unclassified source layer {source}")
 
 
