@@ -1,8 +1,8 @@
-"""hf_dynamic.core.validation: the shared argument check names the field, the value and the choices."""
+"""hf_dynamic.core.validation: the shared argument checks name the field, the value and what is allowed."""
 
 import pytest
 
-from hf_dynamic.core.validation import check_choice
+from hf_dynamic.core.validation import check_bool, check_choice, check_number
 
 
 @pytest.mark.parametrize("choices", [("global", "layer"), ["global", "layer"], {"global": 1, "layer": 2}])
@@ -36,3 +36,42 @@ def test_configs_and_algorithms_use_it():
         PartialMoEBertConfig(partition_granularity="row")
     with pytest.raises(ValueError, match=r"^finalize_at must be one of .*, got 'later'"):
         IMPCallback(finalize_at="later")
+
+
+# ------------------------------------------------------------------------------------------------ check_number
+@pytest.mark.parametrize("value, integer, bounds", [
+    (0.5, False, {"gt": 0, "le": 1}), (1, False, {"gt": 0, "le": 1}), (3, True, {"ge": 1}), (0, True, {}),
+    (-2.5, False, {}), (float("inf"), False, {"gt": 0, "finite": False}), (10 ** 400, True, {"ge": 1}),
+])
+def test_real_numbers_in_range_pass(value, integer, bounds):
+    assert check_number("x", value, integer, **bounds) is None
+
+
+@pytest.mark.parametrize("value, integer, bounds, message", [
+    ("0.5", False, {}, "x must be a number, got '0.5' (str)"),
+    (True, False, {}, "x must be a number, got True (bool)"),
+    (None, False, {}, "x must be a number, got None (NoneType)"),
+    (2.0, True, {}, "x must be an integer, got 2.0 (float)"),
+    (float("nan"), False, {}, "x must be a finite number, got nan"),
+    (float("nan"), False, {"gt": 0, "finite": False}, "x must be a non-NaN number > 0, got nan"),
+    (float("inf"), False, {"gt": 0}, "x must be a finite number > 0, got inf"),
+    (2, False, {"gt": 0, "le": 1}, "x must be a number > 0 and <= 1, got 2"),
+    (0, False, {"gt": 0, "le": 1}, "x must be a number > 0 and <= 1, got 0"),
+    (0, True, {"ge": 1}, "x must be an integer >= 1, got 0"),
+    (1.0, False, {"lt": 1}, "x must be a number < 1, got 1.0"),
+])
+def test_not_a_real_number_in_range_names_field_value_and_range(value, integer, bounds, message):
+    with pytest.raises(ValueError) as info:
+        check_number("x", value, integer, **bounds)
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize("value", ["no", "yes", 0, 1, None, 1.0])
+def test_check_bool_refuses_truthy_stand_ins(value):
+    with pytest.raises(ValueError, match=r"^flag must be a bool \(True or False\), got "):
+        check_bool("flag", value)
+
+
+@pytest.mark.parametrize("value", [True, False])
+def test_check_bool_accepts_bools(value):
+    assert check_bool("flag", value) is None
