@@ -256,8 +256,8 @@ def run_dense(dataset, network, seed, data):
             "final_train_loss": final_loss}
 
 
-def all_runs():
-    for seed in SEEDS:
+def all_runs(seeds=SEEDS):
+    for seed in seeds:
         for dataset in DATASETS:
             for network in NETWORKS:
                 yield dataset, network, seed, "dense"
@@ -449,13 +449,15 @@ def main(argv=None) -> None:
     parser.add_argument("--report", action="store_true", help="only regenerate the table and the plot")
     parser.add_argument("--only", default=None, help="substring filter on 'dataset/network/seed/row'")
     parser.add_argument("--shard", default="0/1", help="K/N: do only every N-th run starting at K (one process per core)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS),
+                        help="seeds to run (default: the table's first three, 0 1 2; more seeds add runs)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     if not args.report:
         RUNS.mkdir(parents=True, exist_ok=True)
         cache: dict = {}
         shard, num_shards = (int(v) for v in args.shard.split("/"))
-        for index, (dataset, network, seed, row) in enumerate(all_runs()):
+        for index, (dataset, network, seed, row) in enumerate(all_runs(args.seeds)):
             if index % num_shards != shard:
                 continue
             key = f"{dataset}-{network}-s{seed}-{row}"
