@@ -7,6 +7,7 @@ from typing import Optional, Union
 
 from peft.config import PeftConfig
 
+from ..core.validation import check_bool, check_choice, check_number
 from . import register, retry_registration
 from .prototypes import INITS, STRATEGIES
 
@@ -14,7 +15,28 @@ PEFT_TYPE = "PEMN"  # the peft_type string written to adapter_config.json (see h
 
 # The fields that decide the frozen weights and the kept count of every mask: a checkpoint stores them (as the
 # recipe) and refuses to load into a model built from a different recipe.
+SCORE_INITS = ("kaiming_uniform", "magnitude")
 RECIPE_FIELDS = ("strategy", "seed", "init", "ratio", "permute", "sparsity", "scale_fan", "random_bias")
+
+
+def check_targets(name: str, value, required: bool) -> None:
+    """``ValueError`` naming ``name`` unless ``value`` is a module-name regex (``str``) or a list / tuple / set of
+    names; when ``required``, ``None`` or an empty list is refused too (PEMN has no per-architecture default
+    targets, and peft would otherwise fail later with an ``AttributeError``)."""
+    if value is None:
+        if required:
+            raise ValueError(f"{name} is required (PEMN has no default targets for any architecture): pass the "
+                             "names or a regex of the nn.Linear / nn.Conv2d modules to mask, e.g. ['fc1', 'fc2'] "
+                             "or 'all-linear'")
+        return
+    if isinstance(value, str):
+        if not value:
+            raise ValueError(f"{name} must be a non-empty string or list of module names, got ''")
+        return
+    if not isinstance(value, (list, tuple, set)) or (required and not value) \
+            or not all(isinstance(v, str) and v for v in value):
+        raise ValueError(f"{name} must be a regex (str) or a {'non-empty ' if required else ''}list of module names "
+                         f"(str), got {value!r}")
 
 
 @dataclass
@@ -100,21 +122,18 @@ class PEMNConfig(PeftConfig):
         super().__post_init__()
         self.peft_type = PEFT_TYPE
         register()  # a PEMNConfig in hand means peft is imported: make sure it knows "PEMN" (idempotent)
-        if isinstance(self.target_modules, list):
+        check_targets("PEMNConfig.target_modules", self.target_modules, required=True)
+        check_targets("PEMNConfig.exclude_modules", self.exclude_modules, required=False)
+        if isinstance(self.target_modules, (list, tuple)):
             self.target_modules = set(self.target_modules)
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"PEMNConfig.strategy must be one of {STRATEGIES}, got {self.strategy!r}")
-        if not (isinstance(self.sparsity, (int, float)) and 0.0 < self.sparsity < 1.0):
-            raise ValueError(f"PEMNConfig.sparsity must be in (0, 1) (the fraction masked out), got {self.sparsity!r}")
-        if not (isinstance(self.ratio, (int, float)) and 0.0 < self.ratio <= 1.0):
-            raise ValueError(f"PEMNConfig.ratio (r of RP) must be in (0, 1], got {self.ratio!r}")
-        if self.init not in INITS:
-            raise ValueError(f"PEMNConfig.init must be one of {INITS}, got {self.init!r}")
-        if self.init_scores not in ("kaiming_uniform", "magnitude"):
-            raise ValueError(
-                f"PEMNConfig.init_scores must be 'kaiming_uniform' or 'magnitude', got {self.init_scores!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"PEMNConfig.seed must be a non-negative int, got {self.seed!r}")
+        check_choice("PEMNConfig.strategy", self.strategy, STRATEGIES)
+        check_number("PEMNConfig.sparsity", self.sparsity, gt=0, lt=1)  # the fraction masked OUT
+        check_number("PEMNConfig.ratio", self.ratio, gt=0, le=1)  # r of RP
+        check_choice("PEMNConfig.init", self.init, INITS)
+        check_choice("PEMNConfig.init_scores", self.init_scores, SCORE_INITS)
+        check_number("PEMNConfig.seed", self.seed, integer=True, ge=0)
+        for name in ("permute", "scale_fan", "random_bias"):
+            check_bool(f"PEMNConfig.{name}", getattr(self, name))
 
     def recipe(self) -> dict:
         """The fields that decide the frozen weights and the masks' kept counts (see ``RECIPE_FIELDS``)."""

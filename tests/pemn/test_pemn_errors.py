@@ -21,6 +21,31 @@ def test_config_rejects_bad_fields_naming_field_and_value(field, value):
         hf_dynamic.PEMNConfig(target_modules=TARGETS, **{field: value})
 
 
+@pytest.mark.parametrize("field,value,message", [
+    ("permute", "no", r"PEMNConfig\.permute must be a bool \(True or False\), got 'no' \(str\)"),
+    ("random_bias", "yes", r"PEMNConfig\.random_bias must be a bool \(True or False\), got 'yes' \(str\)"),
+    ("scale_fan", 2, r"PEMNConfig\.scale_fan must be a bool \(True or False\), got 2 \(int\)"),
+    ("ratio", True, r"PEMNConfig\.ratio must be a number, got True \(bool\)"),
+    ("sparsity", float("nan"), r"PEMNConfig\.sparsity must be a finite number > 0 and < 1, got nan"),
+    ("seed", 1.0, r"PEMNConfig\.seed must be an integer, got 1\.0 \(float\)"),
+    ("target_modules", None, r"PEMNConfig\.target_modules is required"),
+    ("target_modules", [], r"PEMNConfig\.target_modules must be .* list of module names \(str\), got \[\]"),
+    ("target_modules", ["fc1", 2], r"PEMNConfig\.target_modules must be .*, got \['fc1', 2\]"),
+    ("exclude_modules", 3, r"PEMNConfig\.exclude_modules must be .*, got 3"),
+])
+def test_config_refuses_values_it_used_to_coerce_or_defer(field, value, message):
+    """A truthy string acting as True, a bool as a ratio, a NaN, or no targets (peft's AttributeError later): each
+    a ValueError at construction, naming the field and the value."""
+    kwargs = {"target_modules": TARGETS, field: value}
+    with pytest.raises(ValueError, match=message):
+        hf_dynamic.PEMNConfig(**kwargs)
+
+
+def test_config_without_targets_fails_at_construction_not_inside_peft():
+    with pytest.raises(ValueError, match=r"^PEMNConfig\.target_modules is required"):
+        hf_dynamic.PEMNConfig()
+
+
 def test_targets_that_match_nothing_are_named(tiny_net):
     from peft import get_peft_model
 
