@@ -68,9 +68,7 @@ class PairedComparison:
 def _finite(value, name: str) -> float:
     if isinstance(value, np.generic):  # numpy scalars from a table are numbers too
         value = value.item()
-    check_number(name, value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    check_number(name, value)  # a real, finite number (NaN and inf refused)
     return float(value)
 
 
@@ -84,9 +82,7 @@ def paired_comparison(a: Sequence[float], b: Sequence[float], confidence: float 
     Raises ``ValueError`` when the lengths differ, a value is not a finite number, fewer than two pairs are given
     or ``confidence`` is not in (0, 1).
     """
-    confidence = _finite(confidence, "confidence")
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    check_number("confidence", confidence, gt=0, lt=1)
     a_values, b_values = _values(a, "a"), _values(b, "b")
     if len(a_values) != len(b_values):
         raise ValueError(f"paired_comparison needs one b per a: got {len(a_values)} and {len(b_values)} values")

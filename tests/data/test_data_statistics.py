@@ -56,7 +56,7 @@ def test_bad_input_is_named():
         paired_comparison([1.0, float("nan")], [1.0, 2.0])
     with pytest.raises(ValueError, match=r"b\[0\] must be a number"):
         paired_comparison([1.0, 2.0], ["1.0", 2.0])
-    with pytest.raises(ValueError, match="confidence must be in"):
+    with pytest.raises(ValueError, match="confidence must be a number > 0 and < 1"):
         paired_comparison([1.0, 2.0], [1.0, 3.0], confidence=95)
 
 
