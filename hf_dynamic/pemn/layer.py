@@ -173,11 +173,33 @@ class Linear(PEMNModule):
         return F.linear(x, weight, bias)
 
 
+def conv2d_like(conv: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``conv``'s convolution of ``x`` with another ``weight`` / ``bias``, from its public attributes only.
+
+    ``F.conv2d`` with ``conv.stride``, ``conv.dilation``, ``conv.groups``; ``conv.padding`` is passed to it for
+    ``padding_mode="zeros"``, and otherwise applied first with ``F.pad(mode=padding_mode)`` (``"same"`` padding
+    split as torch does: ``dilation * (kernel - 1)`` per dimension, the odd element on the right/bottom).
+    """
+    if conv.padding_mode == "zeros":
+        return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+    if conv.padding == "valid":
+        pads = (0, 0, 0, 0)
+    elif conv.padding == "same":
+        pads = ()
+        for dilation, kernel in zip(reversed(conv.dilation), reversed(conv.kernel_size)):  # F.pad: last dim first
+            total = dilation * (kernel - 1)
+            pads += (total // 2, total - total // 2)
+    else:
+        pads = (conv.padding[1], conv.padding[1], conv.padding[0], conv.padding[0])
+    return F.conv2d(F.pad(x, pads, mode=conv.padding_mode), weight, bias, conv.stride, 0, conv.dilation, conv.groups)
+
+
 class Conv2d(PEMNModule):
-    """A PEMN ``nn.Conv2d``: the base layer's convolution (stride, padding, groups) with the masked random kernel."""
+    """A PEMN ``nn.Conv2d``: the base layer's convolution (stride, padding and its mode, dilation, groups) with the
+    masked random kernel (:func:`conv2d_like`)."""
 
     def _layer_forward(self, x, weight, bias):
-        return self.get_base_layer()._conv_forward(x, weight, bias)
+        return conv2d_like(self.get_base_layer(), x, weight, bias)
 
 
 LAYER_CLASSES = {nn.Linear: Linear, nn.Conv2d: Conv2d}

@@ -61,3 +61,20 @@ def test_seeded_bias_and_merge_and_unload_compute_the_same_function(tiny_net, ba
     merged = model.merge_and_unload()
     assert type(merged.fc1) is torch.nn.Linear
     torch.testing.assert_close(merged(x), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "reflect", "replicate", "circular"])
+@pytest.mark.parametrize("kwargs", [
+    {"padding": 1}, {"padding": (2, 1), "stride": 2}, {"padding": "same", "dilation": 2},
+    {"padding": "same", "kernel_size": (2, 4)}, {"padding": "valid", "groups": 2},
+])
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")  # torch's, for the layer itself too
+def test_conv2d_like_is_the_layers_own_convolution(padding_mode, kwargs):
+    """PEMN's convolution is built from nn.Conv2d's public attributes (not its private _conv_forward): with the
+    layer's own weight it gives exactly the layer's output, for every padding mode, padding, stride and group."""
+    from hf_dynamic.pemn.layer import conv2d_like
+
+    kwargs = {"kernel_size": 3, **kwargs}
+    conv = torch.nn.Conv2d(4, 6, padding_mode=padding_mode, **kwargs)
+    x = torch.randn(2, 4, 9, 8)
+    assert torch.equal(conv2d_like(conv, x, conv.weight, conv.bias), conv(x))
