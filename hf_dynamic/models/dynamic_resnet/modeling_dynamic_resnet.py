@@ -25,7 +25,7 @@ from transformers.models.resnet.modeling_resnet import (
 from transformers.utils import logging
 
 from ...core.checkpoints import checkpoint_tensor_shapes
-from ...pad.checks import CheckedCheckpointMixin, check_layer_against_config
+from ...pad.checks import CheckedCheckpointMixin, check_config_overrides, check_layer_against_config
 from ...pad.conv import DynamicConv2d, PartialDynamicConv2d
 from ...sharing import HubSharingMixin
 from .configuration_dynamic_resnet import ConvSpec, DynamicResNetConfig, resnet_conv_specs
@@ -116,8 +116,10 @@ class DynamicResNetPreTrainedModel(HubSharingMixin, CheckedCheckpointMixin, ResN
         head) is copied; the attention is new. ``config_overrides`` set any config field (``num_kernels``,
         ``dynamic_ratio``, ``num_labels``...). With softmax routing the model then computes what the static one
         computes (up to float rounding), whatever the attention; CondConv's sigmoid weights do not sum to 1, so a
-        sigmoid-routed conversion does not (a warning says so).
+        sigmoid-routed conversion does not (a warning says so). A keyword that is not a config field is a
+        TypeError, before anything is loaded.
         """
+        check_config_overrides(cls.config_class, config_overrides, f"{cls.__name__}.from_static")
         static = model_or_path
         if not isinstance(static, nn.Module):
             from transformers import AutoConfig

@@ -50,7 +50,7 @@ from transformers.utils.output_capturing import OutputRecorder
 from ...core.checkpoints import checkpoint_tensor_shapes
 from ...core.routing import TopKRouter, load_balancing_loss
 from ...pad.experts import EXPERTS_IMPLEMENTATION, register_experts_implementation
-from ...pad.checks import CheckedCheckpointMixin, check_layer_against_config
+from ...pad.checks import CheckedCheckpointMixin, check_config_overrides, check_layer_against_config
 from ...pad.layers import PARTS, PartialDynamicFFN
 from ...pad.upcycling import drop_upcycle_
 from ...sharing import HubSharingMixin
@@ -222,8 +222,10 @@ class PartialMoEBertPreTrainedModel(HubSharingMixin, CheckedCheckpointMixin, Ber
         Every expert and the static weight copy the dense FFN (both matrices and biases), the router is new, every
         other weight (and a matching task head) is copied. ``config_overrides`` set any config field (MoE fields,
         ``num_labels``, ``problem_type``...). Right after upcycling the model computes what the dense one does.
-        Raises ValueError for a checkpoint that is not a BERT (``model_type != "bert"``).
+        Raises ValueError for a checkpoint that is not a BERT (``model_type != "bert"``) and TypeError for a keyword
+        that is not a config field, before loading anything.
         """
+        check_config_overrides(cls.config_class, config_overrides, f"{cls.__name__}.from_dense")
         if isinstance(dense_model_or_path, PreTrainedModel):
             dense = dense_model_or_path
             cls._check_dense_config(dense.config, type(dense).__name__)
@@ -388,6 +390,15 @@ class PartialMoEBertModel(PartialMoEBertPreTrainedModel, BertModel):
         BertModel.__init__(self, config, add_pooling_layer=add_pooling_layer)
         self.encoder = PartialMoEBertEncoder(config)
         self.post_init()
+
+    def post_init(self):
+        """``PreTrainedModel.post_init`` once the model is whole. ``BertModel.__init__`` ends with ``post_init()``
+        while ``self.encoder`` is still BERT's dense encoder; run then, it would initialise weights that are thrown
+        away, flag the dense layers for a legacy ``gradient_checkpointing=True`` config (and consume the field, so
+        the MoE layers never are), and find no MoE layer to register as a DeepSpeed ZeRO-3 leaf. So it waits for the
+        call at the end of this class's ``__init__``."""
+        if isinstance(getattr(self, "encoder", None), PartialMoEBertEncoder):
+            super().post_init()
 
     @can_return_tuple
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
