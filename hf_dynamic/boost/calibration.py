@@ -19,6 +19,7 @@ import torch
 from scipy.optimize import brentq
 from transformers.utils import logging
 
+from ..core.validation import check_number
 from .criteria import ExitRule, get_criterion
 
 logger = logging.get_logger(__name__)
@@ -62,8 +63,7 @@ def solve_exit_fractions(budget: float, costs) -> tuple:
     the former 200-step bisection did). Raises ``ValueError`` if the budget is outside (0, 1] or below the first
     exit's cost.
     """
-    if not (isinstance(budget, (int, float)) and 0 < budget <= 1):
-        raise ValueError(f"budget must be in (0, 1], got {budget!r}")
+    check_number("budget", budget, gt=0, le=1)
     costs64 = torch.tensor(costs, dtype=torch.float64)
     n = len(costs)
     if budget < costs[0] - 1e-12:
@@ -124,11 +124,14 @@ def simulate_exits(config, all_exit_logits, thresholds=None) -> torch.Tensor:
     the first exit whose criterion fires, the last exit otherwise. For budget sweeps without re-running the model;
     the model's real dynamic mode gives the same exits up to floating-point ties (tested).
     """
-    thresholds = config.exit_thresholds if thresholds is None else thresholds
-    if get_criterion(config.exit_criterion).calibratable and (thresholds is None or len(thresholds) != config.num_exits):
-        raise ValueError(f"thresholds must give one value per exit ({config.num_exits}), got {thresholds!r}")
+    settings = config.exit_settings()
+    if thresholds is not None:
+        settings = settings.with_thresholds(thresholds)
+    thresholds = settings.thresholds
+    if get_criterion(settings.criterion).calibratable and (thresholds is None or len(thresholds) != settings.num_exits):
+        raise ValueError(f"thresholds must give one value per exit ({settings.num_exits}), got {thresholds!r}")
     n, num_exits = all_exit_logits.shape[:2]
-    rule = ExitRule(config, n, all_exit_logits.device, thresholds)
+    rule = ExitRule(settings, n, all_exit_logits.device)
     exit_index = torch.full((n,), num_exits - 1, dtype=torch.long)
     undecided = torch.ones(n, dtype=torch.bool)
     for k in range(num_exits - 1):

@@ -2,18 +2,44 @@
 
 Each criterion is one small class holding everything about it: its per-exit score, the conversion between its
 stored thresholds and that score, the finite thresholds standing for "never" / "always" (JSON has no infinities),
-its configuration checks (regression, ...) and its per-batch state. :data:`EXIT_CRITERIA` is the registry, keyed by
-the name stored in ``config.exit_criterion``.
+its checks (regression, ...) and its per-batch state. :data:`EXIT_CRITERIA` is the registry, keyed by criterion name.
+
+The criteria and the rule read an :class:`ExitSettings` (criterion name, number of exits, thresholds, patience,
+tolerance, regression or not), never a model config: a model maps its own fields onto one (the boosted model's
+``BoostedEarlyExitConfig.exit_settings()``), so the rule serves any model that has exits.
 
 :class:`ExitRule` is the only place that decides which samples leave at an exit: the model's dynamic mode walks it
 on the shrinking batch, :func:`hf_dynamic.boost.calibration.simulate_exits` on precomputed anytime logits.
 """
 
+import dataclasses
 import math
+from dataclasses import dataclass
 
 import torch
 
 from ..core.validation import check_choice
+
+
+@dataclass(frozen=True)
+class ExitSettings:
+    """What the exit rule needs to know (docs/boost.md, "## Exit rule and criteria").
+
+    criterion: a name of :data:`EXIT_CRITERIA`; num_exits: N; thresholds: one per exit (threshold criteria) or
+    ``None`` (no early exit); patience: consecutive agreeing exits (patience criterion) or ``None``; tolerance: how
+    close two regression predictions must be to agree; regression: the predictions are one real value, not logits.
+    """
+
+    criterion: str
+    num_exits: int
+    thresholds: tuple | None = None
+    patience: int | None = None
+    tolerance: float = 0.1
+    regression: bool = False
+
+    def with_thresholds(self, thresholds) -> "ExitSettings":
+        """A copy with other thresholds (calibration sweeps)."""
+        return dataclasses.replace(self, thresholds=None if thresholds is None else tuple(thresholds))
 
 
 class ExitCriterion:
@@ -22,18 +48,18 @@ class ExitCriterion:
     name: str = ""
     calibratable: bool = False  # has per-exit thresholds that budget calibration can set
 
-    def enabled(self, config) -> bool:
-        """Whether the config makes inference exit early with this criterion."""
+    def enabled(self, settings: ExitSettings) -> bool:
+        """Whether the settings make inference exit early with this criterion."""
         raise NotImplementedError
 
-    def check_config(self, config) -> None:
+    def check(self, settings: ExitSettings) -> None:
         """Raise ``ValueError`` for settings this criterion cannot serve."""
 
     def init_state(self, batch_size: int, device) -> dict:
         """Per-sample state carried from exit to exit (compacted with the batch)."""
         return {}
 
-    def fires(self, prediction: torch.Tensor, k: int, state: dict, config, thresholds=None) -> torch.Tensor:
+    def fires(self, prediction: torch.Tensor, k: int, state: dict, settings: ExitSettings) -> torch.Tensor:
         """Boolean mask of the samples whose criterion fires at exit k (0-based), given exit k's prediction F_k."""
         raise NotImplementedError
 
@@ -65,19 +91,18 @@ class ThresholdCriterion(ExitCriterion):
         never, always = self.finite_thresholds(num_labels)
         return never if self.threshold_to_score(threshold) == math.inf else always
 
-    def enabled(self, config) -> bool:
-        return config.exit_thresholds is not None
+    def enabled(self, settings):
+        return settings.thresholds is not None
 
-    def check_config(self, config) -> None:
-        if config.is_regression and config.exit_thresholds is not None:
+    def check(self, settings):
+        if settings.regression and settings.thresholds is not None:
             raise ValueError(
                 f"exit_criterion={self.name!r} needs class probabilities, but the model is a regression "
                 "(num_labels=1); use exit_criterion='patience' for regression"
             )
 
-    def fires(self, prediction, k, state, config, thresholds=None):
-        thresholds = config.exit_thresholds if thresholds is None else thresholds
-        return self.score(prediction) >= self.threshold_to_score(thresholds[k])
+    def fires(self, prediction, k, state, settings):
+        return self.score(prediction) >= self.threshold_to_score(settings.thresholds[k])
 
 
 class ConfidenceCriterion(ThresholdCriterion):
@@ -116,23 +141,23 @@ class PatienceCriterion(ExitCriterion):
 
     name = "patience"
 
-    def enabled(self, config):
-        return config.exit_patience is not None
+    def enabled(self, settings):
+        return settings.patience is not None
 
     def init_state(self, batch_size, device):
         return {"count": torch.zeros(batch_size, dtype=torch.long, device=device), "previous": None}
 
-    def fires(self, prediction, k, state, config, thresholds=None):
-        if config.is_regression:
+    def fires(self, prediction, k, state, settings):
+        if settings.regression:
             current = prediction.float().squeeze(-1)
-            agree = (current - state["previous"]).abs() <= config.patience_tolerance if k > 0 else None
+            agree = (current - state["previous"]).abs() <= settings.tolerance if k > 0 else None
         else:
             current = prediction.argmax(dim=-1)
             agree = current == state["previous"] if k > 0 else None
         if agree is not None:
             state["count"] = torch.where(agree, state["count"] + 1, torch.zeros_like(state["count"]))
         state["previous"] = current
-        return state["count"] >= config.exit_patience
+        return state["count"] >= settings.patience
 
 
 EXIT_CRITERIA = {criterion.name: criterion for criterion in (ConfidenceCriterion(), EntropyCriterion(),
@@ -149,20 +174,21 @@ class ExitRule:
     """Which samples of a batch leave at each exit: the first exit whose criterion fires; the last exit takes all.
 
     Walk it exit by exit with :meth:`fires`; after removing samples from the batch call :meth:`keep` so that the
-    criterion's per-sample state follows them. ``thresholds`` overrides ``config.exit_thresholds``.
+    criterion's per-sample state follows them.
     """
 
-    def __init__(self, config, batch_size: int, device=None, thresholds=None):
-        self.config = config
-        self.criterion = get_criterion(config.exit_criterion)
-        self.thresholds = thresholds
-        self.last = config.num_exits - 1
+    def __init__(self, settings: ExitSettings, batch_size: int, device=None):
+        if not isinstance(settings, ExitSettings):
+            raise TypeError(f"ExitRule needs an ExitSettings, got {type(settings).__name__}")
+        self.settings = settings
+        self.criterion = get_criterion(settings.criterion)
+        self.last = settings.num_exits - 1
         self.state = self.criterion.init_state(batch_size, device)
 
     def fires(self, prediction: torch.Tensor, k: int) -> torch.Tensor:
         if k == self.last:
             return torch.ones(prediction.shape[0], dtype=torch.bool, device=prediction.device)
-        return self.criterion.fires(prediction, k, self.state, self.config, self.thresholds)
+        return self.criterion.fires(prediction, k, self.state, self.settings)
 
     def keep(self, keep: torch.Tensor) -> None:
         self.state = {key: (value[keep] if value is not None else None) for key, value in self.state.items()}
@@ -210,6 +236,7 @@ __all__ = [
     "EntropyCriterion",
     "ExitCriterion",
     "ExitRule",
+    "ExitSettings",
     "PatienceCriterion",
     "ThresholdCriterion",
     "exit_confidence",

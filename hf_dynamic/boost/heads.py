@@ -22,10 +22,14 @@ class ExitHead(nn.Module):
 
     ``pooling="cls"``: the first token (BERT's pooler, DeeBERT's highway exits); ``"mean"``: the mean over the
     non-padding tokens (how sentence-transformers such as all-MiniLM-L6-v2 were trained to pool).
+
+    ``layer``: the 1-based backbone layer the head reads, kept in the persistent buffer ``exit_layer`` so that a
+    checkpoint records where each head was trained and a model can refuse heads loaded onto other layers.
     """
 
-    def __init__(self, hidden_size: int, num_labels: int, dropout: float, pooling: str = "cls"):
+    def __init__(self, hidden_size: int, num_labels: int, dropout: float, pooling: str = "cls", layer: int = 0):
         super().__init__()
+        self.register_buffer("exit_layer", torch.tensor(layer, dtype=torch.long))
         self.pooling = pooling
         self.dense = nn.Linear(hidden_size, hidden_size)
         self.activation = nn.Tanh()

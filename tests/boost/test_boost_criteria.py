@@ -7,17 +7,8 @@ import pytest
 import torch
 
 from hf_dynamic.boost.calibration import exit_fractions, solve_exit_fractions
-from hf_dynamic.boost.criteria import EXIT_CRITERIA, ExitRule, get_criterion
+from hf_dynamic.boost.criteria import EXIT_CRITERIA, ExitRule, ExitSettings, get_criterion
 from hf_dynamic.boost.loss import boosted_loss, boosted_prediction, rescale_trunk
-
-
-class Config:
-    """The config fields the exit rule reads."""
-
-    def __init__(self, criterion, thresholds=None, patience=None, num_labels=3, tolerance=0.1):
-        self.exit_criterion, self.exit_thresholds, self.exit_patience = criterion, thresholds, patience
-        self.num_labels, self.patience_tolerance, self.num_exits = num_labels, tolerance, 3
-        self.is_regression = num_labels == 1
 
 
 def test_registry_and_threshold_conversions():
@@ -42,11 +33,11 @@ def test_exit_rule_threshold_and_patience():
     logits = torch.tensor([[[4.0, 0, 0], [4.0, 0, 0], [0, 4.0, 0]],
                            [[0.1, 0, 0], [0, 4.0, 0], [0, 4.0, 0]],
                            [[0.1, 0, 0], [0, 0.1, 0], [0, 0, 0.1]]])
-    rule = ExitRule(Config("confidence", thresholds=[0.9, 0.9, 0.0]), 3)
+    rule = ExitRule(ExitSettings("confidence", num_exits=3, thresholds=(0.9, 0.9, 0.0)), 3)
     assert rule.fires(logits[:, 0], 0).tolist() == [True, False, False]
     assert rule.fires(logits[:, 1], 1).tolist() == [True, True, False]
     assert rule.fires(logits[:, 2], 2).all()  # the last exit takes every sample
-    rule = ExitRule(Config("patience", patience=1), 3)
+    rule = ExitRule(ExitSettings("patience", num_exits=3, patience=1), 3)
     assert rule.fires(logits[:, 0], 0).tolist() == [False, False, False]
     rule.keep(torch.tensor([True, False, True]))  # the state follows the samples left in the batch
     assert rule.fires(logits[[0, 2], 1], 1).tolist() == [True, False]

@@ -5,15 +5,13 @@ rebuilt through ``CONFIG_MAPPING``), so any registered encoder type works: BERT,
 hf_dynamic's ``partial_moe_bert``.
 """
 
-import math
-
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
 from ...boost.criteria import EXIT_CRITERIA as _CRITERIA
-from ...boost.criteria import get_criterion
+from ...boost.criteria import ExitSettings, get_criterion
 from ...boost.heads import EXIT_POOLINGS
-from ...core.validation import check_choice
+from ...core.validation import check_bool, check_choice, check_number
 
 EXIT_CRITERIA = tuple(_CRITERIA)  # the names registered in hf_dynamic.boost.criteria
 
@@ -78,9 +76,10 @@ class BoostedEarlyExitConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
         if self.exit_layers is None:
             self.exit_layers = list(range(1, self.num_backbone_layers + 1))
-        self.exit_layers = [int(layer) for layer in self.exit_layers]
-        if self.exit_thresholds is not None:
-            self.exit_thresholds = [float(threshold) for threshold in self.exit_thresholds]
+        self.exit_layers = _checked_list("exit_layers", self.exit_layers, integer=True)
+        if self.exit_thresholds is not None:  # ±inf allowed (never / always fires), NaN refused
+            self.exit_thresholds = [float(x) for x in _checked_list("exit_thresholds", self.exit_thresholds,
+                                                                     finite=False)]
         self.check_exit_setup()
 
     @property
@@ -102,7 +101,19 @@ class BoostedEarlyExitConfig(PreTrainedConfig):
     @property
     def dynamic_exit_enabled(self) -> bool:
         """Whether inference exits early (thresholds set, or patience set for the patience criterion)."""
-        return get_criterion(self.exit_criterion).enabled(self)
+        return get_criterion(self.exit_criterion).enabled(self.exit_settings())
+
+    def exit_settings(self) -> ExitSettings:
+        """This config's exit fields as the :class:`~hf_dynamic.boost.criteria.ExitSettings` the exit rule reads."""
+        thresholds = self.exit_thresholds
+        return ExitSettings(
+            criterion=self.exit_criterion,
+            num_exits=self.num_exits,
+            thresholds=None if thresholds is None else tuple(thresholds),
+            patience=self.exit_patience,
+            tolerance=self.patience_tolerance,
+            regression=self.is_regression,
+        )
 
     def get_text_config(self, decoder=None, encoder=None) -> PreTrainedConfig:
         """The backbone's config: it holds the text fields (``vocab_size``, ...) that transformers' utilities such
@@ -127,34 +138,44 @@ class BoostedEarlyExitConfig(PreTrainedConfig):
                 f"exit_layers must end with the backbone's last layer {total} (the full model is the last exit), "
                 f"got {layers}; truncate the backbone to use fewer layers"
             )
-        t = self.ensemble_temperature
-        if not (isinstance(t, (int, float)) and math.isfinite(t) and t > 0):
-            raise ValueError(f"ensemble_temperature must be > 0, got {t!r}")
+        check_bool("boosting", self.boosting)
+        check_bool("gradient_rescale", self.gradient_rescale)
+        check_number("ensemble_temperature", self.ensemble_temperature, gt=0)
         check_choice("exit_pooling", self.exit_pooling, EXIT_POOLINGS)
         criterion = get_criterion(self.exit_criterion)
         if self.exit_thresholds is not None:
-            if len(self.exit_thresholds) != len(layers):
+            thresholds = _checked_list("exit_thresholds", self.exit_thresholds, finite=False)
+            if len(thresholds) != len(layers):
                 raise ValueError(
-                    f"exit_thresholds has {len(self.exit_thresholds)} values but there are {len(layers)} exits "
+                    f"exit_thresholds has {len(thresholds)} values but there are {len(layers)} exits "
                     f"(exit_layers={layers})"
                 )
-            if any(math.isnan(x) for x in self.exit_thresholds):
-                raise ValueError(f"exit_thresholds contains NaN: {self.exit_thresholds}")
-        if self.exit_patience is not None and (not isinstance(self.exit_patience, int) or self.exit_patience < 1):
-            raise ValueError(f"exit_patience must be an integer >= 1, got {self.exit_patience!r}")
-        if self.patience_tolerance < 0:
-            raise ValueError(f"patience_tolerance must be >= 0, got {self.patience_tolerance!r}")
-        if self.exit_loss_weights is not None and len(self.exit_loss_weights) != len(layers):
-            raise ValueError(
-                f"exit_loss_weights has {len(self.exit_loss_weights)} values but there are {len(layers)} exits"
-            )
+        if self.exit_patience is not None:
+            check_number("exit_patience", self.exit_patience, integer=True, ge=1)
+        check_number("patience_tolerance", self.patience_tolerance, ge=0)
+        if self.exit_loss_weights is not None:
+            weights = _checked_list("exit_loss_weights", self.exit_loss_weights, ge=0)
+            if len(weights) != len(layers):
+                raise ValueError(f"exit_loss_weights has {len(weights)} values but there are {len(layers)} exits")
+        if self.classifier_dropout is not None:
+            check_number("classifier_dropout", self.classifier_dropout, ge=0, le=1)
         self.check_problem_type()
-        criterion.check_config(self)
+        criterion.check(self.exit_settings())
 
     def check_problem_type(self):
         """Boosted exits are single-label classifiers or regressors: ``ValueError`` for multi-label."""
         if self.problem_type == "multi_label_classification":
             raise ValueError("problem_type='multi_label_classification' is not supported by boosted early exits")
+
+
+def _checked_list(name, values, **number_checks) -> list:
+    """``values`` as a list after :func:`~hf_dynamic.core.validation.check_number` (``number_checks``: its keyword
+    arguments) on each entry, named ``name[i]``; ``ValueError`` when it is not a list or tuple."""
+    if not isinstance(values, (list, tuple)):
+        raise ValueError(f"{name} must be a list, got {values!r} ({type(values).__name__})")
+    for index, value in enumerate(values):
+        check_number(f"{name}[{index}]", value, **number_checks)
+    return list(values)
 
 
 __all__ = ["BoostedEarlyExitConfig", "EXIT_CRITERIA", "EXIT_POOLINGS"]

@@ -87,7 +87,7 @@ def layer_outputs(model, batch):
         ({"exit_layers": [2, 2, 4]}, "duplicated"),
         ({"exit_layers": [3, 2, 4]}, "increasing"),
         ({"exit_layers": [1, 2]}, "must end with the backbone's last layer 4"),
-        ({"ensemble_temperature": 0.0}, "ensemble_temperature must be > 0, got 0.0"),
+        ({"ensemble_temperature": 0.0}, "ensemble_temperature must be a number > 0, got 0.0"),
         ({"ensemble_temperature": -1.0}, "ensemble_temperature"),
         ({"exit_thresholds": [0.5, 0.5]}, "exit_thresholds has 2 values but there are 4 exits"),
         ({"exit_criterion": "margin"}, "exit_criterion must be one of"),
@@ -112,9 +112,9 @@ def test_config_defaults_every_layer_and_round_trips(tmp_path):
     assert loaded.exit_layers == [1, 2, 3] and loaded.boosting and loaded.ensemble_temperature == 0.5
 
 
-def test_backbone_without_encoder_structure_is_rejected():
+def test_backbone_without_an_adapter_is_rejected():
     gpt2 = GPT2Model(GPT2Config(vocab_size=VOCAB, n_embd=16, n_layer=2, n_head=2, n_positions=32))
-    with pytest.raises(ValueError, match="embeddings"):
+    with pytest.raises(ValueError, match="backbone model_type 'gpt2' has no boosted-exit adapter"):
         BoostedEarlyExitForSequenceClassification.from_backbone(gpt2, num_labels=2)
     with pytest.raises(ValueError, match="model_or_path must be a PreTrainedModel"):
         BoostedEarlyExitForSequenceClassification.from_backbone(nn.Linear(2, 2), num_labels=2)
