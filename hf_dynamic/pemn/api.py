@@ -15,6 +15,8 @@ from ..core.masks import packed_numel
 from . import register
 from .config import PEMNConfig
 
+FINGERPRINT_BYTES = 32  # SHA-256 of the untargeted base tensors (hf_dynamic.pemn.model.base_fingerprint)
+
 
 def get_pemn_model(model, config: PEMNConfig, adapter_name: str = "default"):
     """``peft.get_peft_model(model, config)`` for a :class:`PEMNConfig` (the targeted layers become masked random)."""
@@ -40,8 +42,11 @@ def load_pemn(base_model, path: str | os.PathLike, is_trainable: bool = False, a
     return PeftModel.from_pretrained(base_model, str(path), is_trainable=is_trainable, adapter_name=adapter_name)
 
 
-def pemn_storage_bytes(shapes, config: PEMNConfig) -> int:
+def pemn_storage_bytes(shapes, config: PEMNConfig, untargeted_base: bool = False) -> int:
     """Tensor bytes of a saved PEMN adapter: ``sum(ceil(numel / 8))`` over the target layers' weight ``shapes``
-    plus the recipe's JSON. The safetensors file adds its header (8 bytes + a JSON index of the tensors)."""
+    plus the recipe's JSON, plus the 32-byte fingerprint of the base's untargeted tensors when the model has any
+    (``untargeted_base``: embeddings, LayerNorms, ...). The safetensors file adds its header (8 bytes + a JSON index
+    of the tensors)."""
     recipe = len(json.dumps(config.recipe(), sort_keys=True).encode("utf-8"))
-    return sum(packed_numel(math.prod(shape)) for shape in shapes) + recipe
+    fingerprint = FINGERPRINT_BYTES if untargeted_base else 0
+    return sum(packed_numel(math.prod(shape)) for shape in shapes) + recipe + fingerprint

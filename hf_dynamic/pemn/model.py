@@ -6,20 +6,25 @@ prototype per adapter from the seed and the target layers' shapes, and wraps eve
 
 - :meth:`PEMNModel._get_adapter_state_dict` replaces each layer's float scores by its mask, bit-packed
   (``<layer>.pemn_mask``, ``ceil(numel / 8)`` bytes), and adds the recipe (``base_model.pemn_recipe``, its JSON as
-  bytes); nothing else of the adapter is written;
+  bytes) and, when the model has tensors the adapter does not replace (a transformer's embeddings and LayerNorms),
+  their fingerprint (``base_model.pemn_base_fingerprint``, :func:`base_fingerprint`); nothing else is written;
 - :meth:`PEMNModel._remap_adapter_state_dict_for_load` checks the recipe against the model's config and each mask's
   bit count and kept count against its layer, then turns each mask back into scores (1 kept, 0 dropped) whose
-  edge-popup mask is that mask exactly.
+  edge-popup mask is that mask exactly; a base whose untargeted tensors differ from the fingerprint's is reported
+  (a warning: the masked layers are exact, the rest of the network is not the trained one).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 
 import torch
 from peft.tuners.tuners_utils import BaseTuner
+from peft.utils.other import AuxiliaryTrainingWrapper
 from torch import nn
+from transformers.utils import logging
 
 from ..core.masks import pack_bool_mask, packed_numel, unpack_bool_mask
 from . import retry_registration
@@ -30,7 +35,10 @@ from .prototypes import build_prototype
 SCORES = "pemn_scores"
 MASK = "pemn_mask"
 RECIPE_KEY = "base_model.pemn_recipe"
+FINGERPRINT_KEY = "base_model.pemn_base_fingerprint"
 PEFT_PREFIX = "base_model.model."
+
+logger = logging.get_logger(__name__)
 
 
 def target_layer_shapes(model: nn.Module, config: PEMNConfig, matches) -> dict[str, tuple[int, ...]]:
@@ -73,6 +81,52 @@ def check_recipe(stored: torch.Tensor | None, config: PEMNConfig) -> None:
         raise ValueError(
             "checkpoint was saved with another prototype recipe; field: (checkpoint, model) = "
             + ", ".join(f"{k}: {a!r} vs {b!r}" for k, (a, b) in diff.items()))
+
+
+def _untargeted(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The entries of ``state_dict`` (of ``model``) that the adapter neither replaces (PEMN layers) nor stores
+    (peft's ``modules_to_save`` wrappers), keyed without peft's ``base_model.model.`` prefix."""
+    owned = tuple(f"{name.removeprefix(PEFT_PREFIX)}." for name, module in model.named_modules()
+                  if name and isinstance(module, (PEMNLayer, AuxiliaryTrainingWrapper)))
+    names = {key: key.removeprefix(PEFT_PREFIX) for key in state_dict}
+    return {name: state_dict[key] for key, name in names.items() if not name.startswith(owned)}
+
+
+def base_fingerprint(model: nn.Module, state_dict: dict[str, torch.Tensor] | None = None) -> torch.Tensor | None:
+    """SHA-256 (32 ``uint8``) over the name, dtype, shape and bytes of every tensor of the base model that a PEMN
+    adapter does not carry (embeddings, LayerNorms, untargeted layers), in key order; ``None`` when there is none.
+
+    A PEMN adapter rebuilds its masked layers from the recipe, but the network also runs these tensors, taken from
+    whatever base it is loaded on: the fingerprint lets loading tell whether they are the trained ones
+    (docs/pemn.md, "## Storage"). It costs one pass over the untargeted weights at save and at load.
+    """
+    tensors = _untargeted(model, model.state_dict() if state_dict is None else state_dict)
+    if not tensors:
+        return None
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode("utf-8"))
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return torch.frombuffer(bytearray(digest.digest()), dtype=torch.uint8)
+
+
+def check_base_fingerprint(stored: torch.Tensor | None, model: nn.Module) -> bool:
+    """Warn (and return False) when ``model``'s untargeted tensors differ from the ``stored`` fingerprint; an adapter
+    saved without one (an all-targeted model, or an older adapter) is not checked."""
+    if stored is None:
+        return True
+    current = base_fingerprint(model)
+    if current is not None and torch.equal(stored.to(torch.uint8).cpu(), current):
+        return True
+    names = sorted(_untargeted(model, model.state_dict()))
+    logger.warning(
+        "PEMN adapter loaded on a base model whose untargeted tensors (those the adapter does not store: "
+        f"{len(names)} tensors such as {names[:3]}) are not the ones it was trained with (values, dtypes or shapes "
+        "differ from the adapter's base fingerprint). The masked layers are exact, the rest of the network is not: "
+        "the outputs differ from the trained model's. Load the adapter on the base it was trained on (the same "
+        "checkpoint, or the same seed and initialisation).")
+    return False
 
 
 def unpack_layer_mask(packed: torch.Tensor, shape: tuple[int, ...], sparsity: float, layer: str) -> torch.Tensor:
@@ -143,6 +197,9 @@ class PEMNModel(BaseTuner):
             else:
                 to_return[key] = value
         to_return[f"{RECIPE_KEY}.{adapter_name}"] = recipe_tensor(config)
+        fingerprint = base_fingerprint(model, state_dict)
+        if fingerprint is not None:
+            to_return[f"{FINGERPRINT_KEY}.{adapter_name}"] = fingerprint
         return to_return
 
     @classmethod
@@ -150,6 +207,9 @@ class PEMNModel(BaseTuner):
         state_dict = dict(state_dict)
         recipe = [state_dict.pop(k) for k in list(state_dict) if k == RECIPE_KEY or k.endswith(".pemn_recipe")]
         check_recipe(recipe[0] if recipe else None, config)
+        fingerprint = [state_dict.pop(k) for k in list(state_dict)
+                       if k == FINGERPRINT_KEY or k.endswith(".pemn_base_fingerprint")]
+        check_base_fingerprint(fingerprint[0] if fingerprint else None, model)
         layers = {}
         for name, module in model.named_modules():
             if isinstance(module, PEMNLayer) and adapter_name in module.pemn_scores:

@@ -120,3 +120,45 @@ def test_own_module_calls_match_peft(tmp_path, tiny_net, batch):
     x, _ = batch
     save_pemn(model, tmp_path)
     assert torch.equal(load_pemn(tiny_net(), tmp_path)(x), model(x))
+
+
+def _tiny_bert(seed: int):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    return BertForSequenceClassification(BertConfig(
+        vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+        max_position_embeddings=16, num_labels=2)).eval()
+
+
+def test_a_base_with_other_untargeted_weights_is_reported(tmp_path):
+    """BERT's embeddings, LayerNorms and classifier are not targeted: they come from the base the adapter is loaded
+    on. The adapter stores their fingerprint; on the trained base it loads quietly and exactly, on a base built with
+    another seed (other logits) it says so."""
+    from peft import PeftModel, get_peft_model
+    from transformers.testing_utils import CaptureLogger
+    from transformers.utils import logging
+
+    from hf_dynamic.pemn.model import FINGERPRINT_KEY
+
+    config = hf_dynamic.PEMNConfig(target_modules=["query", "key", "value", "dense"], sparsity=0.5)
+    model = get_peft_model(_tiny_bert(seed=0), config).eval()
+    inputs = {"input_ids": torch.tensor([[1, 5, 7, 9, 2]]), "attention_mask": torch.ones(1, 5, dtype=torch.long)}
+    expected = model(**inputs).logits
+    model.save_pretrained(tmp_path)
+    stored = load_file(tmp_path / "adapter_model.safetensors")
+    assert stored[FINGERPRINT_KEY].shape == (32,)
+    shapes = [tuple(m.weight.shape) for n, m in model.base_model.model.named_modules()
+              if n.endswith(("query", "key", "value", "dense")) and hasattr(m, "pemn_scores")]
+    assert sum(t.numel() for t in stored.values()) == pemn_storage_bytes(shapes, config, untargeted_base=True)
+
+    logger = logging.get_logger("hf_dynamic.pemn.model")
+    with CaptureLogger(logger) as same:
+        loaded = PeftModel.from_pretrained(_tiny_bert(seed=0), tmp_path).eval()
+    assert "untargeted tensors" not in same.out
+    assert torch.equal(loaded(**inputs).logits, expected)
+
+    with CaptureLogger(logger) as other:
+        loaded = PeftModel.from_pretrained(_tiny_bert(seed=1), tmp_path).eval()
+    assert "base model whose untargeted tensors" in other.out and "bert.embeddings" in other.out
+    assert not torch.allclose(loaded(**inputs).logits, expected)  # what the warning is about
