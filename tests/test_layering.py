@@ -40,7 +40,7 @@ import pytest
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1] / "hf_dynamic"
 ROOT = "hf_dynamic"
-METHOD_PACKAGES = ("pad", "boost", "dms", "pemn")
+METHOD_PACKAGES = ("pad", "boost", "dms", "pemn", "distill")
 LEAF_PACKAGES = ("data", "assets")
 OUTSIDE_LIBRARY = ("examples", "bench", "tests")
 
