@@ -195,3 +195,94 @@ def test_forward_declares_transformers_kwargs():
     assert torch.equal(plain.loss, counted.loss) and torch.equal(plain.logits, counted.logits)
     with pytest.raises(TypeError, match="cu_seq_lens_q"):
         model(**make_batch(), cu_seq_lens_q=torch.tensor([0, 9]))
+
+
+def _save_and_edit_exit_layers(model, folder, exit_layers):
+    model.save_pretrained(folder)
+    path = folder / "config.json"
+    config = json.loads(path.read_text())
+    config["exit_layers"] = exit_layers
+    path.write_text(json.dumps(config))
+
+
+def test_checkpoint_whose_exit_layers_were_moved_is_refused(tmp_path):
+    """Same number of exits, other layers ([2, 4] -> [3, 4]): each head records the layer it was trained at
+    (``exit_heads.k.exit_layer``), so the heads are not silently loaded onto other layers."""
+    model = make_model(exit_layers=[2, 4])
+    assert [int(head.exit_layer) for head in model.exit_heads] == [2, 4]
+    _save_and_edit_exit_layers(model, tmp_path / "moved", [3, 4])
+    with pytest.raises(ValueError, match=r"exit_layers=\[3, 4\], but its exit heads were trained at layers \[2, 4\]"):
+        AutoModelForSequenceClassification.from_pretrained(tmp_path / "moved")
+    _save_and_edit_exit_layers(model, tmp_path / "same", [2, 4])
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "same")
+    assert [int(head.exit_layer) for head in loaded.exit_heads] == [2, 4]
+
+
+def test_exit_layers_cannot_move_under_a_built_model():
+    """Editing ``config.exit_layers`` of a live model, or loading heads trained elsewhere, is refused too."""
+    model = make_model(exit_layers=[2, 4])
+    model.config.exit_layers = [3, 4]
+    with pytest.raises(ValueError, match=r"config.exit_layers is \[3, 4\] but this model was built with exit heads at "
+                                         r"layers \[2, 4\]"):
+        model(**make_batch())
+    model.config.exit_layers = [2, 4]
+    with torch.no_grad():
+        model.exit_heads[0].exit_layer.fill_(1)
+    with pytest.raises(ValueError, match=r"the exit heads were trained at layers \[1, 4\]"):
+        model.check_exit_heads()
+
+
+def test_from_pretrained_reheads_with_ignore_mismatched_sizes(tmp_path):
+    """As for every transformers classifier: other ``num_labels`` is a size-mismatch ``RuntimeError``, and with
+    ``ignore_mismatched_sizes=True`` the heads' classifiers are re-initialised while everything else loads."""
+    model = make_model(exit_layers=[2, 4])
+    model.save_pretrained(tmp_path)
+    with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):
+        AutoModelForSequenceClassification.from_pretrained(tmp_path, num_labels=5)
+    reheaded = AutoModelForSequenceClassification.from_pretrained(tmp_path, num_labels=5,
+                                                                  ignore_mismatched_sizes=True).eval()
+    assert reheaded.config.num_labels == 5
+    for name, tensor in model.state_dict().items():
+        if ".classifier." not in name:
+            assert torch.equal(reheaded.state_dict()[name], tensor), name
+    with torch.no_grad():
+        out = reheaded(**make_batch(), output_all_exits=True)
+    assert out.all_exit_logits.shape == (6, 2, 5)
+
+
+@pytest.mark.parametrize("mode", ["full", "anytime", "dynamic"])
+def test_output_hidden_states_as_a_list_of_layers(mode):
+    """transformers 5 reads a list (or one int) as the hidden-state indices to return, negative ones from the end:
+    the others are ``None``, in every mode."""
+    model = make_model()
+    if mode == "dynamic":
+        with torch.no_grad():
+            for head in model.exit_heads:
+                head.classifier.weight.mul_(80)
+        model.config.exit_thresholds = [0.9, 0.9, 0.9, 0.0]
+    batch = make_batch(batch=12, seed=3)
+    with torch.no_grad():
+        every = model(**batch, output_all_exits=mode == "anytime", output_hidden_states=True)
+        chosen = model(**batch, output_all_exits=mode == "anytime", output_hidden_states=[0, 2, -1])
+        one = model(**batch, output_all_exits=mode == "anytime", output_hidden_states=3)
+    assert len(chosen.hidden_states) == len(one.hidden_states) == 5
+    for index in range(5):
+        if index in (0, 2, 4):
+            torch.testing.assert_close(chosen.hidden_states[index], every.hidden_states[index], atol=0, rtol=0)
+        else:
+            assert chosen.hidden_states[index] is None
+        assert (one.hidden_states[index] is None) == (index != 3)
+    with pytest.raises(TypeError, match="output_hidden_states must be a bool, a layer index or a list"):
+        model(**batch, output_hidden_states=[1.5])
+
+
+def test_from_backbone_keeps_attention_implementation():
+    """``from_backbone`` gives the model its encoder's attention implementation. transformers 5 has no public
+    getter for it: this reads ``config._attn_implementation``, and fails loudly if transformers renames it."""
+    for implementation in ("eager", "sdpa"):
+        encoder = BertModel(tiny_bert())
+        encoder.set_attn_implementation(implementation)
+        assert encoder.config._attn_implementation == implementation  # the private seam the model reads
+        model = BoostedEarlyExitForSequenceClassification.from_backbone(encoder, num_labels=2)
+        assert model.backbone.config._attn_implementation == implementation
+        assert model.config.backbone._attn_implementation == implementation

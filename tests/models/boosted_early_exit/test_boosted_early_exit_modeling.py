@@ -8,11 +8,14 @@ from transformers import (
     BertConfig,
     BertForSequenceClassification,
     BertModel,
+    CamembertConfig,
     DistilBertConfig,
     DistilBertModel,
     GPT2Config,
     GPT2Model,
+    ModernBertConfig,
     RobertaConfig,
+    XLMRobertaConfig,
 )
 
 import hf_dynamic
@@ -42,7 +45,43 @@ def tiny_roberta(layers=3):
     )
 
 
-BACKBONES = {"bert": tiny_bert, "distilbert": tiny_distilbert, "roberta": tiny_roberta}
+def tiny_roberta_family(config_class, layers=3):
+    return config_class(
+        vocab_size=VOCAB, hidden_size=16, num_hidden_layers=layers, num_attention_heads=2, intermediate_size=24,
+        max_position_embeddings=40, pad_token_id=1, bos_token_id=0, eos_token_id=2, hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+
+
+def tiny_modernbert(layers=4):
+    """Layers alternate global and sliding-window attention (a window of 2 tokens each side, shorter than the test
+    sequences), with rotary position embeddings and a final norm: a layer BERT's call does not fit."""
+    return ModernBertConfig(
+        vocab_size=VOCAB, hidden_size=16, intermediate_size=24, num_hidden_layers=layers, num_attention_heads=2,
+        global_attn_every_n_layers=2, local_attention=4, max_position_embeddings=64, pad_token_id=0, bos_token_id=1,
+        eos_token_id=2, cls_token_id=1, sep_token_id=2,
+    )
+
+
+def tiny_partial_moe_bert(layers=3):
+    from hf_dynamic.models.partial_moe_bert import PartialMoEBertConfig
+
+    return PartialMoEBertConfig(
+        vocab_size=VOCAB, hidden_size=16, num_hidden_layers=layers, num_attention_heads=2, intermediate_size=24,
+        max_position_embeddings=32, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_experts=4,
+        num_experts_per_tok=2, moe_layers=[0, 2],
+    )
+
+
+BACKBONES = {
+    "bert": tiny_bert,
+    "distilbert": tiny_distilbert,
+    "roberta": tiny_roberta,
+    "xlm-roberta": lambda: tiny_roberta_family(XLMRobertaConfig),
+    "camembert": lambda: tiny_roberta_family(CamembertConfig),
+    "modernbert": tiny_modernbert,
+    "partial_moe_bert": tiny_partial_moe_bert,
+}
 
 
 def make_model(backbone="bert", num_labels=3, **kwargs):
@@ -123,8 +162,10 @@ def test_backbone_without_an_adapter_is_rejected():
 # ---------------------------------------------------------------------------------------------------------------
 # the wrapped layer loop is the backbone
 # ---------------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("backbone", ["bert", "distilbert", "roberta"])
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
 def test_exit_predictions_match_backbone_hidden_states(backbone):
+    """Full / anytime mode = a reference computed from the backbone's own forward: exit n reads its
+    ``hidden_states[n]`` (ModernBERT's last one after its final norm, as ``last_hidden_state``)."""
     model = make_model(backbone).eval()
     batch = make_batch()
     with torch.no_grad():
@@ -218,7 +259,7 @@ def _quantile_thresholds(model, batch, q=0.5):
     return [float(torch.quantile(conf[:, k], q)) for k in range(conf.shape[1])]
 
 
-@pytest.mark.parametrize("backbone", ["bert", "distilbert"])
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
 def test_dynamic_logits_equal_anytime_logits_of_taken_exit(backbone):
     model = make_model(backbone).eval()
     spread_heads(model)
@@ -247,8 +288,10 @@ def test_dynamic_with_thresholds_that_never_fire_equals_full_model():
     torch.testing.assert_close(out.logits, full, atol=1e-6, rtol=1e-6)
 
 
-def test_exited_samples_skip_later_layers():
-    model = make_model().eval()
+@pytest.mark.parametrize("backbone", ["bert", "modernbert"])
+def test_exited_samples_skip_later_layers(backbone):
+    """Batch compaction: each layer runs once, on the samples still in the batch, trimmed of trailing padding."""
+    model = make_model(backbone).eval()
     spread_heads(model)
     batch = make_batch(batch=12, seed=5)
     model.config.exit_thresholds = _quantile_thresholds(model, batch, 0.5)
@@ -279,9 +322,11 @@ def test_trim_trailing_padding():
     assert trim_trailing_padding(hidden, full)[0] is hidden
 
 
-def test_dynamic_mode_with_long_sample_exiting_first_matches_anytime():
-    """Once the longest sample exits, later layers run on the shorter padded length; predictions are unchanged."""
-    model = make_model().eval()
+@pytest.mark.parametrize("backbone", ["bert", "modernbert"])
+def test_dynamic_mode_with_long_sample_exiting_first_matches_anytime(backbone):
+    """Once the longest sample exits, later layers run on the shorter padded length; predictions are unchanged
+    (for ModernBERT: its sliding-window mask and rotary embeddings rebuilt for the shorter batch)."""
+    model = make_model(backbone).eval()
     spread_heads(model)
     batch = make_batch(batch=8, length=12, seed=11)
     batch["attention_mask"][1:, 6:] = 0
