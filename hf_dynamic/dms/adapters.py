@@ -23,22 +23,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["ArchitectureAdapter", "HeadLayout", "ADAPTERS", "adapter_for", "get_module", "head_dim"]
+__all__ = ["ArchitectureAdapter", "HeadLayout", "ADAPTERS", "adapter_for", "head_dim"]
 
 
 def head_dim(config) -> int:
     """``config.head_dim``, or ``hidden_size // num_attention_heads`` when the config leaves it unset."""
     return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-
-
-def get_module(root, path: str):
-    """``root.a.b.c`` for ``path="a.b.c"`` (``None`` if a part is missing)."""
-    module = root
-    for part in path.split("."):
-        module = getattr(module, part, None)
-        if module is None:
-            return None
-    return module
 
 
 @dataclass(frozen=True)
@@ -110,18 +100,28 @@ class ArchitectureAdapter:
 
     # ----------------------------------------------------------------------------------------------- access
     def decoder_layers(self, model):
-        return get_module(model, self.layers)
+        return model.get_submodule(self.layers)
 
     def check(self, model) -> None:
-        """ValueError naming the first module this adapter expects and ``model`` lacks."""
+        """ValueError naming the first module this adapter expects and ``model`` lacks (module paths are looked up
+        with ``nn.Module.get_submodule``)."""
         name = type(model).__name__
         for path in (self.decoder, self.embed_tokens, self.final_norm, self.lm_head, self.layers):
-            if get_module(model, path) is None:
+            if not _has_submodule(model, path):
                 raise ValueError(f"{name} has no {path}: not the {self.class_name} layout DMS expects")
         for i, layer in enumerate(self.decoder_layers(model)):
             for path in self.layer_paths():
-                if get_module(layer, path) is None:
+                if not _has_submodule(layer, path):
                     raise ValueError(f"{name} layer {i} has no {path}: not the {self.class_name} layout DMS expects")
+
+
+def _has_submodule(root, path: str) -> bool:
+    """Whether ``root.get_submodule(path)`` finds a module (it raises ``AttributeError`` otherwise)."""
+    try:
+        root.get_submodule(path)
+    except AttributeError:
+        return False
+    return True
 
 
 ADAPTERS: dict[str, ArchitectureAdapter] = {

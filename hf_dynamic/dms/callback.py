@@ -2,19 +2,22 @@
 
 The resource loss itself is added by the Trainer's ``compute_loss``: use :class:`hf_dynamic.dms.trainer.DMSTrainer`
 (or mix :class:`~hf_dynamic.dms.trainer.DMSTrainerMixin` into your own Trainer subclass), which also adds this
-callback when it is missing. The callback talks to the pruner through its public methods only:
+callback when it is missing. Under a plain ``Trainer`` the callback raises a ``TypeError`` at ``on_train_begin``
+(before any step): that run would train the keep ratios without a resource term, i.e. search nothing. The callback
+talks to the pruner through its public methods only:
 
-- **target schedule**: the target is ramped linearly from the full size (1.0) to ``target`` over the first
-  ``ramp_fraction`` (80 %) of ``state.max_steps``, then held (:meth:`DMSCallback.target_at`,
-  :meth:`~hf_dynamic.dms.pruner.DMSPruner.set_target`);
+- **target schedule**: the target is ramped linearly from the full size (1.0) to the pruner's ``target`` over the
+  first ``ramp_fraction`` (80 %) of ``state.max_steps``, then held (:meth:`DMSCallback.target_at`,
+  :func:`hf_dynamic.dms.target.ramp_target`, :meth:`~hf_dynamic.dms.pruner.DMSPruner.set_target`). The pruner
+  holds the target; the callback has none of its own (``DMSCallback(pruner, target=x)`` with another ``x`` is a
+  ``ValueError``), so the search ramps to the value the export meets;
 - **keep-ratio learning rate**: the keep ratios train as their own param group of the Trainer's optimizer
   (``lr=keep_ratio_lr``, no weight decay) at a constant learning rate (no warm-up/decay): the group's factor in the
-  (``LambdaLR``) scheduler's public ``lr_lambdas`` / ``base_lrs`` is a constant one
-  (:meth:`DMSCallback.add_keep_ratio_group`, :meth:`DMSCallback.hold_keep_ratio_lr`). ``DMSTrainer`` puts the group
-  into the optimizer when it creates it (its public ``create_optimizer`` / ``create_scheduler``), so a resumed run's
-  optimizer state loads onto it; under a plain ``Trainer`` the callback adds it at ``on_train_begin``. Either way
-  it is added only if the optimizer does not already hold the keep ratios (if you build the optimizer yourself,
-  e.g. ``Trainer(optimizers=(torch.optim.AdamW([{"params": weights, "lr": 1e-5},
+  (``LambdaLR``) scheduler's ``lr_lambdas`` / ``base_lrs`` is a constant one (:meth:`DMSCallback.add_keep_ratio_group`,
+  :meth:`DMSCallback.hold_keep_ratio_lr`). ``DMSTrainer`` puts the group into the optimizer when it creates it (its
+  public ``create_optimizer`` / ``create_scheduler``), so a resumed run's optimizer state loads onto it. The group
+  is added only if the optimizer does not already hold the keep ratios (if you build the optimizer yourself, e.g.
+  ``DMSTrainer(optimizers=(torch.optim.AdamW([{"params": weights, "lr": 1e-5},
   {"params": pruner.structure_parameters(), "lr": 1e-2}]), None))``, that group is used as is, scheduled like the
   others);
 - **projection**: after every optimizer step the keep ratios are clamped to ``[1/(2N), 1]`` and, if the pruner was
@@ -34,6 +37,9 @@ import os
 import torch
 from transformers import TrainerCallback
 from transformers.utils import logging
+
+from ..core.validation import check_number
+from .target import check_target, ramp_target
 
 logger = logging.get_logger(__name__)
 
@@ -65,38 +71,51 @@ class DMSCallback(TrainerCallback):
     """Trainer glue for :class:`hf_dynamic.dms.pruner.DMSPruner`.
 
     Args:
-        pruner: the attached pruner.
-        target: final resource fraction (defaults to ``pruner.target``), in (0, 1).
-        ramp_fraction: share of the steps over which the target ramps from 1.0 to ``target`` (0.8 in the paper).
-        keep_ratio_lr: learning rate of the keep-ratio param group added to the Trainer's optimizer.
+        pruner: the attached pruner; it holds the target (``pruner.target``).
+        target: only for compatibility: ``None`` or the pruner's own target (another value is a ``ValueError``;
+            set ``pruner.target`` instead).
+        ramp_fraction: share of the steps over which the target ramps from 1.0 to ``pruner.target`` (0.8 in the
+            paper), in (0, 1].
+        keep_ratio_lr: learning rate of the keep-ratio param group added to the Trainer's optimizer, > 0.
+
+    Attributes:
+        trainer_adds_resource_loss: set by :class:`~hf_dynamic.dms.trainer.DMSTrainerMixin` for the length of its
+            ``train()``; ``on_train_begin`` refuses to start without it (a plain ``Trainer`` adds no resource loss).
     """
 
     def __init__(self, pruner, target: float | None = None, ramp_fraction: float = 0.8, keep_ratio_lr: float = 1e-2):
-        target = pruner.target if target is None else target
-        if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0.0 < float(target) < 1.0:
-            raise ValueError(f"target must be a fraction in (0, 1), got {target!r}")
-        if not 0.0 < float(ramp_fraction) <= 1.0:
-            raise ValueError(f"ramp_fraction must be in (0, 1], got {ramp_fraction!r}")
-        if float(keep_ratio_lr) <= 0:
-            raise ValueError(f"keep_ratio_lr must be > 0, got {keep_ratio_lr!r}")
+        if target is not None and check_target("target", target) != pruner.target:
+            raise ValueError(
+                f"DMSCallback(target={target!r}) conflicts with the pruner's target={pruner.target}: the search would "
+                f"ramp to one and meet_target()/export at the other. The pruner holds the target: build "
+                f"DMSPruner(model, target={target!r}) or set pruner.target = {target!r}, and leave target out here"
+            )
+        check_number("ramp_fraction", ramp_fraction, gt=0, le=1)
+        check_number("keep_ratio_lr", keep_ratio_lr, gt=0)
         self.pruner = pruner
-        self.target = float(target)
         self.ramp_fraction = float(ramp_fraction)
         self.keep_ratio_lr = float(keep_ratio_lr)
         self.history: list[dict] = []
+        self.trainer_adds_resource_loss = False
+
+    @property
+    def target(self) -> float:
+        """The final target: the pruner's (:attr:`hf_dynamic.dms.pruner.DMSPruner.target`, its only holder)."""
+        return self.pruner.target
 
     def target_at(self, step: int, max_steps: int) -> float:
-        """Linear ramp from 1.0 at step 0 to ``target`` at ``ramp_fraction · max_steps``, constant afterwards."""
-        ramp = max(1.0, self.ramp_fraction * max(int(max_steps), 1))
-        progress = min(1.0, step / ramp)
-        return 1.0 - (1.0 - self.target) * progress
+        """Linear ramp from 1.0 at step 0 to the pruner's ``target`` at ``ramp_fraction · max_steps``, constant
+        afterwards (:func:`hf_dynamic.dms.target.ramp_target`)."""
+        return ramp_target(self.pruner.target, step, max_steps, self.ramp_fraction)
 
-    def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not self.trainer_adds_resource_loss:
+            raise TypeError(
+                "DMSCallback runs under a Trainer that does not add the DMS resource loss, so the search would train "
+                "the keep ratios on the task loss alone and search nothing. Use hf_dynamic.DMSTrainer(..., "
+                "pruner=pruner) or put hf_dynamic.dms.trainer.DMSTrainerMixin first in your Trainer's bases"
+            )
         self.pruner.set_target(self.target_at(state.global_step, state.max_steps))
-        if optimizer is not None:  # a plain Trainer; DMSTrainer's optimizer holds the keep ratios already
-            if not self.add_keep_ratio_group(optimizer, lr_scheduler):
-                # held already (DMSTrainer, or a plain Trainer's next train(), whose scheduler is built anew)
-                self.hold_keep_ratio_lr(optimizer, lr_scheduler)
 
     def add_keep_ratio_group(self, optimizer, lr_scheduler=None) -> bool:
         """Add the keep ratios ``optimizer`` does not hold yet as one param group (``lr=keep_ratio_lr``, no weight
@@ -120,12 +139,17 @@ class DMSCallback(TrainerCallback):
 
     def hold_keep_ratio_lr(self, optimizer, lr_scheduler) -> None:
         """Keep the learning rate of ``optimizer``'s :data:`KEEP_RATIO_GROUP` group constant under a ``LambdaLR``
-        ``lr_scheduler`` (Trainer's default): its factor in the scheduler's public ``lr_lambdas`` becomes 1 and its
+        ``lr_scheduler`` (Trainer's default): its factor in the scheduler's ``lr_lambdas`` becomes 1 and its
         ``base_lrs`` entry its own ``initial_lr`` (both appended if the scheduler was built before the group)."""
         marked = [i for i, group in enumerate(optimizer.param_groups) if group.get(KEEP_RATIO_GROUP)]
         if lr_scheduler is None or not marked:
             return
         self._check_scheduler(lr_scheduler)
+        # No public seam: the Trainer builds one LambdaLR (transformers.get_scheduler) with one schedule for every
+        # group, and torch takes per-group factors only in LambdaLR's constructor, while the Trainer's schedule
+        # function is not public. So the group's entries of the lists LambdaLR.get_lr() reads (``lr_lambdas``,
+        # ``base_lrs``; named in LambdaLR's state_dict docs) are replaced. tests/dms/test_dms_callback.py
+        # (test_lambdalr_still_reads_its_per_group_lists) fails if torch stops reading them.
         for i in marked:
             group = optimizer.param_groups[i]
             lr = group.setdefault("initial_lr", group["lr"])

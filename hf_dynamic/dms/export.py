@@ -7,6 +7,8 @@ model (module paths from :mod:`hf_dynamic.dms.adapters`).
 - per-layer widths are a model type of their own: ``hf_dynamic.DMSLlamaForCausalLM.from_pruned(pruner)`` builds
   one from :func:`pruned_config`, :func:`slice_state_dict` and :func:`finish_export`.
 
+Both start from :func:`searched_structure`: the indices the pruner's hard masks keep (:class:`HardStructure`).
+
 Hidden-size pruning under RMSNorm: the masked model normalises over all ``H`` channels (the masked ones are zero),
 the exported one over the ``H'`` kept ones; ``w·x/sqrt(Σx²/H + ε) = w'·x/sqrt(Σx²/H' + ε')`` holds exactly with
 ``w' = w·sqrt(H/H')`` and ``ε' = ε·H/H'`` (:func:`rescale_rmsnorm`), so every RMSNorm weight is rescaled and
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 
 import torch
 from transformers.utils import logging
@@ -26,14 +29,60 @@ from .adapters import adapter_for, head_dim
 logger = logging.get_logger(__name__)
 
 __all__ = [
-    "export_uniform", "finish_export", "pruned_config", "rescale_rmsnorm", "slice_state_dict", "uniformity_report",
+    "HardStructure", "export_uniform", "finish_export", "hard_structure", "pruned_config", "rescale_rmsnorm",
+    "searched_structure", "slice_state_dict", "uniformity_report",
 ]
 
 
+@dataclass
+class HardStructure:
+    """What the hard masks keep: index tensors (sorted) per layer, and which sub-blocks survive."""
+
+    hidden: torch.Tensor
+    attention_present: list[bool]
+    mlp_present: list[bool]
+    query_heads: list[torch.Tensor]
+    kv_heads: list[torch.Tensor]
+    mlp_channels: list[torch.Tensor]
+
+
+def hard_structure(pruner) -> HardStructure:
+    """Indices kept by ``pruner``'s hard masks (the structure an export builds); an unsearched kind keeps all."""
+    masks = pruner.masks("hard")
+    L, dev = pruner.num_layers, pruner.topk[pruner.prune[0]].importance.device
+
+    def idx(m):
+        return torch.nonzero(m > 0.5, as_tuple=False).flatten()
+
+    hidden = idx(masks["hidden"]) if "hidden" in masks else torch.arange(pruner.hidden_size, device=dev)
+    attn = [bool(v > 0.5) for v in masks["attn_block"]] if "attn_block" in masks else [True] * L
+    mlp = [bool(v > 0.5) for v in masks["mlp_block"]] if "mlp_block" in masks else [True] * L
+    full_q, full_kv = torch.arange(pruner.num_heads, device=dev), torch.arange(pruner.num_kv_heads, device=dev)
+    q = [idx(masks["heads_q"][i]) if "heads_q" in masks else full_q for i in range(L)]
+    kv = [idx(masks["heads_kv"][i]) if "heads_kv" in masks else full_kv for i in range(L)]
+    full_i = torch.arange(pruner.intermediate_size, device=dev)
+    ch = [idx(masks["mlp"][i]) if "mlp" in masks else full_i for i in range(L)]
+    return HardStructure(hidden, attn, mlp, q, kv, ch)
+
+
+def searched_structure(pruner) -> HardStructure:
+    """:func:`hard_structure`, after checking that a search ran (what every export starts from)."""
+    if pruner.num_search_steps == 0:
+        raise ValueError(
+            "export() before any search step: no Taylor importance has been accumulated yet (run at least one "
+            "forward/backward pass with the pruner attached, or set importances explicitly)"
+        )
+    return hard_structure(pruner)
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """fp32 for fp32 and narrower floats, fp64 for fp64: exports compute at this precision and cast once, at the
+    end (docs/dms.md, "## Mixed precision")."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def _upcast(tensor: torch.Tensor) -> torch.Tensor:
-    """fp32 (fp64 stays fp64): exports compute in fp32 and cast once, at the end (docs/dms.md, "## Mixed
-    precision")."""
-    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
+    return tensor.to(_compute_dtype(tensor.dtype))
 
 
 def rescale_rmsnorm(weight: torch.Tensor, eps: float, full: int, kept: int) -> tuple[torch.Tensor, float]:
@@ -147,10 +196,13 @@ def finish_export(model, new_model, state_dict, dtype=None):
     """Load ``state_dict`` into ``new_model`` (strict but for a tied LM head), copy ``model``'s generation config,
     move to ``model``'s device and ``dtype`` (default: ``model``'s), eval mode.
 
-    ``new_model`` is loaded in fp32 (the sliced weights exactly, the rescaled norms as computed in fp32) and cast
-    to ``dtype`` once, so every exported weight is the correctly rounded value of its exact one (``docs/dms.md``,
-    "## Mixed precision")."""
-    new_model.float()
+    ``new_model`` is loaded at the compute precision of ``model``'s dtype (fp32, or fp64 for an fp64 model: the
+    sliced weights exactly, the rescaled norms as computed) and cast to ``dtype`` once, so every exported weight is
+    the correctly rounded value of its exact one (``docs/dms.md``, "## Mixed precision")."""
+    if dtype is not None and not isinstance(dtype, torch.dtype):
+        raise TypeError(f"dtype must be a torch.dtype or None, got {dtype!r} ({type(dtype).__name__})")
+    param = next(model.parameters())
+    new_model.to(_compute_dtype(param.dtype))
     missing, unexpected = new_model.load_state_dict(state_dict, strict=False)
     tied = {"lm_head.weight"} if getattr(new_model.config, "tie_word_embeddings", False) else set()
     if set(missing) - tied or unexpected:
@@ -158,7 +210,6 @@ def finish_export(model, new_model, state_dict, dtype=None):
     new_model.tie_weights()
     if getattr(model, "generation_config", None) is not None:
         new_model.generation_config = copy.deepcopy(model.generation_config)
-    param = next(model.parameters())
     new_model.to(device=param.device, dtype=dtype or param.dtype)
     new_model.eval()
     return new_model

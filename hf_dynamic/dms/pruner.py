@@ -34,6 +34,11 @@ Taylor importance accumulates by itself on every backward pass (tensor hooks on 
 it to the task loss yourself (or call :meth:`DMSPruner.add_resource_loss`). Under ``Trainer`` use
 :class:`hf_dynamic.dms.trainer.DMSTrainer` (its ``compute_loss`` adds the resource loss) with
 :class:`hf_dynamic.dms.callback.DMSCallback` (target ramp, keep-ratio learning rate, logging).
+
+The pruner is the one holder of the resource target (``target``, the final fraction, and ``current_target``, the
+ramped value the loss uses): the callback ramps it and the export reads it (:mod:`hf_dynamic.dms.target`, which
+also holds :meth:`DMSPruner.meet_target`'s algorithm); the slicing into a smaller model is
+:mod:`hf_dynamic.dms.export`. One pruner at a time may be attached to a model.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-from dataclasses import dataclass
+import weakref
 
 import torch
 from torch import nn
@@ -49,8 +54,10 @@ from transformers.utils import logging
 
 from ..core.resources import count_parameters, llama_forward_flops, llama_param_count
 from ..core.topk import DifferentiableTopK, apply_mask
-from ..core.validation import check_choice
-from .adapters import ADAPTERS, adapter_for, get_module
+from ..core.validation import check_bool, check_choice, check_number
+from . import target as _target
+from .adapters import ADAPTERS, adapter_for
+from .export import HardStructure, export_uniform, hard_structure, searched_structure
 
 logger = logging.get_logger(__name__)
 
@@ -64,27 +71,8 @@ HEAD_GROUPINGS = ("kv", "query")
 DEFAULT_TEMPERATURES = {"heads": 4.0, "mlp": 1.0, "hidden": 1.0, "layers": 4.0}
 
 
-@dataclass
-class HardStructure:
-    """What the hard masks keep: index tensors (sorted) per layer, and which sub-blocks survive."""
-
-    hidden: torch.Tensor
-    attention_present: list[bool]
-    mlp_present: list[bool]
-    query_heads: list[torch.Tensor]
-    kv_heads: list[torch.Tensor]
-    mlp_channels: list[torch.Tensor]
-
-
-def _round_counts(counts: torch.Tensor, multiple: int, maximum: int) -> torch.Tensor:
-    """Nearest multiple of ``multiple`` in ``[multiple, maximum]`` (``maximum`` itself if no multiple fits)."""
-    if multiple <= 1:
-        return counts.long()
-    top = (maximum // multiple) * multiple
-    if top == 0:
-        return torch.full_like(counts.long(), maximum)
-    rounded = torch.round(counts.double() / multiple).long() * multiple
-    return rounded.clamp(multiple, top)
+# The pruner attached to each model (its hooks keep it alive): a second one would stack its masks on the first's.
+_ATTACHED = weakref.WeakKeyDictionary()
 
 
 class DMSPruner(nn.Module):
@@ -93,7 +81,8 @@ class DMSPruner(nn.Module):
     Args:
         model: a ``LlamaForCausalLM``, ``MistralForCausalLM``, ``Qwen2ForCausalLM`` or ``Qwen3ForCausalLM`` (see
             :data:`hf_dynamic.dms.adapters.ADAPTERS`); hooks are attached to it in place.
-        target: final resource as a fraction of the whole model's count, in (0, 1).
+        target: final resource as a fraction of the whole model's count, in (0, 1). The pruner is its one holder
+            (:attr:`target`): ``DMSCallback`` ramps towards it, :meth:`meet_target` and the export read it.
         prune: element kinds to search, a subset of ``("heads", "mlp", "hidden", "layers")``.
         resource: ``"params"`` (parameter count) or ``"flops"`` (matmul FLOPs of a ``flops_seq_len`` forward).
         uniform: tie each kind's keep ratio across layers (stock ``*ForCausalLM`` export) or not (``dms_llama``,
@@ -111,7 +100,13 @@ class DMSPruner(nn.Module):
         temperatures: per-kind ``λ`` overriding :data:`DEFAULT_TEMPERATURES`.
         flops_seq_len: sequence length of the FLOP count when ``resource="flops"``.
         channel_multiple: the hard masks keep a multiple of this many MLP channels and hidden channels (nearest
-            multiple; e.g. 8 or 64 for GPU-friendly matmul shapes). 1 = the plain hard mask ``m ≥ 0.5``.
+            multiple; e.g. 8 or 64 for GPU-friendly matmul shapes). 1 = the plain hard mask ``m ≥ 0.5``. It must
+            leave every searched channel kind at least two kept counts (``≤ intermediate_size // 2``, ``≤ hidden_size
+            // 2``), else that kind could not move.
+
+    Every argument is checked before anything is attached (a ``ValueError`` naming the field and value: NaN, a
+    string for a number or a bool, an unknown choice), and a model that already carries an attached pruner is
+    refused (their masks would multiply); call the other pruner's :meth:`remove` first.
     """
 
     def __init__(
@@ -129,8 +124,7 @@ class DMSPruner(nn.Module):
         channel_multiple: int = 1,
     ):
         super().__init__()
-        if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0.0 < float(target) < 1.0:
-            raise ValueError(f"target must be a fraction in (0, 1) of the full model's resource, got {target!r}")
+        target = _target.check_target("target", target)
         if isinstance(prune, str):
             prune = (prune,)
         prune = tuple(prune)
@@ -138,25 +132,34 @@ class DMSPruner(nn.Module):
         if unknown or not prune:
             raise ValueError(f"prune: unknown element kind(s) {unknown or prune!r}; choose from {ELEMENT_KINDS}")
         check_choice("resource", resource, RESOURCES)
+        check_bool("uniform", uniform)
         check_choice("head_grouping", head_grouping, HEAD_GROUPINGS)
-        if float(resource_weight) <= 0:
-            raise ValueError(f"resource_weight must be > 0, got {resource_weight}")
-        if isinstance(channel_multiple, bool) or not isinstance(channel_multiple, int) or channel_multiple < 1:
-            raise ValueError(f"channel_multiple must be an int >= 1, got {channel_multiple!r}")
-        if float(resource_weight_adapt) < 0:
-            raise ValueError(f"resource_weight_adapt must be >= 0, got {resource_weight_adapt}")
+        check_number("resource_weight", resource_weight, gt=0)
+        check_number("resource_weight_adapt", resource_weight_adapt, ge=0)
+        check_number("flops_seq_len", flops_seq_len, integer=True, ge=1)
+        check_number("channel_multiple", channel_multiple, integer=True, ge=1)
+        if temperatures is not None and not isinstance(temperatures, dict):
+            raise TypeError(f"temperatures must be a dict {{kind: λ}} or None, got {temperatures!r}")
         temperatures = {**DEFAULT_TEMPERATURES, **(temperatures or {})}
         bad = [k for k in temperatures if k not in ELEMENT_KINDS]
         if bad:
             raise ValueError(f"temperatures: unknown element kind(s) {bad}; choose from {ELEMENT_KINDS}")
+        for kind, value in temperatures.items():
+            check_number(f"temperatures[{kind!r}]", value, gt=0)
+        other = _ATTACHED.get(model)
+        if other is not None and other._handles:
+            raise ValueError(
+                f"{type(model).__name__} already has a DMSPruner attached ({other.extra_repr()}); a second one would "
+                "multiply its masks into the first's. Call remove() on the first pruner before building another"
+            )
         self.adapter = adapter_for(model)
 
         config = model.config
-        self.target = float(target)
-        self.current_target = float(target)
+        self._target = target
+        self._current_target = None  # until set_target (the ramp): the final target
         self.prune = tuple(k for k in ELEMENT_KINDS if k in prune)
         self.resource_kind = resource
-        self.uniform = bool(uniform)
+        self.uniform = uniform
         self.head_grouping = head_grouping
         self.resource_weight = float(resource_weight)
         self.resource_weight_adapt = float(resource_weight_adapt)
@@ -175,6 +178,13 @@ class DMSPruner(nn.Module):
         self.o_proj_bias = self.adapter.has_bias(config, "o")
         self.mlp_bias = self.adapter.has_bias(config, "mlp")
 
+        for kind, size, what in (("mlp", self.intermediate_size, "MLP channels (intermediate_size)"),
+                                 ("hidden", self.hidden_size, "hidden channels (hidden_size)")):
+            if kind in self.prune and channel_multiple > size // 2:
+                raise ValueError(
+                    f"channel_multiple={channel_multiple} leaves the {size} {what} a single kept count, so the "
+                    f"search could not change it; use at most {size // 2}, or drop {kind!r} from prune"
+                )
         if "heads" in self.prune and head_grouping == "query" and self.group_size == 1:
             raise ValueError(
                 "head_grouping='query' prunes query heads within each KV group and needs grouped-query attention; "
@@ -224,26 +234,34 @@ class DMSPruner(nn.Module):
 
     # --------------------------------------------------------------------------------------------- hooks
     def attach(self) -> None:
-        """Attach the mask hooks to the model (done by the constructor; call again after :meth:`remove`)."""
+        """Attach the mask hooks to the model (done by the constructor; call again after :meth:`remove`). A
+        ``ValueError`` if another pruner is attached to the model."""
         if self._handles:
             return
         model, a = self.model[0], self.adapter
+        other = _ATTACHED.get(model)
+        if other is not None and other is not self and other._handles:
+            raise ValueError(f"{type(model).__name__} already has another DMSPruner attached ({other.extra_repr()}); "
+                             "call its remove() first")
         layers = a.decoder_layers(model)
         h = self._handles
-        h.append(get_module(model, a.decoder).register_forward_pre_hook(self._begin_forward))  # once per forward
-        h.append(get_module(model, a.embed_tokens).register_forward_hook(self._scale_embedding))
+        h.append(model.get_submodule(a.decoder).register_forward_pre_hook(self._begin_forward))  # once per forward
+        h.append(model.get_submodule(a.embed_tokens).register_forward_hook(self._scale_embedding))
         for i, layer in enumerate(layers):
-            o_proj, down_proj = get_module(layer, a.o_proj), get_module(layer, a.down_proj)
+            o_proj, down_proj = layer.get_submodule(a.o_proj), layer.get_submodule(a.down_proj)
             h.append(o_proj.register_forward_pre_hook(functools.partial(self._mask_heads, i)))
             h.append(o_proj.register_forward_hook(functools.partial(self._scale_branch, i, "attn")))
             h.append(down_proj.register_forward_pre_hook(functools.partial(self._mask_channels, i)))
             h.append(down_proj.register_forward_hook(functools.partial(self._scale_branch, i, "mlp")))
+        _ATTACHED[model] = self
 
     def remove(self) -> None:
         """Detach every hook: the model computes as if it had never been wrapped."""
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        if _ATTACHED.get(self.model[0]) is self:
+            del _ATTACHED[self.model[0]]
 
     def _begin_forward(self, module, args):
         self._masks = self.masks(self.mode, track=torch.is_grad_enabled())
@@ -310,7 +328,7 @@ class DMSPruner(nn.Module):
         if "mlp" in raw:
             out["mlp"] = raw["mlp"]
             if mode == "hard" and self.channel_multiple > 1:
-                counts = _round_counts(raw["mlp"].sum(-1), self.channel_multiple, self.intermediate_size)
+                counts = _target.round_counts(raw["mlp"].sum(-1), self.channel_multiple, self.intermediate_size)
                 out["mlp"] = self.topk["mlp"].hard_mask_with_count(counts)
         if "layers" in raw:
             m = raw["layers"]
@@ -333,7 +351,7 @@ class DMSPruner(nn.Module):
             multiple = math.lcm(multiple, heads)
         hidden = masks["hidden"]
         count = int(hidden.sum())
-        rounded = int(_round_counts(torch.tensor(count), multiple, self.hidden_size))
+        rounded = int(_target.round_counts(torch.tensor(count), multiple, self.hidden_size))
         return hidden if rounded == count else self.topk["hidden"].hard_mask_with_count(rounded)
 
     @contextlib.contextmanager
@@ -414,9 +432,7 @@ class DMSPruner(nn.Module):
 
         ``target`` (a fraction of the full resource) overrides the scheduled :attr:`current_target`.
         """
-        t = self.current_target if target is None else float(target)
-        if not 0.0 < t <= 1.0:
-            raise ValueError(f"target must be in (0, 1], got {t}")
+        t = self.current_target if target is None else _target.check_target("target", target, allow_full=True)
         ratio = self.resource_ratio(hard=False)
         return (self.resource_weight * torch.relu(torch.log(ratio / t))).to(torch.float32)
 
@@ -427,12 +443,28 @@ class DMSPruner(nn.Module):
         self.last_losses = {"task_loss": float(task_loss.detach()), "resource_loss": float(res.detach())}
         return task_loss + res.to(task_loss.dtype)
 
+    # ------------------------------------------------------------------------------------------ target
+    @property
+    def target(self) -> float:
+        """The final resource target, a fraction in (0, 1) of the full model's: the value ``DMSCallback`` ramps
+        towards and :meth:`meet_target` / the export meet. The pruner is its only holder; assigning it (checked)
+        changes it for both."""
+        return self._target
+
+    @target.setter
+    def target(self, value: float) -> None:
+        self._target = _target.check_target("target", value)
+
+    @property
+    def current_target(self) -> float:
+        """The target the resource loss uses now: the ramped value :meth:`set_target` gave during a search, else
+        :attr:`target`."""
+        return self.target if self._current_target is None else self._current_target
+
     def set_target(self, target: float) -> None:
         """Set the resource target the loss uses now (:attr:`current_target`, a fraction in (0, 1]); the final
         :attr:`target` is unchanged. :class:`hf_dynamic.dms.callback.DMSCallback` ramps it with this."""
-        if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0.0 < float(target) <= 1.0:
-            raise ValueError(f"target must be a fraction in (0, 1], got {target!r}")
-        self.current_target = float(target)
+        self._current_target = _target.check_target("target", target, allow_full=True)
 
     @torch.no_grad()
     def adapt_resource_weight_(self) -> float:
@@ -451,13 +483,23 @@ class DMSPruner(nn.Module):
     # ------------------------------------------------------------------------------------------ state
     def get_extra_state(self) -> dict:
         """The search state beyond the keep ratios and importances (which are parameters and buffers): the
-        resource weight (adapted, see :meth:`adapt_resource_weight_`) and the current target. ``state_dict()``
-        includes it, so ``pruner.load_state_dict(pruner.state_dict())`` restores a search entirely."""
-        return {"resource_weight": self.resource_weight, "current_target": self.current_target}
+        resource weight (adapted, see :meth:`adapt_resource_weight_`), the current and the final target.
+        ``state_dict()`` includes it, so ``pruner.load_state_dict(pruner.state_dict())`` restores a search
+        entirely."""
+        return {"resource_weight": self.resource_weight, "current_target": self.current_target,
+                "target": self.target}
 
     def set_extra_state(self, state: dict) -> None:
+        """Restore :meth:`get_extra_state`'s values; a ``ValueError`` if the state was saved by a search towards
+        another final target (the resumed search would ramp to one value and export at the other)."""
+        if "target" in state and float(state["target"]) != self.target:
+            raise ValueError(
+                f"the saved DMS search ran towards target={float(state['target'])}, this pruner has "
+                f"target={self.target}; build the pruner with the saved target to resume it"
+            )
         self.resource_weight = float(state["resource_weight"])
-        self.current_target = float(state["current_target"])
+        self._current_target = _target.check_target("current_target", float(state["current_target"]),
+                                                    allow_full=True)
 
     # -------------------------------------------------------------------------------------- structure API
     def structure_parameters(self) -> list[nn.Parameter]:
@@ -506,138 +548,34 @@ class DMSPruner(nn.Module):
         out.update(self.last_losses)
         return out
 
-    @torch.no_grad()
     def meet_target(self, target: float | None = None) -> dict:
-        """Snap every keep ratio to a whole count so that the hard masks (and so the export) meet ``target`` (default
-        :attr:`target`) from below, as closely as the finest searched kind allows (``docs/dms.md``, "## Exact-target
-        export"). Call it after the search, before exporting; without it the export follows the paper's rule.
+        """Snap every keep ratio to a whole count so that the hard masks (and so the export) meet :attr:`target`
+        from below, as closely as the finest searched kind allows (``docs/dms.md``, "## Exact-target export"; the
+        algorithm is :func:`hf_dynamic.dms.target.meet_target`). Call it after the search, before exporting;
+        without it the export follows the paper's rule.
 
-        Why: the paper's hard mask keeps element ``i`` when ``c'_i ≥ 1 − e``, i.e. ``floor(N·e) + 1`` elements per
-        row, on average half an element more than the ``N·e`` the resource loss drove to the target. For coarse
-        kinds that overshoots (3 KV groups at ``e = 0.76`` keep 3, not 2.28: SmolLM2-135M at target 0.8 exported
-        at 0.818). Steps:
-
-        1. every kind keeps ``round(N·e)`` elements per row (at least one);
-        2. the finest searched kind (MLP channels, else hidden channels) gives up, then takes back, one rounding
-           step (``channel_multiple`` channels; for hidden channels in uniform mode the multiple of the kept query
-           heads) at a time, in the row whose next element the search wanted least (lowest soft-mask value; every
-           row at once when its keep ratio is shared), until ``R_hard ≤ target`` and one more step would exceed
-           it.
-
-        The keep ratios are set with :meth:`~hf_dynamic.core.topk.DifferentiableTopK.set_keep_count`, so the
-        hard-masked model and every export agree. Returns ``{"target", "before", "after", "counts"}``: the hard
-        resource ratios before / after and the kept counts per kind (lists over rows).
+        ``target``, if given, must equal :attr:`target` (the pruner is the one holder of the target: a search
+        ramped towards one value does not export at another by accident); to export at another target, assign
+        ``pruner.target`` first. Returns ``{"target", "before", "after", "counts"}``: the hard resource ratios
+        before / after and the kept counts per kind (lists over rows).
         """
-        t = self.target if target is None else float(target)
-        if not 0.0 < t < 1.0:
-            raise ValueError(f"target must be a fraction in (0, 1), got {t!r}")
-        before = float(self.resource_ratio(hard=True))
-        fine = "mlp" if "mlp" in self.topk else "hidden" if "hidden" in self.topk else None
-        wanted = self.topk[fine].soft_mask().sort(dim=-1, descending=True).values if fine else None
-        for kind in ("layers", "heads", "mlp", "hidden"):  # heads before hidden: the hidden multiple depends on them
-            if kind not in self.topk:
-                continue
-            op = self.topk[kind]
-            counts = torch.round(op.clamped_keep_ratio() * op.num_elements).clamp(1, op.num_elements)
-            if kind == "mlp":
-                counts = _round_counts(counts, self.channel_multiple, self.intermediate_size)
-            op.set_keep_count(counts)
-            if kind == "hidden":  # what the hard mask's rounding makes of it, so that the threshold alone keeps it
-                op.set_keep_count(int(self.masks("hard")["hidden"].sum()))
-        if fine is not None:
-            self._fit_fine_kind(fine, t, wanted)
-        after = float(self.resource_ratio(hard=True))
-        if after > t:
-            logger.warning(
-                "meet_target(%.4f): the hard resource stays at %.4f with %s at their fewest elements; search longer or "
-                "prune more kinds", t, after, fine or "every kind rounded",
-            )
-        logger.info("meet_target(%.4f): hard resource %.4f -> %.4f", t, before, after)
-        # every count is now what the threshold alone keeps (multiples already rounded), so kept_counts is exact
-        counts = {kind: op.kept_counts().tolist() for kind, op in self.topk.items()}
-        return {"target": t, "before": before, "after": after, "counts": counts}
-
-    def _fit_fine_kind(self, kind: str, target: float, wanted: torch.Tensor) -> None:
-        """Step 2 of :meth:`meet_target`: move ``kind``'s counts by one rounding step at a time (rows chosen by
-        ``wanted``, the pre-snap soft mask sorted in descending order per row)."""
-        op = self.topk[kind]
-        n = op.num_elements
-        hard = self.masks("hard")
-        if kind == "mlp":
-            step = self.channel_multiple
-            present = hard["mlp_block"] > 0.5 if "mlp_block" in hard else torch.ones(self.num_layers, dtype=torch.bool)
-        else:
-            step = math.lcm(self.channel_multiple, int(hard["heads_q"][0].sum()) if self.uniform and "heads_q" in hard
-                            else 1)
-            present = torch.ones((), dtype=torch.bool)
-        step = min(step, n)
-        top = (n // step) * step
-        counts = op.kept_counts().reshape(-1)
-        wanted = wanted.reshape(-1, n)
-        present = present.reshape(-1).to(counts.device)
-        shared = op.keep_ratio.dim() == 0
-
-        def ratio(new_counts):
-            op.set_keep_count(new_counts[0] if shared else new_counts.reshape(op.keep_ratio.shape))
-            return float(self.resource_ratio(hard=True))
-
-        def pick(movable, values):
-            if shared:
-                return 0 if bool(movable.all()) else None
-            rows = torch.nonzero(movable & present).flatten()
-            return None if rows.numel() == 0 else int(rows[torch.argmin(values[rows])])
-
-        def move(row, delta):
-            new = counts.clone()
-            if shared:
-                new += delta
-            else:
-                new[row] += delta
-            return new
-
-        while ratio(counts) > target:  # give up the least wanted kept elements
-            lowest = wanted.gather(1, (counts - 1).clamp(0, n - 1).unsqueeze(1)).squeeze(1)
-            row = pick(counts - step >= step, lowest)
-            if row is None:
-                break
-            counts = move(row, -step)
-        while True:  # take back the most wanted dropped ones while the target holds
-            nxt = wanted.gather(1, counts.clamp(0, n - 1).unsqueeze(1)).squeeze(1)
-            row = pick(counts + step <= top, -nxt)
-            if row is None:
-                break
-            new = move(row, step)
-            if ratio(new) > target:
-                break
-            counts = new
-        ratio(counts)
+        if target is not None:
+            value = _target.check_target("target", target)
+            if value != self.target:
+                raise ValueError(
+                    f"meet_target(target={target!r}) conflicts with the pruner's target={self.target}, the one the "
+                    f"search ramped towards; to export at {target!r}, set pruner.target = {target!r} first"
+                )
+        return _target.meet_target(self)
 
     def hard_structure(self) -> HardStructure:
-        """Indices kept by the hard masks (the structure an export builds)."""
-        masks = self.masks("hard")
-        L, dev = self.num_layers, self.topk[self.prune[0]].importance.device
-
-        def idx(m):
-            return torch.nonzero(m > 0.5, as_tuple=False).flatten()
-
-        hidden = idx(masks["hidden"]) if "hidden" in masks else torch.arange(self.hidden_size, device=dev)
-        attn = [bool(v > 0.5) for v in masks["attn_block"]] if "attn_block" in masks else [True] * L
-        mlp = [bool(v > 0.5) for v in masks["mlp_block"]] if "mlp_block" in masks else [True] * L
-        full_q, full_kv = torch.arange(self.num_heads, device=dev), torch.arange(self.num_kv_heads, device=dev)
-        q = [idx(masks["heads_q"][i]) if "heads_q" in masks else full_q for i in range(L)]
-        kv = [idx(masks["heads_kv"][i]) if "heads_kv" in masks else full_kv for i in range(L)]
-        full_i = torch.arange(self.intermediate_size, device=dev)
-        ch = [idx(masks["mlp"][i]) if "mlp" in masks else full_i for i in range(L)]
-        return HardStructure(hidden, attn, mlp, q, kv, ch)
+        """Indices kept by the hard masks (the structure an export builds; :func:`hf_dynamic.dms.export.
+        hard_structure`)."""
+        return hard_structure(self)
 
     def searched_structure(self) -> HardStructure:
         """:meth:`hard_structure`, after checking that a search ran (what every export starts from)."""
-        if self.num_search_steps == 0:
-            raise ValueError(
-                "export() before any search step: no Taylor importance has been accumulated yet (run at least one "
-                "forward/backward pass with the pruner attached, or set importances explicitly)"
-            )
-        return self.hard_structure()
+        return searched_structure(self)
 
     def export(self, uniform: bool = True, dtype: torch.dtype | None = None):
         """Build the pruned model whose logits equal the hard-masked model's: a stock ``*ForCausalLM`` of the
@@ -648,8 +586,6 @@ class DMSPruner(nn.Module):
         ``hf_dynamic.DMSLlamaForCausalLM.from_pruned(pruner)`` (model type ``dms_llama``); ``uniform=False`` here
         raises a ValueError that says so (``docs/dms.md``, "## Search and export").
         """
-        from .export import export_uniform
-
         if not uniform:
             raise ValueError(
                 "pruner.export(uniform=False) is gone: per-layer widths are exported by the dms_llama model type, "

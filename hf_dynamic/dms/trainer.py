@@ -78,13 +78,21 @@ class DMSTrainerMixin:
         checkpoint = resume_from_checkpoint
         if checkpoint is True:
             checkpoint = get_last_checkpoint(self.args.output_dir)  # None: the Trainer raises its own error
+        callback = self.dms_callback
         if isinstance(checkpoint, (str, os.PathLike)):
-            if self.dms_callback is not None:
-                self.dms_callback.restore(checkpoint)
+            if callback is not None:
+                callback.restore(checkpoint)
             else:
                 load_pruner_state(self.pruner, checkpoint)
             resume_from_checkpoint = checkpoint
-        return super().train(resume_from_checkpoint, *args, **kwargs)
+        if callback is None:
+            return super().train(resume_from_checkpoint, *args, **kwargs)
+        # tells the callback that this trainer's compute_loss adds the resource loss (it refuses a plain Trainer)
+        callback.trainer_adds_resource_loss = True
+        try:
+            return super().train(resume_from_checkpoint, *args, **kwargs)
+        finally:
+            callback.trainer_adds_resource_loss = False
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = super().compute_loss(

@@ -105,3 +105,51 @@ def test_dms_trainer_adds_its_callback_and_keeps_the_keep_ratio_lr_constant(tmp_
     assert logged and all(e["dms/resource_loss"] >= 0 for e in logged)
     with pytest.raises(ValueError, match="target"):
         pruner.set_target(0.0)
+
+
+def test_a_plain_trainer_with_only_the_callback_is_refused_before_any_step(tmp_path):
+    """Before: a plain Trainer trained the keep ratios on the task loss alone (no resource term) and said nothing."""
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments
+
+    model = tiny_llama()
+    pruner = DMSPruner(model, 0.5)
+    keep = [p.detach().clone() for p in pruner.structure_parameters()]
+    ids = batch(8, 12)
+    data = Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()})
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=4, report_to=[],
+                             save_strategy="no", use_cpu=True, disable_tqdm=True)
+    trainer = Trainer(model=model, args=args, train_dataset=data, callbacks=[DMSCallback(pruner)])
+    with pytest.raises(TypeError, match="does not add the DMS resource loss.*DMSTrainer.*DMSTrainerMixin"):
+        trainer.train()
+    assert trainer.state.global_step == 0 and pruner.num_search_steps == 0
+    assert all(torch.equal(p, k) for p, k in zip(pruner.structure_parameters(), keep))
+
+
+def test_lambdalr_still_reads_its_per_group_lists():
+    """The keep ratios' constant learning rate replaces their group's entries of LambdaLR's ``lr_lambdas`` and
+    ``base_lrs`` (no public seam: see DMSCallback.hold_keep_ratio_lr). This fails if torch stops reading them."""
+    from torch.optim.lr_scheduler import LambdaLR
+
+    weights, ratios = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([{"params": [weights], "lr": 0.1}], lr=0.1)
+    scheduler = LambdaLR(optimizer, lambda step: 1.0 / (step + 1))  # the Trainer's kind: one factor for all groups
+    pruner = DMSPruner(tiny_llama(), 0.5)
+    callback = DMSCallback(pruner, keep_ratio_lr=0.02)
+    ratios = pruner.structure_parameters()
+    assert callback.add_keep_ratio_group(optimizer, scheduler)  # built before the group: entries appended
+    assert isinstance(scheduler.lr_lambdas, list) and len(scheduler.lr_lambdas) == len(scheduler.base_lrs) == 2
+    for _ in range(3):
+        optimizer.step()
+        scheduler.step()
+    assert scheduler.get_last_lr() == [pytest.approx(0.1 / 4), 0.02]
+    assert optimizer.param_groups[1]["params"] == ratios
+    # built over the group (DMSTrainer's create_scheduler): its factor replaced
+    optimizer2 = torch.optim.SGD([{"params": [weights]}, {"params": ratios, "lr": 0.02, "dms_keep_ratios": True}],
+                                 lr=0.1)
+    scheduler2 = LambdaLR(optimizer2, lambda step: 1.0 / (step + 1))
+    callback.hold_keep_ratio_lr(optimizer2, scheduler2)
+    for _ in range(3):
+        optimizer2.step()
+        scheduler2.step()
+    assert scheduler2.get_last_lr() == [pytest.approx(0.1 / 4), 0.02]

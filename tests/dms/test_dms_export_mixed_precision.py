@@ -46,3 +46,30 @@ def test_export_is_cast_once_and_matches_hard_masks(dtype, uniform):
     noise = (reference - hard_logits(ref_pruner, _model(torch.float64), x).float()).abs().max()
     ulp = torch.finfo(dtype).eps * float(reference.abs().max())
     assert float((got - reference).abs().max()) <= 2 * float(noise) + ulp
+
+
+@pytest.mark.parametrize("uniform", [True, False], ids=["uniform", "from_pruned"])
+def test_fp64_export_keeps_fp64_precision(uniform):
+    """Before: the export loaded an fp64 model's weights into an fp32 model, so they came back fp32-rounded."""
+    import math
+
+    model = _model(torch.float64)
+    with torch.no_grad():  # weights an fp32 round trip would change
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 1e-3)
+    pruner = DMSPruner(model, 0.5, uniform=uniform, prune=("heads", "mlp", "hidden"))
+    torch.manual_seed(1)
+    set_structure(pruner, COUNTS)
+    exported = pruner.export() if uniform else DMSLlamaForCausalLM.from_pruned(pruner)
+    assert exported.dtype == torch.float64
+    s, source = pruner.hard_structure(), model.state_dict()
+    got = exported.state_dict()
+    hidden, mlp = s.hidden, s.mlp_channels[0]
+    assert torch.equal(got["model.embed_tokens.weight"], source["model.embed_tokens.weight"][:, hidden])
+    assert torch.equal(got["model.layers.0.mlp.down_proj.weight"],
+                       source["model.layers.0.mlp.down_proj.weight"][hidden][:, mlp])
+    scale = math.sqrt(SHAPE["hidden_size"] / COUNTS["hidden"])  # w' = w·sqrt(H/H'), computed in fp64
+    assert torch.equal(got["model.norm.weight"], source["model.norm.weight"][hidden] * scale)
+    x = torch.randint(0, VOCAB, (2, 10), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():  # LlamaRMSNorm computes its variance in fp32 even in an fp64 model
+        assert float((exported(x).logits - hard_logits(pruner, model, x)).abs().max()) <= 1e-5

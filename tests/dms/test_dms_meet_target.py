@@ -107,8 +107,19 @@ def test_hidden_is_the_fine_kind_without_mlp():
     assert all(step_exceeds(pruner, "hidden", int(heads)))
 
 
-def test_meet_target_accepts_an_explicit_target_and_names_a_bad_one():
+def test_meet_target_reads_the_pruners_target_and_refuses_another():
+    """The pruner is the one holder of the target: meet_target() meets it, an explicit other value is an error
+    (the search ramped towards the pruner's), and assigning pruner.target is how to export at another one."""
     _, pruner = searched(True, {"heads": 1.0, "mlp": 1.0, "hidden": 1.0, "layers": 1.0})
-    assert pruner.meet_target(0.9)["after"] <= 0.9
+    with pytest.raises(ValueError, match=r"meet_target\(target=0.9\) conflicts with the pruner's target=0.7"):
+        pruner.meet_target(0.9)
     with pytest.raises(ValueError, match="target.*1.5"):
         pruner.meet_target(1.5)
+    with pytest.raises(ValueError, match="target.*nan"):
+        pruner.target = float("nan")
+    assert pruner.target == 0.7
+    pruner.target = 0.9
+    report = pruner.meet_target()
+    assert report["target"] == 0.9 and report["after"] <= 0.9
+    again = pruner.meet_target(0.9)  # the same value is accepted; a second call keeps what the first snapped
+    assert again["counts"] == report["counts"] and again["after"] == report["after"]

@@ -197,3 +197,51 @@ def test_gradient_checkpointing_gives_same_importance_and_grads():
         assert torch.allclose(imp_a[k], imp_b[k], rtol=1e-4, atol=1e-12), k
     for a, b in zip(grad_a, grad_b):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("resource_weight", float("nan"), "resource_weight must be a finite number > 0, got nan"),
+    ("resource_weight", float("inf"), "resource_weight must be a finite number > 0, got inf"),
+    ("resource_weight", "1.0", "resource_weight must be a number, got '1.0'"),
+    ("flops_seq_len", 0, "flops_seq_len must be an integer >= 1, got 0"),
+    ("flops_seq_len", 2.5, "flops_seq_len must be an integer, got 2.5"),
+    ("uniform", "no", "uniform must be a bool.*got 'no'"),
+    ("uniform", 1, "uniform must be a bool.*got 1"),
+    ("resource_weight_adapt", float("nan"), "resource_weight_adapt must be a finite number >= 0, got nan"),
+    ("channel_multiple", 25, "channel_multiple=25 leaves the 48 MLP channels .*a single kept count"),
+    ("channel_multiple", 64, "channel_multiple=64 leaves the 48 MLP channels"),
+    ("temperatures", {"mlp": 0.0}, r"temperatures\['mlp'\] must be a number > 0, got 0.0"),
+    ("temperatures", {"heads": float("nan")}, r"temperatures\['heads'\] must be .*got nan"),
+])
+def test_bad_values_are_named_before_anything_is_attached(field, value, match):
+    """Before: NaN weights and flops_seq_len=0 gave NaN losses, "no" became True, a channel_multiple wider than the
+    MLP froze it silently."""
+    model = tiny_llama()
+    with pytest.raises(ValueError, match=match):
+        DMSPruner(model, 0.5, resource="flops", **{field: value})
+    assert not model.model.embed_tokens._forward_hooks
+
+
+def test_channel_multiple_may_not_freeze_the_hidden_size():
+    with pytest.raises(ValueError, match="channel_multiple=24 leaves the 32 hidden channels"):
+        DMSPruner(tiny_llama(), 0.5, prune=("heads", "hidden"), channel_multiple=24)
+    DMSPruner(tiny_llama(), 0.5, prune=("heads", "mlp"), channel_multiple=24)  # 48 MLP channels: 24 or 48
+
+
+def test_a_second_pruner_on_one_model_is_refused():
+    model = tiny_llama()
+    x = batch()
+    with torch.no_grad():
+        reference = model(x).logits
+    first = DMSPruner(model, 0.5)
+    with pytest.raises(ValueError, match="already has a DMSPruner attached.*remove"):
+        DMSPruner(model, 0.4)
+    first.remove()
+    second = DMSPruner(model, 0.4)  # after remove(), a new search may start
+    with pytest.raises(ValueError, match="already has another DMSPruner attached"):
+        first.attach()
+    second.remove()
+    first.attach()
+    first.remove()
+    with torch.no_grad():
+        assert torch.equal(model(x).logits, reference)  # no mask left behind

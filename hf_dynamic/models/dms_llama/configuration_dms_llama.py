@@ -24,6 +24,9 @@ class DMSLlamaConfig(LlamaConfig):
             heads (0 exactly when the layer has no attention). Defaults to `num_key_value_heads`.
         layer_intermediate_sizes (`list[int]`, *optional*): MLP channels of each layer (0 = no MLP sub-block).
             Defaults to `intermediate_size`.
+        output_proj_bias (`bool`, *optional*, defaults to `False`): give `o_proj` and `down_proj` (the projections
+            writing into the residual stream) a bias even when `attention_bias` / `mlp_bias` are off: the carrier
+            of FLAP's bias compensation (`docs/dms.md`, "## Baselines").
 
     `head_dim` must be given explicitly when `hidden_size` is not a multiple of the heads (it is kept from the
     pruned model).
@@ -34,6 +37,7 @@ class DMSLlamaConfig(LlamaConfig):
     layer_num_attention_heads: list[int] | None = None
     layer_num_key_value_heads: list[int] | None = None
     layer_intermediate_sizes: list[int] | None = None
+    output_proj_bias: bool = False
 
     def __post_init__(self, **kwargs):
         if self.num_key_value_heads is None:

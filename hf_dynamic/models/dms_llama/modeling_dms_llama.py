@@ -3,10 +3,15 @@
 
 The modules are transformers' Llama modules built at the widths of :class:`DMSLlamaConfig`; their forward passes
 are Llama's own (``LlamaAttention.forward``, ``LlamaMLP.forward``, ``LlamaModel.forward``), so a layer with the
-full widths computes exactly what ``LlamaDecoderLayer`` computes. Each class calls its Llama parent's ``__init__``
-and then swaps in the projections at its own widths (on a fresh construction the parent's full-width modules exist
-for a moment; ``from_pretrained`` builds on the meta device, so loading pays nothing for them). Parameter names are
-Llama's, so a pruned ``LlamaForCausalLM`` state dict slices straight into this model
+full widths computes exactly what ``LlamaDecoderLayer`` computes. The attention, MLP and decoder layer call their
+Llama parent's ``__init__`` and then swap in the projections at their own widths (on a fresh construction the
+parent's full-width modules exist for a moment; ``from_pretrained`` builds on the meta device, so loading pays
+nothing for them). :class:`DMSLlamaModel` and :class:`DMSLlamaForCausalLM` build their modules themselves (the
+attributes ``LlamaModel`` / ``LlamaForCausalLM`` set, which a test compares) and call ``post_init()`` once, when
+every module exists: the Llama constructors would run ``post_init()`` first, which consumes a legacy
+``gradient_checkpointing=True`` config flag on layers that are then replaced. Recorded outputs (hidden states,
+attentions) are Llama's: transformers matches its ``_can_record_outputs`` classes with ``isinstance``, and our
+layer and attention subclass Llama's. Parameter names are Llama's, so a pruned ``LlamaForCausalLM`` state dict slices straight into this model
 (:meth:`DMSLlamaForCausalLM.from_pruned`). A layer may lack its attention sub-block (0 heads) and/or its MLP
 (0 channels); its RMSNorm goes with it. KV-cache slots are numbered over the layers that have attention, so
 ``DynamicCache.get_seq_length()`` (which reads slot 0) stays correct when layer 0 has no attention.
@@ -24,6 +29,8 @@ from transformers.models.llama.modeling_llama import (
     LlamaMLP,
     LlamaModel,
     LlamaPreTrainedModel,
+    LlamaRMSNorm,
+    LlamaRotaryEmbedding,
 )
 from transformers.utils import TransformersKwargs
 
@@ -44,7 +51,7 @@ class DMSLlamaAttention(LlamaAttention):
         self.q_proj = nn.Linear(config.hidden_size, num_heads * self.head_dim, bias=bias)
         self.k_proj = nn.Linear(config.hidden_size, num_kv_heads * self.head_dim, bias=bias)
         self.v_proj = nn.Linear(config.hidden_size, num_kv_heads * self.head_dim, bias=bias)
-        self.o_proj = nn.Linear(num_heads * self.head_dim, config.hidden_size, bias=bias)
+        self.o_proj = nn.Linear(num_heads * self.head_dim, config.hidden_size, bias=bias or config.output_proj_bias)
 
 
 class DMSLlamaMLP(LlamaMLP):
@@ -55,7 +62,7 @@ class DMSLlamaMLP(LlamaMLP):
         self.intermediate_size = intermediate_size
         self.gate_proj = nn.Linear(self.hidden_size, intermediate_size, bias=config.mlp_bias)
         self.up_proj = nn.Linear(self.hidden_size, intermediate_size, bias=config.mlp_bias)
-        self.down_proj = nn.Linear(intermediate_size, self.hidden_size, bias=config.mlp_bias)
+        self.down_proj = nn.Linear(intermediate_size, self.hidden_size, bias=config.mlp_bias or config.output_proj_bias)
 
 
 class DMSLlamaDecoderLayer(LlamaDecoderLayer):
@@ -104,19 +111,25 @@ class DMSLlamaPreTrainedModel(HubSharingMixin, LlamaPreTrainedModel):
     config_class = DMSLlamaConfig
     config: DMSLlamaConfig
     _no_split_modules = ["DMSLlamaDecoderLayer"]
-    _can_record_outputs = {"hidden_states": DMSLlamaDecoderLayer, "attentions": DMSLlamaAttention}
 
 
 class DMSLlamaModel(DMSLlamaPreTrainedModel, LlamaModel):
     """``LlamaModel`` with :class:`DMSLlamaDecoderLayer` layers (forward inherited from ``LlamaModel``)."""
 
     def __init__(self, config: DMSLlamaConfig):
-        super().__init__(config)
+        # LlamaModel.__init__ is skipped: its post_init() would run before our layers exist (see the module doc)
+        super(LlamaModel, self).__init__(config)
+        self.padding_idx = config.pad_token_id
+        self.vocab_size = config.vocab_size
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
         layers, cache_idx = [], 0
         for layer_idx in range(config.num_hidden_layers):
             layers.append(DMSLlamaDecoderLayer(config, layer_idx, cache_idx))
             cache_idx += int(config.layer_num_attention_heads[layer_idx] > 0)
         self.layers = nn.ModuleList(layers)
+        self.norm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.rotary_emb = LlamaRotaryEmbedding(config=config)
+        self.gradient_checkpointing = False
         self.post_init()
 
 
@@ -124,8 +137,11 @@ class DMSLlamaForCausalLM(DMSLlamaPreTrainedModel, LlamaForCausalLM):
     """``LlamaForCausalLM`` over :class:`DMSLlamaModel` (forward and generation inherited)."""
 
     def __init__(self, config: DMSLlamaConfig):
-        super().__init__(config)
+        # LlamaForCausalLM.__init__ is skipped: it would build (and post_init) a full LlamaModel first
+        super(LlamaForCausalLM, self).__init__(config)
         self.model = DMSLlamaModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
     @classmethod

@@ -103,3 +103,64 @@ def test_decoder_layer_forward_declares_transformers_kwargs():
     annotation = inspect.signature(DMSLlamaDecoderLayer.forward).parameters["kwargs"].annotation
     assert annotation == Unpack[TransformersKwargs]
     assert annotation == inspect.signature(LlamaDecoderLayer.forward).parameters["kwargs"].annotation
+
+
+def _tiny_config(**overrides):
+    from dms_testing import TINY_LLAMA
+
+    return DMSLlamaConfig(**{**TINY_LLAMA, "layer_num_attention_heads": [0, 4, 2],
+                             "layer_num_key_value_heads": [0, 2, 1], "layer_intermediate_sizes": [48, 0, 20],
+                             **overrides})
+
+
+@pytest.mark.parametrize("cls_name", ["DMSLlamaModel", "DMSLlamaForCausalLM"])
+def test_legacy_gradient_checkpointing_flag_is_applied(cls_name, tmp_path):
+    """A config saved with the legacy ``gradient_checkpointing=True`` (transformers'
+    ``test_gradient_checkpointing_backward_compatibility``). Before: the Llama constructor's post_init consumed
+    the flag on its own layers, which ours then replaced, so nothing was checkpointed."""
+    import json
+
+    import hf_dynamic.models.dms_llama as dms_llama
+
+    cls = getattr(dms_llama, cls_name)
+    config = _tiny_config()
+    config.gradient_checkpointing = True
+    model = cls(config)
+    layers = model.layers if cls_name == "DMSLlamaModel" else model.model.layers
+    assert all(layer.gradient_checkpointing for layer in layers)
+    # from a saved config.json too
+    _tiny_config().save_pretrained(tmp_path)
+    data = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**data, "gradient_checkpointing": True}))
+    loaded = cls(DMSLlamaConfig.from_pretrained(tmp_path))
+    layers = loaded.layers if cls_name == "DMSLlamaModel" else loaded.model.layers
+    assert all(layer.gradient_checkpointing for layer in layers)
+    assert not hasattr(loaded.config, "gradient_checkpointing")  # consumed, as transformers does
+
+
+def test_constructors_set_what_the_llama_constructors_set():
+    """DMSLlamaModel / DMSLlamaForCausalLM build their modules themselves (so that post_init runs once, after
+    them); this fails when transformers' LlamaModel / LlamaForCausalLM gain an attribute ours lack."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from dms_testing import TINY_LLAMA
+
+    llama = LlamaForCausalLM(LlamaConfig(**TINY_LLAMA))
+    ours = DMSLlamaForCausalLM(_tiny_config())
+    for theirs, mine in ((llama, ours), (llama.model, ours.model)):
+        assert set(vars(mine)) - {"_output_capturing_hooks_installed"} == set(vars(theirs)) - {
+            "_output_capturing_hooks_installed"}
+        assert [name for name, _ in mine.named_children()] == [name for name, _ in theirs.named_children()]
+
+
+def test_recorded_outputs_count_the_layers_that_exist():
+    """Hidden states and attentions are recorded through Llama's ``_can_record_outputs`` (matched by isinstance
+    on our subclasses): one hidden state per layer plus the embeddings, one attention map per layer with
+    attention."""
+    model = DMSLlamaForCausalLM(_tiny_config()).eval()
+    model.set_attn_implementation("eager")
+    x = torch.randint(0, VOCAB, (1, 7))
+    with torch.no_grad():
+        out = model(x, output_hidden_states=True, output_attentions=True)
+    assert len(out.hidden_states) == 4
+    assert [tuple(a.shape) for a in out.attentions] == [(1, 4, 7, 7), (1, 2, 7, 7)]
