@@ -51,11 +51,7 @@ _LAZY = {
 
 from .registry import register_all as _register_all  # noqa: E402
 
-_PUBLIC_MODEL_NAMES = _register_all()
-
-from .pemn import install_peft_hook as _install_peft_hook  # noqa: E402
-
-_install_peft_hook()  # registers PEMN with peft when peft is imported (imports nothing now)
+_PUBLIC_MODEL_NAMES = _register_all()  # the one registration entry point: Auto classes, sharing, kernel, PEMN hook
 globals().update(_PUBLIC_MODEL_NAMES)
 
 

@@ -1,27 +1,33 @@
-"""Registration of hf_dynamic's model types with transformers' Auto classes.
+"""Registration of hf_dynamic with transformers and peft: the one entry point, :func:`register_all`.
 
 Each model package under ``hf_dynamic/models/`` exposes two names:
 
 - ``CONFIG_CLASS``: a ``PretrainedConfig`` subclass with a namespaced ``model_type``;
 - ``AUTO_CLASSES``: ``{"AutoModel": ModelClass, "AutoModelForSequenceClassification": ..., ...}``.
 
-and may expose ``PUBLIC`` (extra public names such as helper functions). Adding a model type means adding its
-module path to :data:`MODEL_PACKAGES`; nothing else changes.
+and may expose ``PUBLIC`` (extra public names such as helper functions) and ``MODEL_CARD`` (what a saved
+checkpoint's card says). Adding a model type means importing its package here and adding it to
+:data:`MODEL_PACKAGES`; nothing else changes.
 
-:func:`register_all` also registers hf_dynamic's experts kernel (``"hf_dynamic_grouped_mm"``) in transformers'
-``ALL_EXPERTS_FUNCTIONS``, so any transformers MoE model can select it.
+:func:`register_all`, called once by ``import hf_dynamic``, does all of hf_dynamic's registration:
+
+- every model type with transformers' Auto classes (:func:`register_model`) and with :mod:`hf_dynamic.sharing`
+  (which bundles a type's remote code and writes its model card, and never imports a model package itself);
+- hf_dynamic's experts kernel (``"hf_dynamic_grouped_mm"``) in transformers' ``ALL_EXPERTS_FUNCTIONS``, so any
+  transformers MoE model can select it;
+- PEMN as a peft method, through an import hook that acts when peft is imported (nothing is imported now).
 """
-
-import importlib
 
 import transformers
 
-MODEL_PACKAGES = [
-    "hf_dynamic.models.boosted_early_exit",
-    "hf_dynamic.models.dms_llama",
-    "hf_dynamic.models.dynamic_resnet",
-    "hf_dynamic.models.partial_moe_bert",
-]
+from .models import boosted_early_exit, dms_llama, dynamic_resnet, partial_moe_bert
+from .pad.experts import register_experts_implementation
+from .pemn import install_peft_hook
+from .sharing import register_model_type
+
+# Imported above by name, so that tests/test_layering.py sees what the registry depends on.
+_PACKAGES = (boosted_early_exit, dms_llama, dynamic_resnet, partial_moe_bert)
+MODEL_PACKAGES = [package.__name__ for package in _PACKAGES]
 
 
 def register_model(config_class, auto_classes):
@@ -41,15 +47,14 @@ def register_model(config_class, auto_classes):
 
 
 def register_all():
-    """Import every model package, register it and our experts kernel; return the public names (for
-    ``hf_dynamic.__init__``)."""
-    from .pad.experts import register_experts_implementation
-
+    """Register every model type (Auto classes and sharing), our experts kernel and PEMN's peft hook (idempotent);
+    return the public names of the model packages (for ``hf_dynamic.__init__``)."""
     register_experts_implementation()
+    install_peft_hook()
     public = {}
-    for path in MODEL_PACKAGES:
-        package = importlib.import_module(path)
+    for package in _PACKAGES:
         register_model(package.CONFIG_CLASS, package.AUTO_CLASSES)
+        register_model_type(package)
         public[package.CONFIG_CLASS.__name__] = package.CONFIG_CLASS
         for model_class in package.AUTO_CLASSES.values():
             public[model_class.__name__] = model_class

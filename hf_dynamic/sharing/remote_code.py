@@ -1,19 +1,14 @@
-"""Sharing checkpoints with users who do not have hf_dynamic (``docs/architecture.md``, "## Sharing").
+"""The remote-code bundle of a checkpoint: what lets a process with only transformers load it (docs/architecture.md,
+"## Sharing").
 
-``save_pretrained`` of every hf_dynamic model type (through :class:`HubSharingMixin`) writes, beside the config and
-the safetensors:
+:func:`remote_code_files` gives ``configuration_<type>.py``, ``modeling_<type>.py`` and the library modules they
+need, as same-folder files whose hf_dynamic imports are rewritten to same-folder relative imports (``from
+...core.masks import x`` becomes ``from .hfd_core_masks import x``); :func:`auto_map` gives the ``config.json``
+entry that points the Auto classes at them. A process with only transformers (and torch, safetensors) then loads the
+folder with ``AutoModel*.from_pretrained(folder, trust_remote_code=True)``. Where hf_dynamic is installed its
+registered classes still win (transformers prefers explicitly registered classes over ``auto_map``).
 
-- **remote code**: ``configuration_<type>.py``, ``modeling_<type>.py`` and the library modules they need, as
-  same-folder files whose hf_dynamic imports are rewritten to same-folder relative imports
-  (``from ...core.masks import x`` becomes ``from .hfd_core_masks import x``), and ``auto_map`` in ``config.json``.
-  A process with only transformers (and torch, safetensors) then loads the folder with
-  ``AutoModel*.from_pretrained(folder, trust_remote_code=True)``. Where hf_dynamic is installed its registered
-  classes still win (transformers prefers explicitly registered classes over ``auto_map``), with or without
-  ``trust_remote_code``.
-- **a model card** ``README.md`` (only when the folder has none): the method, a config summary, how to load it with
-  and without hf_dynamic, and the metrics of an ``eval_results.json`` in the folder (:func:`model_card`).
-
-The bundle is derived, not listed: :func:`remote_code_files` follows every import of hf_dynamic modules (``ast``,
+The bundle is derived, not listed: :func:`import_closure` follows every import of hf_dynamic modules (``ast``,
 imports inside functions included) from the model type's configuration and modeling modules, and from those of any
 hf_dynamic model type nested in the config (a boosted early-exit model on a PartialMoEBert backbone), which the
 generated code registers with the Auto classes unless the environment already has them. It raises
@@ -22,27 +17,25 @@ generated code registers with the Auto classes unless the environment already ha
 function-level one, such as DeepSpeed's, is wrapped in ``try`` so that transformers' remote-code check treats it as
 optional).
 
-This module imports nothing of hf_dynamic: it reads the library's source files. In the bundle it is replaced by a
-stand-in whose :class:`HubSharingMixin` does nothing, so a model loaded from remote code saves as any remote-code
-model does (transformers copies its files).
+This module imports nothing of hf_dynamic outside :mod:`hf_dynamic.sharing`: it reads the library's source files,
+and finds a model type's classes in :mod:`.model_types`, which the registry fills. In the bundle the
+``hf_dynamic.sharing`` package is replaced by a stand-in whose :class:`HubSharingMixin` does nothing, so a model
+loaded from remote code saves as any remote-code model does (transformers copies its files).
 """
 
 from __future__ import annotations
 
 import ast
-import importlib
-import json
-import os
 import sys
 from importlib import metadata
 from pathlib import Path
 
+from .model_types import package_for_config, package_for_model
+
 PACKAGE = "hf_dynamic"
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
 MODULE_PREFIX = "hfd_"
 SHARING_MODULE = f"{PACKAGE}.sharing"
-CARD_NAME = "README.md"
-RESULTS_NAME = "eval_results.json"
 # Packages a process that loads remote code has anyway: transformers and what transformers itself depends on.
 RUNTIME_PACKAGES = frozenset({"torch", "transformers", "huggingface_hub", "safetensors", "numpy", "packaging",
                               "tokenizers", "regex", "yaml", "tqdm", "filelock"})
@@ -142,13 +135,17 @@ def _imports(module: str) -> tuple[ast.Module, list[str]]:
 
 def import_closure(roots) -> list[str]:
     """Every hf_dynamic module the ``roots`` import, directly or not (roots included), in a stable order.
-    :data:`SHARING_MODULE` is included but not followed (the bundle gets its stand-in)."""
+    :data:`SHARING_MODULE` is included but not followed (the bundle gets its stand-in); an import of one of its
+    submodules raises :class:`BundleError`."""
     seen, todo = [], list(roots)
     while todo:
         module = todo.pop(0)
         if module in seen:
             continue
         seen.append(module)
+        if module.startswith(f"{SHARING_MODULE}."):
+            raise BundleError(f"{module} is imported by a model type's code; import its names from "
+                              f"{SHARING_MODULE} (the package the bundle replaces by a stand-in)")
         if module != SHARING_MODULE:
             todo += [m for m in _imports(module)[1] if m not in seen]
     return seen
@@ -239,20 +236,13 @@ def _version() -> str:
 
 
 # ----------------------------------------------------------------------------------------------- the bundle
-def _model_package(model_class: type):
+def model_type_package(model_class: type):
     """The model-type package of an hf_dynamic model class (its ``CONFIG_CLASS`` and ``AUTO_CLASSES``)."""
-    name = model_class.__module__.rpartition(".")[0]
-    package = sys.modules.get(name) or importlib.import_module(name)
-    if not hasattr(package, "CONFIG_CLASS") or not hasattr(package, "AUTO_CLASSES"):
-        raise BundleError(f"{model_class.__name__} is not in an hf_dynamic model package ({name} exposes no "
-                          "CONFIG_CLASS / AUTO_CLASSES)")
+    package = package_for_model(model_class)
+    if package is None:
+        raise BundleError(f"{model_class.__module__}.{model_class.__name__} is not a class of a registered "
+                          f"{PACKAGE} model type (hf_dynamic.registry.MODEL_PACKAGES)")
     return package
-
-
-def _package_for_config(config_class: type):
-    name = config_class.__module__.rpartition(".")[0]
-    package = sys.modules.get(name) or importlib.import_module(name)
-    return package if getattr(package, "CONFIG_CLASS", None) is config_class else None
 
 
 def nested_packages(config) -> list:
@@ -260,9 +250,7 @@ def nested_packages(config) -> list:
     out = []
     for value in vars(config).values():
         if hasattr(value, "to_dict") and hasattr(type(value), "model_type") and value is not config:
-            package = None
-            if type(value).__module__.startswith(f"{PACKAGE}.models."):
-                package = _package_for_config(type(value))
+            package = package_for_config(type(value))
             out += ([package] if package else []) + nested_packages(value)
     return out
 
@@ -308,7 +296,7 @@ def _registration(nested: list, kind: str) -> str:
 def remote_code_files(model_class: type, config=None) -> dict[str, str]:
     """``{file name: source}`` of the remote code of ``model_class``'s model type (and of the types nested in
     ``config``). Raises :class:`BundleError` when a module of the closure cannot be carried."""
-    package = _model_package(model_class)
+    package = model_type_package(model_class)
     nested = [p for p in dict.fromkeys(nested_packages(config) if config is not None else [])
               if p is not package]
     roots = _roots(package) + [m for p in nested for m in _roots(p)]
@@ -329,151 +317,3 @@ def write_remote_code(folder, model_class: type, config=None) -> list[str]:
     for name, text in files.items():
         Path(folder, name).write_text(text, encoding="utf-8")
     return sorted(files)
-
-
-# ------------------------------------------------------------------------------------------------ the card
-def _card_info(config) -> dict:
-    """The ``MODEL_CARD`` of the config's model-type package: ``method`` (a sentence), ``docs`` (the docs page) and
-    ``fields`` (the config fields the card's summary shows)."""
-    package = _package_for_config(type(config)) if type(config).__module__.startswith(PACKAGE) else None
-    return getattr(package, "MODEL_CARD", None) or {}
-
-
-def _summary(config, fields) -> list[str]:
-    rows = [f"| `{key}` | `{getattr(config, key, None)}` |" for key in fields]
-    backbone = getattr(config, "backbone", None)
-    if backbone is not None and hasattr(backbone, "model_type"):
-        rows.insert(0, f"| backbone | `{backbone.model_type}`, {backbone.num_hidden_layers} layers, hidden size "
-                       f"{backbone.hidden_size} |")
-    labels = getattr(config, "id2label", None)
-    if labels and any(not str(name).startswith("LABEL_") for name in labels.values()):
-        rows.append(f"| labels | `{list(labels.values())}` |")
-    return rows
-
-
-def _metrics(folder) -> list[str]:
-    path = Path(folder, RESULTS_NAME) if folder is not None else None
-    if path is None or not path.is_file():
-        return []
-    try:
-        results = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return []
-    splits = results.get("metrics") if isinstance(results.get("metrics"), dict) else {"eval": results}
-    rows = []
-    for split, values in splits.items():
-        if not isinstance(values, dict):
-            continue
-        shown = [f"{k} {v:.4f}" for k, v in values.items()
-                 if isinstance(v, float) and not k.endswith(("runtime", "per_second"))]
-        if shown:
-            rows.append(f"| {split} | {', '.join(shown)} |")
-    return ["", f"## Results (`{RESULTS_NAME}`)", "", "| split | metrics |", "|---|---|", *rows] if rows else []
-
-
-def model_card(config, folder=None, *, title: str | None = None, details: str | None = None,
-               tags=(), pipeline_tag: str | None = None) -> str:
-    """The model card (``README.md``) of an hf_dynamic checkpoint: the method, a config summary, how to load it
-    with and without hf_dynamic, and the metrics of ``folder/eval_results.json`` when there is one. ``details``
-    (Markdown) is added after the summary (how the model was trained, for example)."""
-    model_type = config.model_type
-    info = _card_info(config)
-    method, doc = info.get("method", f"hf_dynamic model type `{model_type}`"), info.get("docs", "docs/README.md")
-    auto_name = _auto_name_of(config)
-    path = "path/or/repo-id"
-    tag_list = ", ".join(dict.fromkeys(["hf_dynamic", model_type, *tags]))
-    front = ["---", "library_name: transformers", f"tags: [{tag_list}]"]
-    if pipeline_tag:
-        front.append(f"pipeline_tag: {pipeline_tag}")
-    lines = [*front, "---", "", f"# {title or model_type}", "",
-             f"{method}. Made with [hf_dynamic](https://pypi.org/project/{PIP_NAME}/) (method: `{doc}` there).", "",
-             "| config | value |", "|---|---|", *_summary(config, info.get("fields", ()))]
-    if details:
-        lines += ["", details.strip()]
-    lines += _metrics(folder)
-    lines += ["", "## Use", "", f"With hf_dynamic installed (`pip install {PIP_NAME}`), its registered classes load "
-              "the checkpoint:", "", "```python", "import hf_dynamic  # registers hf_dynamic's model types",
-              f"from transformers import {auto_name}", "", f'model = {auto_name}.from_pretrained("{path}")', "```", "",
-              "Without hf_dynamic, transformers runs the code saved beside the weights (`configuration_*.py`, "
-              "`modeling_*.py`, `hfd_*.py`, generated from hf_dynamic's source):", "", "```python",
-              f"from transformers import {auto_name}", "",
-              f'model = {auto_name}.from_pretrained("{path}", trust_remote_code=True)', "```", "",
-              "Without either, transformers asks for `trust_remote_code=True` (a prompt, or `ValueError: The "
-              "repository ... contains custom code which must be executed ...`). Do not load this checkpoint into a stock "
-              "transformers class (such as `BertForSequenceClassification` or `LlamaForCausalLM`): the weights that "
-              "make it dynamic do not fit that class, which initialises the missing ones at random (its load report "
-              "lists them as MISSING) and computes something else.", ""]
-    return "\n".join(lines)
-
-
-def _auto_name_of(config) -> str:
-    """The Auto class the model card loads with: the one the package registers for ``config.architectures[0]``."""
-    architectures = getattr(config, "architectures", None) or []
-    package = _package_for_config(type(config)) if type(config).__module__.startswith(PACKAGE) else None
-    for auto_name, model_class in getattr(package, "AUTO_CLASSES", {}).items():
-        if architectures and model_class.__name__ == architectures[0]:
-            return auto_name
-    return "AutoModel"
-
-
-def write_model_card(folder, config, *, overwrite: bool = False, **card_kwargs) -> bool:
-    """Write :func:`model_card` to ``folder/README.md`` unless one exists (``overwrite=False``); returns whether it
-    wrote."""
-    path = Path(folder, CARD_NAME)
-    if path.exists() and not overwrite:
-        return False
-    path.write_text(model_card(config, folder, **card_kwargs), encoding="utf-8")
-    return True
-
-
-# ------------------------------------------------------------------------------------------------ the mixin
-TEMPLATE_CARD_MARK = "This is the model card of a 🤗 transformers model that has been pushed on the Hub"
-
-
-class HubSharingMixin:
-    """Put first in the bases of a model type's ``PreTrainedModel``: ``save_pretrained`` also writes the remote
-    code (+ ``auto_map``) and the model card; ``push_to_hub`` uploads them (the card replaces transformers' generic
-    template, never a card the Hub repository already has)."""
-
-    def _sharing_auto_map(self) -> dict[str, str]:
-        return auto_map(_model_package(type(self)))
-
-    def _write_sharing_files(self, folder, replace_template_card: bool = False) -> None:
-        write_remote_code(folder, type(self), self.config)
-        card = Path(folder, CARD_NAME)
-        overwrite = replace_template_card and card.is_file() and TEMPLATE_CARD_MARK in card.read_text("utf-8")
-        tags = _card_tags(card) if overwrite else ()
-        write_model_card(folder, self.config, overwrite=overwrite, tags=tags)
-
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        """``PreTrainedModel.save_pretrained``, plus the remote code, ``auto_map`` and a model card
-        (:mod:`hf_dynamic.sharing`)."""
-        previous = getattr(self.config, "auto_map", None)
-        self.config.auto_map = {**(previous or {}), **self._sharing_auto_map()}
-        try:
-            result = super().save_pretrained(save_directory, *args, **kwargs)
-        finally:
-            self.config.auto_map = previous
-        if kwargs.get("is_main_process", True) and os.path.isdir(save_directory):
-            self._write_sharing_files(save_directory)
-        return result
-
-    def _upload_modified_files(self, working_dir, *args, **kwargs):
-        # The upload step of push_to_hub and of save_pretrained(push_to_hub=True): the files must be there (and
-        # newer than the timestamps save_pretrained took) before transformers lists what to upload.
-        self._write_sharing_files(working_dir, replace_template_card=True)
-        return super()._upload_modified_files(working_dir, *args, **kwargs)
-
-
-def _card_tags(card: Path) -> tuple:
-    """The tags of an existing card's front matter (kept when our card replaces transformers' template)."""
-    try:
-        from huggingface_hub import ModelCard
-
-        return tuple(ModelCard.load(card).data.tags or ())
-    except Exception:  # noqa: BLE001 (a card without readable metadata has no tags to keep)
-        return ()
-
-
-__all__ = ["BundleError", "HubSharingMixin", "auto_map", "bundled_name", "bundled_source", "import_closure",
-           "model_card", "remote_code_files", "write_model_card", "write_remote_code"]

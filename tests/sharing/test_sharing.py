@@ -1,4 +1,4 @@
-"""Sharing checkpoints with users who lack hf_dynamic (hf_dynamic/sharing.py; README, "Sharing a checkpoint").
+"""Sharing checkpoints with users who lack hf_dynamic (hf_dynamic/sharing/; README, "Sharing a checkpoint").
 
 Per model type (tiny random models built from tests/models/test_common.py's cases, plus a finalised PAD model and a
 boosted early-exit model on a PartialMoEBert backbone):
@@ -26,6 +26,7 @@ import pytest
 import torch
 import transformers
 from transformers import AutoConfig, BertForSequenceClassification
+from huggingface_hub import ModelCard
 from transformers.testing_utils import CaptureLogger
 
 import hf_dynamic
@@ -128,10 +129,28 @@ def test_saved_folder_has_what_a_user_without_hf_dynamic_needs(shared, name):
                     assert (folder / f"{node.module}.py").is_file(), (path.name, node.module)
             elif isinstance(node, ast.Import):
                 assert not any(a.name.split(".")[0] == "hf_dynamic" for a in node.names), (path.name, node.lineno)
-    card = (folder / "README.md").read_text()
+    card = ModelCard.load(folder / "README.md")
     head = shared[name]["head"]
-    assert "trust_remote_code=True" in card and "import hf_dynamic" in card and f"{head}.from_pretrained" in card
-    assert f"tags: [hf_dynamic, {config['model_type']}" in card
+    assert "trust_remote_code=True" in card.text and "import hf_dynamic" in card.text
+    assert f"{head}.from_pretrained" in card.text
+    assert card.data.library_name == "transformers" and card.data.tags[:2] == ["hf_dynamic", config["model_type"]]
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_save_pretrained_leaves_the_config_as_it_was(shared, tmp_path, name):
+    """auto_map is in config.json, not left on the config: transformers' Auto classes read a config that has an
+    auto_map attribute as remote code, so a left-behind None made from_pretrained(folder, config=model.config)
+    raise a TypeError (transformers' test_load_with_mismatched_shapes)."""
+    model = shared[name]["model"]
+    assert "auto_map" not in vars(model.config)
+    auto = getattr(transformers, shared[name]["head"])
+    loaded = auto.from_pretrained(shared[name]["folder"], config=model.config).eval()
+    assert type(loaded) is type(model)
+    assert torch.equal(_outputs(loaded, shared[name]["inputs"]), shared[name]["logits"])
+    model.config.auto_map = {"AutoConfig": "theirs.Config"}  # an auto_map the config had before is restored
+    model.save_pretrained(tmp_path)
+    assert model.config.auto_map == {"AutoConfig": "theirs.Config"}
+    del model.config.auto_map
 
 
 def test_nested_model_type_is_bundled_and_registered(shared):
@@ -252,6 +271,35 @@ def test_existing_card_is_kept_and_metrics_are_shown(tmp_path):
     card = (tmp_path / "README.md").read_text()
     assert "| validation | accuracy 0.7500 |" in card and "Trained on X." in card and "runtime" not in card
     assert "| `dynamic_ratio` | `0.5` |" in card
+    assert not list(tmp_path.glob(".README.*"))  # written through a temporary file, renamed
+
+
+def test_card_is_a_hub_model_card_with_its_metadata():
+    """The card is huggingface_hub's ModelCard: its front matter parses back to the ModelCardData it was made of."""
+    model, _, _ = _case_model("dynamic_resnet")
+    card = sharing.build_model_card(model.config, title="Tiny", tags=("vision", "hf_dynamic"),
+                                    pipeline_tag="image-classification")
+    assert isinstance(card, ModelCard) and str(card) == sharing.model_card(
+        model.config, title="Tiny", tags=("vision", "hf_dynamic"), pipeline_tag="image-classification")
+    parsed = ModelCard(str(card))
+    assert parsed.data.tags == ["hf_dynamic", model.config.model_type, "vision"]
+    assert parsed.data.pipeline_tag == "image-classification" and parsed.data.library_name == "transformers"
+    assert parsed.text.startswith("\n# Tiny\n") and "## Results" not in parsed.text
+
+
+def test_transformers_upload_step_is_where_we_hook():
+    """HubSharingMixin overrides transformers' private PushToHubMixin._upload_modified_files (the only point between
+    "files written" and "upload" of push_to_hub and save_pretrained(push_to_hub=True)). Fails loudly when
+    transformers renames it, changes its arguments, or stops calling it from those two paths."""
+    import inspect
+
+    from transformers.utils import hub
+
+    method = getattr(hub.PushToHubMixin, "_upload_modified_files", None)
+    assert method is not None, "transformers removed PushToHubMixin._upload_modified_files: see sharing/mixin.py"
+    assert list(inspect.signature(method).parameters)[:4] == ["self", "working_dir", "repo_id", "files_timestamps"]
+    assert "self._upload_modified_files(" in inspect.getsource(hub.PushToHubMixin.push_to_hub)
+    assert "self._upload_modified_files(" in inspect.getsource(transformers.PreTrainedModel.save_pretrained)
 
 
 def test_push_to_hub_uploads_the_remote_code_and_our_card(tmp_path, monkeypatch):

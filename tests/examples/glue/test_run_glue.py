@@ -6,9 +6,10 @@ import sys
 
 import pytest
 
-SHARED_GLUE = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "glue"))
+REPO = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
+SHARED_GLUE = os.path.normpath(os.path.join(REPO, "..", "shared", "data", "glue"))
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples", "glue"))
+sys.path.insert(0, os.path.join(REPO, "examples", "glue"))
 
 import run_glue  # noqa: E402
 
