@@ -52,6 +52,8 @@ class PadExpertsInterface(ExpertsInterface):
     kernels get their inputs adapted (see :func:`_adapted`)."""
 
     def get_interface(self, experts_implementation: str | None, default):
+        if exporting():
+            return static_loop_experts_forward  # every kernel computes the same; this one traces to a true graph
         implementation = resolve_experts_implementation(experts_implementation)
         if implementation == EXPERTS_IMPLEMENTATION:
             return sorted_grouped_mm_experts_forward
@@ -120,6 +122,33 @@ def eager_experts_forward(self: ExpertWeights, hidden_states: torch.Tensor, top_
         token_idx, slot = torch.where(top_k_index == expert)
         x = hidden_states[token_idx]
         h = self.act_fn(torch.nn.functional.linear(x, self.up_proj[expert], self.up_proj_bias[expert]))
+        down_bias = None if self.down_proj_bias is None else self.down_proj_bias[expert]
+        y = torch.nn.functional.linear(h, self.down_proj[expert], down_bias)
+        output.index_add_(0, token_idx, (y * top_k_weights[token_idx, slot, None]).to(accumulate))
+    return output.to(hidden_states.dtype)
+
+
+def exporting() -> bool:
+    """Whether the model is being traced for an export (``torch.export``, either ONNX exporter, ``torch.jit``)."""
+    return bool(torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing())
+
+
+def static_loop_experts_forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
+                                top_k_weights: torch.Tensor) -> torch.Tensor:
+    """:func:`eager_experts_forward` over *every* expert, for exports (``docs/pad.md``, "## Expert kernel").
+
+    The eager loop visits the experts a batch hits (a Python list read from the data), the grouped kernels sort the
+    tokens by expert (``aten.sort.stable``, which no ONNX function lowers): a trace of either would bake in the
+    traced batch's routing or fail. Here the loop is over ``range(E)`` and each expert's tokens are found with
+    ``nonzero``, a data-dependent shape both exporters express; an expert without tokens multiplies an empty
+    matrix. Same operations as the eager reference, so the same values.
+    """
+    accumulate = torch.promote_types(hidden_states.dtype, torch.float32)
+    output = torch.zeros(hidden_states.shape, dtype=accumulate, device=hidden_states.device)
+    for expert in range(self.num_experts):
+        token_idx, slot = torch.where(top_k_index == expert)
+        h = self.act_fn(torch.nn.functional.linear(hidden_states[token_idx], self.up_proj[expert],
+                                                   self.up_proj_bias[expert]))
         down_bias = None if self.down_proj_bias is None else self.down_proj_bias[expert]
         y = torch.nn.functional.linear(h, self.down_proj[expert], down_bias)
         output.index_add_(0, token_idx, (y * top_k_weights[token_idx, slot, None]).to(accumulate))
