@@ -13,6 +13,8 @@ import math
 
 import torch
 
+from .validation import check_number
+
 _BIT_WEIGHTS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
@@ -74,6 +76,5 @@ def topk_masks(scores: list[torch.Tensor], k: int) -> list[torch.Tensor]:
 
 def count_to_keep(ratio: float, numel: int) -> int:
     """``round(ratio * numel)``: the number of entries a keep ratio means (exact-count masks use this)."""
-    if not 0.0 <= ratio <= 1.0:
-        raise ValueError(f"ratio must be in [0, 1], got {ratio}")
+    check_number("ratio", ratio, ge=0, le=1)
     return int(round(ratio * numel))

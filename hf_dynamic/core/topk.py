@@ -27,6 +27,7 @@ from torch import nn
 from transformers.utils import logging
 
 from .importance import taylor_importance_ema_
+from .validation import check_number
 
 logger = logging.get_logger(__name__)
 
@@ -117,14 +118,10 @@ class DifferentiableTopK(nn.Module):
         ema_decay: float = 0.99,
     ):
         super().__init__()
-        if int(num_elements) < 1:
-            raise ValueError(f"num_elements must be >= 1, got {num_elements}")
-        if not 0.0 < float(init_keep_ratio) <= 1.0:
-            raise ValueError(f"init_keep_ratio must be in (0, 1], got {init_keep_ratio}")
-        if float(temperature) <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        if not 0.0 <= float(ema_decay) < 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
+        check_number("num_elements", num_elements, integer=True, ge=1)
+        check_number("init_keep_ratio", init_keep_ratio, gt=0, le=1)
+        check_number("temperature", temperature, gt=0)
+        check_number("ema_decay", ema_decay, ge=0, lt=1)
         self.num_elements = int(num_elements)
         self.rows = tuple(int(r) for r in rows)
         self.shared_keep_ratio = bool(shared_keep_ratio)
@@ -236,8 +233,7 @@ class DifferentiableTopK(nn.Module):
 
     def set_ema_decay(self, decay: float) -> None:
         """Set the decay ``d`` of the Taylor-importance moving average (``0.0``: each update replaces ``c``)."""
-        if not 0.0 <= float(decay) < 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1), got {decay}")
+        check_number("ema_decay", decay, ge=0, lt=1)
         self.ema_decay = float(decay)
 
     def set_loss_scale_source(self, source) -> None:

@@ -14,13 +14,14 @@ rows, ids and labels are the same.
 from __future__ import annotations
 
 import csv
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from transformers.utils import logging
+
+from ..core.validation import check_number
 
 logger = logging.get_logger(__name__)
 
@@ -196,8 +197,7 @@ def _label_parser(spec: GlueTask) -> Callable[[str], int | float]:
 
         def parse(value: str) -> float:
             score = float(value)  # ValueError on non-numbers
-            if not (math.isfinite(score) and 0.0 <= score <= 5.0):
-                raise ValueError(f"score {value!r} is outside [0, 5]")
+            check_number(f"score {value!r}", score, ge=0, le=5)  # a finite number in [0, 5]
             return score
 
         return parse

@@ -145,6 +145,23 @@ def test_bad_arguments():
         DifferentiableTopK(4, rows=(2,), keep_ratio_dims=2)
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    ({"temperature": float("nan")}, "temperature must be a finite number > 0, got nan"),
+    ({"ema_decay": float("nan")}, r"ema_decay must be a finite number >= 0 and < 1, got nan"),
+    ({"init_keep_ratio": "0.5"}, r"init_keep_ratio must be a number, got '0.5' \(str\)"),
+    ({"num_elements": 4.5}, r"num_elements must be an integer, got 4.5 \(float\)"),
+    ({"temperature": True}, r"temperature must be a number, got True \(bool\)"),
+])
+def test_not_a_real_number_is_refused_naming_the_argument(kwargs, message):
+    """A NaN passed every `float(x) <= 0` style check (NaN compares False), a string was read by float(), 4.5
+    elements were truncated to 4: each is refused by core.validation.check_number."""
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        DifferentiableTopK(**{"num_elements": 4, **kwargs})
+    if "ema_decay" in kwargs:
+        with pytest.raises(ValueError, match=f"^{message}$"):
+            DifferentiableTopK(4).set_ema_decay(kwargs["ema_decay"])
+
+
 def test_public_name():
     import hf_dynamic
 

@@ -271,7 +271,7 @@ def test_malformed_numeric_labels(tmp_path):
     _write(tmp_path / "STS-B" / "dev.tsv", [
         ["index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1", "sentence2", "score"],
         ["0", "g", "f", "y", "o", "s", "s", "a", "b", "7.5"]])
-    with pytest.raises(ValueError, match=r"dev\.tsv:2: score '7.5' is outside \[0, 5\]"):
+    with pytest.raises(ValueError, match=r"dev\.tsv:2: score '7.5' must be a number >= 0 and <= 5, got 7.5"):
         load_glue("stsb", tmp_path)
     _write(tmp_path / "QNLI" / "dev.tsv", [["index", "question", "label"], ["0", "q", "entailment"]])
     with pytest.raises(ValueError, match=r"dev\.tsv:1: header .* lacks column\(s\) \['sentence'\]"):
