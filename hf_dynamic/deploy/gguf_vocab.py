@@ -30,11 +30,11 @@ _QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?
                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 
 # Pre-tokenizer of tokenizer.json (in a canonical form, see _canonical_pre_tokenizer) -> llama.cpp's name for the
-# same splitting (tokenizer.ggml.pre). "gpt2": GPT-2's byte-level regex alone; "smollm": every digit on its own,
+# same splitting (tokenizer.ggml.pre). "gpt-2": GPT-2's byte-level regex alone; "smollm": every digit on its own,
 # then GPT-2's regex (llama.cpp gives "smollm" / "starcoder" that pair of regexes); "llama-bpe" and "qwen2": their
 # Split regex followed by a byte-level mapping without a regex of its own.
 PRE_TOKENIZERS: dict[tuple, str] = {
-    (("ByteLevel", True),): "gpt2",
+    (("ByteLevel", True),): "gpt-2",
     (("Digits", True), ("ByteLevel", True)): "smollm",
     (("Split", _LLAMA3_SPLIT), ("ByteLevel", False)): "llama-bpe",
     (("Split", _QWEN2_SPLIT), ("ByteLevel", False)): "qwen2",

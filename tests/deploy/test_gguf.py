@@ -2,17 +2,23 @@
 
 Tiny random models (64 hidden channels) use a tiny byte-level BPE tokenizer trained here (318 tokens, the model has
 320 embedding rows: llama.cpp requires one token per row, so the export pads two); the tokenizer tests use
-SmolLM2's real one. For each one, llama.cpp's logits over an 80-token prompt are compared with
-PyTorch's, and 32 greedily decoded tokens (llama.cpp decodes one token at a time through its KV cache) must be the
-same tokens. Tolerances, as max |Δlogit| / std(logits) of PyTorch's fp32 logits, per stored dtype:
+SmolLM2's real one. For each model, llama.cpp's logits over an 80-token prompt are compared with PyTorch's, and
+so are 32 greedily decoded tokens (llama.cpp decodes one token at a time through its KV cache). Tolerances, relative to the standard deviation of PyTorch's fp32 logits, on the root-mean-square and
+the maximum of |Δlogit| over the 80 x 320 logits:
 
-- ``f32`` (and an f32 KV cache): only the order of float32 sums differs (relative error ~1e-7 per operation,
-  grown over a few layers and a 64-term dot product) — 1e-3 leaves a wide margin over the ~1e-5 measured;
-- ``f16``: llama.cpp multiplies f16 weights by activations it rounds to f16 too, and caches K/V in f16: each
-  operand has a relative error up to 2^-11 ≈ 4.9e-4, i.e. ~√64 · 4.9e-4 ≈ 4e-3 of a dot product's scale per
-  matmul, compounded over the layers — bound 3e-2;
-- ``q8_0``: weights and activations are both rounded to int8 steps of absmax/127 per block of 32 values (relative
-  error up to 1/254 ≈ 3.9e-3 per value, ~8x f16's) — bound 1e-1.
+- the error of a value rounded to the stored type is, in rms, u = 2^-24/√3 ≈ 3.4e-8 of it in f32, 2^-11/√3 ≈
+  2.8e-4 in f16, and absmax/(127·√12) ≈ 4.8e-3 σ for q8_0 (int8 steps of a 32-value block's absmax / 127, absmax
+  ≈ 2.1 σ for Gaussian weights). llama.cpp rounds the weights *and* the activations it multiplies them by (to f16,
+  or to q8_0 blocks), ~26 roundings on the path of a logit here; with the random network's gain that is
+  ≈ 6 u in the logits (the f16 runs measure 1.6-1.8e-3 rms, against 6 x 2.8e-4 = 1.7e-3 predicted);
+- bounds: rms ≤ 3x that prediction (f16 6e-3, q8_0 0.1), max ≤ 8x the rms bound (a Gaussian's largest of 25,600
+  draws is ~4.3 σ); f32 is limited by the order of float32 sums instead (~√64 · 2^-24 per dot product, measured
+  1e-6 rms / 6e-6 max): rms 1e-5, max 1e-4, with an f32 KV cache (llama.cpp's default caches K/V in f16).
+
+Greedy decoding must give the same 32 tokens in f32 and f16. Not in q8_0: the smallest top-1 margin of these
+random models over 32 steps is ~1 % of the logit std, below q8_0's ~4 % rms logit error, so a random model's q8_0
+continuation can legitimately part from PyTorch's (trained models have far larger margins; bench/llama_cpp.py
+checks real SmolLM2 exports).
 
 Tests need ``llama_cpp`` (the ``llama`` extra, installed by ``make setup`` and CI); they skip, saying so, when it
 is not importable. The input checks run without it.
@@ -54,15 +60,15 @@ VOCAB = 320
 SMOLLM2_VOCAB = 49152
 PROMPT_LEN = 80
 NEW_TOKENS = 32
-TOLERANCE = {"f32": 1e-3, "f16": 3e-2, "q8_0": 1e-1}
+TOLERANCE = {"f32": (1e-5, 1e-4), "f16": (6e-3, 5e-2), "q8_0": (1e-1, 8e-1)}  # (rms, max) of |Δlogit| / std
+GREEDY_EQUAL = ("f32", "f16")
 GGML_TYPE_F32 = 0  # ggml_type enum value of F32, for an f32 KV cache in the f32 comparisons
 
 TINY = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-5)
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
+def tiny_tokenizer():
     """A GPT-2 style byte-level BPE tokenizer with ChatML special tokens and a chat template, trained on one
     sentence (318 tokens: 256 bytes, 3 special tokens, 59 merges)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -78,6 +84,11 @@ def tokenizer():
                                   unk_token="<|endoftext|>", pad_token="<|im_end|>")
     tok.chat_template = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     return tok
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return tiny_tokenizer()
 
 
 @pytest.fixture(scope="module")
@@ -160,19 +171,17 @@ def llama_cpp_run(path, tokens, f32_cache=False):
         llm.close()
 
 
-def relative_error(ours, reference):
-    return float(np.abs(ours - reference).max() / reference.std())
-
-
 def check_in_llama_cpp(model, tokenizer, path, dtype):
     tokens = prompt_ids()
     reference, ref_generated = torch_run(model, tokens)
     save_gguf(model, tokenizer, path, dtype=dtype)
     logits, generated = llama_cpp_run(path, tokens, f32_cache=dtype == "f32")
-    err = relative_error(logits, reference)
-    assert err <= TOLERANCE[dtype], f"{dtype}: max |Δlogit| / std = {err:.2e}"
-    assert generated == ref_generated
-    return err
+    diff = np.abs(logits - reference) / reference.std()
+    rms, peak = float(np.sqrt((diff**2).mean())), float(diff.max())
+    rms_bound, max_bound = TOLERANCE[dtype]
+    assert rms <= rms_bound and peak <= max_bound, f"{dtype}: |Δlogit| / std: rms {rms:.2e}, max {peak:.2e}"
+    if dtype in GREEDY_EQUAL:
+        assert generated == ref_generated
 
 
 # ------------------------------------------------------------------------------------------------ llama.cpp runs
@@ -244,12 +253,12 @@ def test_tokenizer_metadata_matches_llama_cpps_own_conversion(smollm2_vocab_gguf
     """Key by key, the tokenizer metadata equals the packaged SmolLM2 GGUF written by llama.cpp's converter —
     except the pre-tokenizer name: that file says "smollm" (digits split one by one, as the original SmolLM2
     tokenizer does), while the tokenizer transformers rebuilds from it has no digit splitting, so ours says
-    "gpt2" (test_tokenizer_matches_transformers_in_llama_cpp checks that this is the right one)."""
+    "gpt-2" (test_tokenizer_matches_transformers_in_llama_cpp checks that this is the right one)."""
     ours, theirs = gguf.GGUFReader(smollm2_vocab_gguf), packaged_gguf
     keys = [k for k in theirs.fields if k.startswith("tokenizer.")]
     assert len(keys) == 12
     for key in keys:
-        expected = "gpt2" if key == "tokenizer.ggml.pre" else theirs.fields[key].contents()
+        expected = "gpt-2" if key == "tokenizer.ggml.pre" else theirs.fields[key].contents()
         assert ours.fields[key].contents() == expected, key
 
 
@@ -340,8 +349,8 @@ def test_unknown_pre_tokenizer_is_refused_and_can_be_named(tokenizer, tmp_path):
     with pytest.raises(ValueError, match=r"pre-tokenizer .*\\\\p\{N\}\{1,2\}.* tokenizer_pre="):
         save_gguf(model, odd, out / "m.gguf")
     assert _no_file_written(out)
-    path = save_gguf(model, odd, out / "m.gguf", tokenizer_pre="gpt2")
-    assert gguf.GGUFReader(path).fields["tokenizer.ggml.pre"].contents() == "gpt2"
+    path = save_gguf(model, odd, out / "m.gguf", tokenizer_pre="gpt-2")
+    assert gguf.GGUFReader(path).fields["tokenizer.ggml.pre"].contents() == "gpt-2"
 
 
 def test_write_is_atomic(tokenizer, tmp_path, monkeypatch):
