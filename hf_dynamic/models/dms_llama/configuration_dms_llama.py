@@ -49,9 +49,6 @@ class DMSLlamaConfig(LlamaConfig):
             self.layer_num_key_value_heads = [self.num_key_value_heads] * n
         if self.layer_intermediate_sizes is None:
             self.layer_intermediate_sizes = [self.intermediate_size] * n
-        self.layer_num_attention_heads = [int(v) for v in self.layer_num_attention_heads]
-        self.layer_num_key_value_heads = [int(v) for v in self.layer_num_key_value_heads]
-        self.layer_intermediate_sizes = [int(v) for v in self.layer_intermediate_sizes]
         super().__post_init__(**kwargs)
 
     def validate_architecture(self):
