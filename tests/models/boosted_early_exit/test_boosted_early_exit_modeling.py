@@ -531,3 +531,31 @@ def test_mean_pooling_exits_anytime_and_dynamic():
     torch.testing.assert_close(out.logits, anytime[torch.arange(12), exit_index], atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="exit_pooling must be one of"):
         BoostedEarlyExitConfig(backbone=tiny_bert(), exit_pooling="max")
+
+
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+def test_dynamic_mode_attentions_and_hidden_states_of_every_adapter(backbone):
+    """Each adapter's attention module (``attention_path``) gives the weights the backbone's own forward returns,
+    for the samples still in the batch at that layer; hidden states likewise."""
+    model = make_model(backbone).eval()
+    model.set_attn_implementation("eager")
+    spread_heads(model)
+    batch = make_batch(batch=12, seed=3)
+    model.config.exit_thresholds = _quantile_thresholds(model, batch, 0.5)
+    with torch.no_grad():
+        full = model(**batch, output_all_exits=True, output_hidden_states=True, output_attentions=True)
+        out = model(**batch, output_hidden_states=True, output_attentions=True)
+    layers = model.config.num_backbone_layers
+    assert len(set(out.exit_layer.tolist())) >= 2
+    assert len(out.hidden_states) == len(full.hidden_states) == layers + 1
+    assert len(out.attentions) == len(full.attentions) == layers
+    lengths = batch["attention_mask"].sum(1)
+    for layer in range(1, layers + 1):
+        ran = out.exit_layer >= layer
+        assert not out.attentions[layer - 1][~ran].any() and not out.hidden_states[layer][~ran].any()
+        for i in ran.nonzero().flatten().tolist():
+            n = int(lengths[i])
+            torch.testing.assert_close(out.attentions[layer - 1][i, :, :n, :n], full.attentions[layer - 1][i, :, :n, :n],
+                                       atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(out.hidden_states[layer][i, :n], full.hidden_states[layer][i, :n],
+                                       atol=1e-5, rtol=1e-5)
