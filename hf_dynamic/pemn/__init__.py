@@ -8,7 +8,8 @@ used for this: it accepts only names of the closed enum ``peft.utils.PeftType`` 
 (``PeftType`` is a ``str`` enum and peft looks methods up by the ``peft_type`` string read from
 ``adapter_config.json``). Should a peft release list ``PEMN`` in ``PeftType``, ``register_peft_method`` is used.
 
-Importing this package is cheap (neither torch nor peft): ``import hf_dynamic`` calls :func:`install_peft_hook`,
+Importing this package is cheap (neither torch nor peft): ``import hf_dynamic`` calls :func:`install_peft_hook`
+(through :func:`hf_dynamic.registry.register_all`, the one registration entry point),
 which registers at once if peft is already imported, else the moment peft finishes importing.
 The modules themselves (config, layer, model, prototypes) import peft and torch; their public names are loaded lazily.
 """
