@@ -35,7 +35,6 @@ saying so.
 
 import copy
 import glob
-import inspect
 import json
 import os
 from contextlib import contextmanager
@@ -45,6 +44,7 @@ from typing import Unpack
 import torch
 from torch import nn
 from transformers import AutoModel, PreTrainedModel
+from transformers import initialization as init
 from transformers.modeling_outputs import ModelOutput
 from transformers.utils import TransformersKwargs, logging
 
@@ -184,7 +184,6 @@ class BoostedEarlyExitForSequenceClassification(BoostedEarlyExitPreTrainedModel)
                 f"backbone {type(backbone).__name__}: {self._adapter.layers_path} holds {len(layers)} layers, its "
                 f"config's num_hidden_layers is {config.num_backbone_layers}"
             )
-        self._backbone_params = set(inspect.signature(backbone.forward).parameters)
         # where the exits sit, fixed for this model's lifetime: exit layer -> exit index k
         self._exit_layers = tuple(config.exit_layers)
         self._exit_at = {layer: k for k, layer in enumerate(self._exit_layers)}
@@ -216,9 +215,8 @@ class BoostedEarlyExitForSequenceClassification(BoostedEarlyExitPreTrainedModel)
 
     def _init_weights(self, module):
         super()._init_weights(module)
-        if isinstance(module, ExitHead):  # (re)built heads record the layer they read, from the config
-            with torch.no_grad():
-                module.exit_layer.fill_(self._exit_layers[list(self.exit_heads).index(module)])
+        if isinstance(module, ExitHead):  # a head not loaded from a checkpoint reads the layer the config gives it
+            init.constant_(module.exit_layer, self._exit_layers[list(self.exit_heads).index(module)])
 
     @classmethod
     def from_backbone(cls, model_or_path, exit_layers=None, num_labels=None, **config_kwargs):
