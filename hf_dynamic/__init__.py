@@ -36,6 +36,8 @@ _LAZY = {
     "calibrate_thresholds": "hf_dynamic.boost.calibration",
     "accuracy_cost_curve": "hf_dynamic.boost.calibration",
     "plot_accuracy_cost_curve": "hf_dynamic.boost.calibration",
+    "BackboneAdapter": "hf_dynamic.boost.backbones",
+    "register_backbone_adapter": "hf_dynamic.boost.backbones",
     # DMS
     "DifferentiableTopK": "hf_dynamic.core.topk",
     "DMSPruner": "hf_dynamic.dms.pruner",
