@@ -80,8 +80,19 @@ sys.path.insert(0, os.path.join(REPO, "examples", "glue"))
 from compare import machine_info, write_json_atomic  # noqa: E402  (examples/glue/compare.py: shared run records)
 
 VARIANTS = {"uniform": ("dms", "DMS"), "per_layer": ("dms_per_layer", "DMS per-layer")}  # key, row name
+# Baselines: (row name, uniform widths?, needs calibration activations?, needs DMS's per-layer structure?)
+BASELINES = {
+    "magnitude": ("magnitude", True, False, False),
+    "taylor": ("taylor", True, False, False),
+    "wanda_sp": ("Wanda-sp", True, True, False),
+    "flap": ("FLAP", False, True, False),
+    "magnitude_dms": ("magnitude on DMS structure", False, False, True),
+    "taylor_dms": ("taylor on DMS structure", False, False, True),
+}
 # Settings added after runs were recorded, with the behaviour those runs had (a run_args.json without the key).
-SETTINGS_ADDED_LATER = {"export_rule": "paper"}
+SETTINGS_ADDED_LATER = {"export_rule": "paper", "recovery_loss": "ntp", "kd_alpha": 0.5, "kd_temperature": 1.0,
+                        "kd_hidden_weight": 0.0, "search_seeds": None, "ablation_ntp": False,
+                        "eval_window_choices": [64, 32, 16], "checkpoint_every": 0}
 FIXED_SIZES = {"max_search_steps": 300, "recovery_steps": 300, "eval_windows": 0}  # --budget_minutes 0
 DEVICE_BATCH = {"cpu": 1, "cuda": 8}
 TIMING_KEYS = ("seconds", "search_s", "prune_s", "recovery_s", "finished")
@@ -121,12 +132,29 @@ def parse_args(argv=None):
     p.add_argument("--recovery_batch_size", type=int, default=None, help="default 1 on CPU, 8 on GPU")
     p.add_argument("--recovery_lr", type=float, default=None, help="default 5e-5 (full) / 5e-4 (LoRA)")
     p.add_argument("--lora_r", type=int, default=16)
-    p.add_argument("--baselines", nargs="*", default=["magnitude", "taylor"], choices=["magnitude", "taylor"])
-    p.add_argument("--calibration_batches", type=int, default=8, help="one-shot Taylor batches")
+    p.add_argument("--recovery_loss", choices=["kd", "ntp"], default="kd",
+                   help="kd: DistillationTrainer with the dense model as teacher (alpha · KL + (1 − alpha) · "
+                        "next-token); ntp: the plain next-token loop of the runs before distillation")
+    p.add_argument("--kd_alpha", type=float, default=0.5, help="weight of the KL term (the next-token loss: 1 − it)")
+    p.add_argument("--kd_temperature", type=float, default=1.0)
+    p.add_argument("--kd_hidden_weight", type=float, default=0.0, help="hidden-state MSE weight (matching widths)")
+    p.add_argument("--ablation_ntp", action="store_true",
+                   help="one more row: the (first) per-layer DMS model recovered with the next-token loss only, "
+                        "same trainer and tokens")
+    p.add_argument("--checkpoint_every", type=int, default=0,
+                   help="recovery checkpoints every N steps (a killed recovery resumes from the last; 0 = none)")
+    p.add_argument("--baselines", nargs="*", default=["magnitude", "taylor"], choices=list(BASELINES))
+    p.add_argument("--search_seeds", type=int, nargs="+", default=None,
+                   help="per-layer DMS searches with these seeds (one row each; the first is the reference for "
+                        "*_dms baselines and the ablation); default: --seed only")
+    p.add_argument("--calibration_batches", type=int, default=8,
+                   help="War and Peace batches for one-shot Taylor, FLAP and Wanda-sp (the same batches for all)")
     p.add_argument("--eval_window", type=int, default=1024)
     p.add_argument("--eval_windows", type=int, default=None,
                    help="comparison rows on the first N windows (0 = the whole test set; default: from the plan)")
     p.add_argument("--eval_tokens", type=int, default=0, help="instead: the first N tokens of the test text")
+    p.add_argument("--eval_window_choices", type=int, nargs="+", default=[64, 32, 16],
+                   help="the plan's window counts, tried in order (0 = the whole test set)")
     p.add_argument("--eval_batch_size", type=int, default=1)
     p.add_argument("--full_eval", action=argparse.BooleanOptionalAction, default=True,
                    help="full test set for the final DMS model and the best baseline")
@@ -151,6 +179,14 @@ def parse_args(argv=None):
         p.error(f"--target must be in (0, 1), got {args.target}")
     if args.per_layer:
         args.dms_variants = ["per_layer"]
+    if args.recovery_loss == "ntp" and args.ablation_ntp:
+        p.error("--ablation_ntp compares with distillation: it needs --recovery_loss kd")
+    if args.ablation_ntp and "per_layer" not in args.dms_variants:
+        p.error("--ablation_ntp recovers the per-layer DMS model: add per_layer to --dms_variants")
+    if any(BASELINES[b][3] for b in args.baselines) and "per_layer" not in args.dms_variants:
+        p.error("--baselines *_dms take the per-layer DMS structure: add per_layer to --dms_variants")
+    if not 0.0 <= args.kd_alpha <= 1.0:
+        p.error(f"--kd_alpha must be in [0, 1], got {args.kd_alpha}")
     args.dms_variants = [v for v in VARIANTS if v in args.dms_variants]
     if args.prefill_batch or args.prefill_len:
         args.prefill_shapes = [f"{args.prefill_batch or 1}x{args.prefill_len or 1024}"]
@@ -284,8 +320,16 @@ def train_step(model, ids, params, opt, args):
     return float(loss.detach())
 
 
-def recover(model, blocks, steps, args):
-    """The recovery budget every pruned model gets: ``steps`` AdamW steps on War and Peace, cosine schedule."""
+def recover(model, blocks, steps, args, loss=None, teacher_path=None, work_dir=None):
+    """The recovery budget every pruned model gets: ``steps`` AdamW steps on War and Peace, cosine schedule.
+
+    ``loss`` (default ``--recovery_loss``): ``"kd"`` distils from the dense model at ``teacher_path``
+    (:func:`distill_recover`), ``"ntp_trainer"`` is the same trainer with the next-token loss only (the ablation),
+    ``"ntp"`` the plain loop below (the runs recorded before distillation).
+    """
+    loss = loss or args.recovery_loss
+    if loss in ("kd", "ntp_trainer"):
+        return distill_recover(model, blocks, steps, args, teacher_path if loss == "kd" else None, work_dir)
     from transformers import get_cosine_schedule_with_warmup
 
     model, params, opt = prepare_recovery(model, args)
@@ -302,6 +346,57 @@ def recover(model, blocks, steps, args):
     return model.eval(), losses
 
 
+def recovery_dataset(blocks, steps, args):
+    """The recovery tokens, the same for every model: ``steps × batch`` War and Peace blocks drawn with seed
+    ``--seed + 1`` (the Trainer then visits them in an order fixed by the same seed)."""
+    from datasets import Dataset
+
+    picked = torch.cat(list(sample_batches(blocks, args.recovery_batch_size, steps, args.seed + 1)))
+    return Dataset.from_dict({"input_ids": picked.tolist(), "labels": picked.tolist()})
+
+
+def distill_recover(model, blocks, steps, args, teacher_path, work_dir):
+    """Recovery under ``hf_dynamic.DistillationTrainer``: ``alpha · T²·KL(teacher ‖ student) + (1 − alpha) ·
+    next-token`` with the dense model as teacher (``teacher_path``; None = next-token only, the teacher is not run).
+
+    AdamW, cosine schedule with 5 % warm-up, gradient clipping at 1, ``--recovery_lr``; with ``--checkpoint_every``
+    the Trainer checkpoints into ``work_dir`` and a killed stage resumes from the last checkpoint
+    (``resume_from_checkpoint``), ending where an uninterrupted one does.
+    """
+    from transformers import TrainingArguments
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from hf_dynamic import DistillationTrainer
+
+    if args.recovery == "lora":
+        model, _, _ = prepare_recovery(model, args)
+    else:
+        model.requires_grad_(True)
+    teacher = load_model(teacher_path, args.device) if teacher_path else None
+    every = args.checkpoint_every
+    targs = TrainingArguments(
+        output_dir=work_dir, max_steps=steps, per_device_train_batch_size=args.recovery_batch_size,
+        learning_rate=recovery_lr(args), weight_decay=0.0, lr_scheduler_type="cosine",
+        warmup_steps=max(1, steps // 20), max_grad_norm=1.0, logging_steps=max(1, steps // 5), report_to=[],
+        save_strategy="steps" if every else "no", save_steps=every or 500, save_total_limit=1,
+        use_cpu=args.device == "cpu", bf16=args.device.startswith("cuda"), disable_tqdm=True, seed=args.seed + 1,
+        dataloader_drop_last=True,
+    )
+    trainer = DistillationTrainer(
+        model=model, args=targs, train_dataset=recovery_dataset(blocks, steps, args), teacher=teacher,
+        alpha=args.kd_alpha if teacher is not None else 0.0, temperature=args.kd_temperature,
+        hidden_weight=args.kd_hidden_weight if teacher is not None else 0.0,
+    )
+    last = get_last_checkpoint(work_dir) if every and os.path.isdir(work_dir) else None
+    trainer.train(resume_from_checkpoint=last)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    model = trainer.model
+    if args.recovery == "lora":
+        model = model.merge_and_unload()
+    trainer = teacher = None
+    return model.eval(), losses
+
+
 def make_pruner(model, variant, args, keep_ratio_lr):
     from hf_dynamic import DMSCallback, DMSPruner
 
@@ -315,23 +410,26 @@ def make_pruner(model, variant, args, keep_ratio_lr):
     return pruner, DMSCallback(pruner, keep_ratio_lr=keep_ratio_lr)
 
 
-def dms_search(model, blocks, variant, steps, keep_ratio_lr, args):
+def dms_search(model, blocks, variant, steps, keep_ratio_lr, args, seed=None):
+    """One DMS search (``seed``: the data draw and the Trainer's seed; default ``--seed``)."""
     from datasets import Dataset
-    from transformers import TrainingArguments
+    from transformers import TrainingArguments, set_seed
 
     from hf_dynamic import DMSTrainer
 
+    seed = args.seed if seed is None else seed
+    set_seed(seed)
     pruner, callback = make_pruner(model, variant, args, keep_ratio_lr)
     n = min(blocks.size(0), steps * args.search_batch_size)
-    g = torch.Generator().manual_seed(args.seed)
+    g = torch.Generator().manual_seed(seed)
     picked = blocks[torch.randperm(blocks.size(0), generator=g)[:n]]
     data = Dataset.from_dict({"input_ids": picked.tolist(), "labels": picked.tolist()})
     targs = TrainingArguments(
-        output_dir=os.path.join(args.output_dir, f"search_{variant}"), max_steps=steps,
+        output_dir=os.path.join(args.output_dir, f"search_{variant}_s{seed}"), max_steps=steps,
         per_device_train_batch_size=args.search_batch_size, learning_rate=args.weight_lr, weight_decay=0.0,
         lr_scheduler_type="constant", logging_steps=max(1, steps // 50), report_to=[],
         save_strategy="no", use_cpu=args.device == "cpu", bf16=args.device.startswith("cuda"),
-        disable_tqdm=True, seed=args.seed, dataloader_drop_last=True,
+        disable_tqdm=True, seed=seed, dataloader_drop_last=True,
     )
     DMSTrainer(model=model, args=targs, train_dataset=data, callbacks=[callback], pruner=pruner).train()
     return pruner, callback
@@ -355,6 +453,9 @@ def measure_step_times(path, blocks, args) -> dict:
     with torch.inference_mode(), autocast(args.device):
         model(input_ids=short.to(args.device), use_cache=False)
         eval_s = timed(lambda: model(input_ids=window, use_cache=False), args.device)
+        # the teacher's share of a distillation step (and a calibration batch's forward): one recovery batch
+        teacher = blocks[: args.recovery_batch_size].to(args.device)
+        teacher_s = timed(lambda: model(input_ids=teacher, use_cache=False), args.device)
 
     pruner, _ = make_pruner(model, args.dms_variants[0], args, 1e-2)
     opt = torch.optim.Adam(pruner.structure_parameters(), lr=1e-2)
@@ -382,54 +483,77 @@ def measure_step_times(path, blocks, args) -> dict:
     batch = blocks[: args.recovery_batch_size]
     recovery_s = timed(lambda: train_step(model, batch, params, opt, args), args.device)
     return {"eval_window_s": eval_s, "search_step_s": search_s, "recovery_step_s": recovery_s,
-            "load_average": os.getloadavg()}  # other jobs on the machine slow every step
+            "teacher_forward_s": teacher_s, "load_average": os.getloadavg()}  # other jobs on the machine slow every step
+
+
+def recovery_runs(args):
+    """(key, pruned model key, loss) of every recovery: one per pruned model with ``--recovery_loss``, plus the
+    ablation (the first per-layer DMS model with the next-token loss only, same trainer and tokens)."""
+    if args.recovery == "none":
+        return []
+    runs = [(key, key, args.recovery_loss) for key, _, _ in pruned_models(args)]
+    if args.ablation_ntp:
+        ref = reference_per_layer(args)
+        runs.append((f"{ref}_ntp", ref, "ntp_trainer"))
+    return runs
 
 
 def choose_sizes(times: dict, args, full_windows: int) -> dict:
     """Batch × length × steps and comparison windows within ``--budget_minutes`` (see the module docstring)."""
     r, t_w = args.target, times["eval_window_s"]
-    n_var, n_pruned = len(args.dms_variants), len(args.dms_variants) + len(args.baselines)
-    passes = 2 if args.recovery != "none" else 1
+    n_var, n_pruned = len(search_stages(args)), len(pruned_models(args))
+    runs = recovery_runs(args)
+    n_recovered = len(runs)
+    # a distillation step adds the dense teacher's forward to the pruned student's step
+    t_teacher = times.get("teacher_forward_s", t_w * args.recovery_batch_size * args.seq_len / args.eval_window)
+    step_costs = [r * times["recovery_step_s"] + (t_teacher if loss == "kd" else 0.0) for _, _, loss in runs]
     per_prefill = sum(b * n for b, n in shapes(args.prefill_shapes)) / args.eval_window
     speed = 0.0 if args.no_speed else (1 + n_pruned * r) * t_w * (4 * per_prefill + 2) + 15 * (1 + n_pruned)
-    full = (2 * r * full_windows * t_w) if args.full_eval else 0.0
-    calib = args.calibration_batches * times["search_step_s"] if "taylor" in args.baselines else 0.0
+    calib_fwd = args.calibration_batches * t_teacher * args.search_batch_size / max(args.recovery_batch_size, 1)
+    calib = sum(args.calibration_batches * times["search_step_s"] if b.startswith("taylor") else
+                calib_fwd if BASELINES[b][2] else 0.0 for b in args.baselines)
     budget = args.budget_minutes * 60
 
     def eval_cost(windows):
         w = windows or full_windows
-        return w * t_w * (1 + passes * n_pruned * r)
+        return w * t_w * (1 + n_pruned * r + n_recovered * r)
+
+    def full_cost(windows):  # the final models again on the whole test set, unless the rows already are
+        return (2 * r * full_windows * t_w) if args.full_eval and windows and windows < full_windows else 0.0
 
     explicit = {k: getattr(args, k) for k in FIXED_SIZES if getattr(args, k) is not None}
     if budget <= 0:
         chosen = {**FIXED_SIZES, **explicit}
         reason = "--budget_minutes 0: fixed sizes (300 search / 300 recovery steps, full test set) or explicit"
     else:
+        choices = list(dict.fromkeys(w if w and w < full_windows else 0 for w in args.eval_window_choices))
         if "eval_windows" in explicit:
             windows = explicit["eval_windows"]
         else:
-            windows = next((w for w in (64, 32, 16) if budget - eval_cost(w) - full - speed - calib >= budget / 2),
-                           16)
-        train = max(0.0, budget - eval_cost(windows) - full - speed - calib)
+            windows = next((w for w in choices
+                            if budget - eval_cost(w) - full_cost(w) - speed - calib >= budget / 2), choices[-1])
+        train = max(0.0, budget - eval_cost(windows) - full_cost(windows) - speed - calib)
         search_steps = explicit.get("max_search_steps") or max(
             20, int(args.search_share * train / (n_var * times["search_step_s"])))
         rec_time = train - n_var * search_steps * times["search_step_s"]
         recovery_steps = explicit.get("recovery_steps")
         if recovery_steps is None:
-            recovery_steps = max(10, int(rec_time / (n_pruned * r * times["recovery_step_s"])))
+            recovery_steps = max(10, int(rec_time / max(sum(step_costs), 1e-9)))
         chosen = {"eval_windows": windows, "max_search_steps": search_steps, "recovery_steps": recovery_steps}
+        tokens = recovery_steps * args.recovery_batch_size * args.seq_len
         reason = (
-            f"budget {args.budget_minutes:g} min: comparison windows {windows} (the first of 64/32/16 leaving half "
-            f"the budget to training), {args.search_share:.0%} of the training time to the {n_var} search(es), "
-            f"the rest to {n_pruned} recoveries (pruned step ≈ {r:g} × dense step)"
-            + (f"; explicit: {sorted(explicit)}" if explicit else "")
+            f"budget {args.budget_minutes:g} min: comparison windows {windows or 'all (' + str(full_windows) + ')'} "
+            f"(the first of {'/'.join(str(w or 'all') for w in choices)} leaving half the budget to training), "
+            f"{args.search_share:.0%} of the training time to the {n_var} search(es), the rest to {n_recovered} "
+            f"recoveries of {recovery_steps} steps = {tokens:,} War and Peace tokens each (pruned step ≈ {r:g} × "
+            f"dense step" + (", + the teacher's forward for distillation" if args.recovery_loss == "kd" else "")
+            + ")" + (f"; explicit: {sorted(explicit)}" if explicit else "")
         )
     steps = chosen["max_search_steps"]
     estimate = {
-        "eval_comparison_s": eval_cost(chosen["eval_windows"]), "eval_full_s": full, "speed_s": speed,
-        "taylor_calibration_s": calib, "search_s": n_var * steps * times["search_step_s"],
-        "recovery_s": 0.0 if args.recovery == "none" else
-        n_pruned * chosen["recovery_steps"] * r * times["recovery_step_s"],
+        "eval_comparison_s": eval_cost(chosen["eval_windows"]), "eval_full_s": full_cost(chosen["eval_windows"]),
+        "speed_s": speed, "calibration_s": calib, "search_s": n_var * steps * times["search_step_s"],
+        "recovery_s": chosen["recovery_steps"] * sum(step_costs),
     }
     estimate["total_s"] = sum(estimate.values())
     estimate["search_share_of_total"] = estimate["search_s"] / max(estimate["total_s"], 1e-9)
@@ -437,6 +561,7 @@ def choose_sizes(times: dict, args, full_windows: int) -> dict:
         **chosen, "keep_ratio_lr": args.keep_ratio_lr or min(0.05, max(1e-2, 2.0 / steps)),
         "search_batch_size": args.search_batch_size, "recovery_batch_size": args.recovery_batch_size,
         "seq_len": args.seq_len, "eval_window": args.eval_window, "full_test_windows": full_windows,
+        "recovery_tokens": chosen["recovery_steps"] * args.recovery_batch_size * args.seq_len,
         "reason": reason, "estimate": estimate,
     }
 
@@ -588,9 +713,28 @@ def check_resume(args, output_dir):
         write_json_atomic(path, now)
 
 
+def search_stages(args):
+    """(variant, seed, key, row name, stage) of every DMS search: one per variant, the per-layer one once per
+    ``--search_seeds`` seed when given."""
+    out = []
+    for v in args.dms_variants:
+        key, name = VARIANTS[v]
+        if v == "per_layer" and args.search_seeds:
+            out += [(v, s, f"{key}_s{s}", f"{name} (seed {s})", f"search_{v}_s{s}") for s in args.search_seeds]
+        else:
+            out.append((v, args.seed, key, name, f"search_{v}"))
+    return out
+
+
+def reference_per_layer(args):
+    """Key of the per-layer DMS model the ``*_dms`` baselines and the ablation start from (the first seed's)."""
+    return next(key for v, _, key, _, _ in search_stages(args) if v == "per_layer")
+
+
 def pruned_models(args):
-    """(key, row name, the stage that made it) of every pruned model, DMS variants first."""
-    return [(*VARIANTS[v], f"search_{v}") for v in args.dms_variants] + [(b, b, f"prune_{b}") for b in args.baselines]
+    """(key, row name, the stage that made it) of every pruned model, DMS searches first."""
+    return ([(key, name, stage) for _, _, key, name, stage in search_stages(args)]
+            + [(b, BASELINES[b][0], f"prune_{b}") for b in args.baselines])
 
 
 def main(argv=None):
@@ -642,12 +786,12 @@ def run_stages(pipe, args, path, tokenizer, wiki_ids, blocks, full_windows):
 
     pipe.run("dense_eval", dense_eval)
 
-    def search(variant):
+    def search(variant, seed, key):
         def stage():
             model = load_model(path, dev)
             t0 = time.perf_counter()
             pruner, callback = dms_search(model, blocks, variant, sizes["max_search_steps"], sizes["keep_ratio_lr"],
-                                          args)
+                                          args, seed=seed)
             search_s = time.perf_counter() - t0
             searched = pruner.summary()
             fit = pruner.meet_target() if args.export_rule == "target" else None
@@ -658,64 +802,60 @@ def run_stages(pipe, args, path, tokenizer, wiki_ids, blocks, full_windows):
             else:
                 pruned = pruner.export(dtype=torch.float32)
             summary = pruner.summary()
+            save_pruner_state(pruner, os.path.join(args.output_dir, f"{key}_pruner.safetensors"))
             pruner.remove()
-            key = VARIANTS[variant][0]
             save_model(pruned, tokenizer, os.path.join(args.output_dir, f"{key}_pruned"))
             return {"model_dir": os.path.join(args.output_dir, f"{key}_pruned"), "params": params_of(pruned),
-                    "search_s": search_s, "steps": sizes["max_search_steps"], "summary": summary,
+                    "search_s": search_s, "steps": sizes["max_search_steps"], "seed": seed, "summary": summary,
                     "searched_summary": searched, "meet_target": fit, "export_rule": args.export_rule,
                     "history": callback.history}
         return stage
 
-    for variant in args.dms_variants:
-        pipe.run(f"search_{variant}", search(variant))
-    target_params = pipe.load(f"search_{args.dms_variants[0]}")["params"]
+    for variant, seed, key, _, stage_name in search_stages(args):
+        pipe.run(stage_name, search(variant, seed, key))
+    target_params = pipe.load(search_stages(args)[0][4])["params"]
+
+    def calibration():  # the same War and Peace batches for every calibrated baseline
+        return [ids.to(dev) for ids in sample_batches(blocks, args.search_batch_size, args.calibration_batches, 7)]
 
     def prune(kind):
         def stage():
-            from hf_dynamic import DMSPruner
-            from hf_dynamic.dms.baselines import (magnitude_importance, match_parameter_count,
-                                                  one_shot_taylor_importance)
-
             model = load_model(path, dev)
-            pruner = DMSPruner(model, 0.5, prune=("heads", "mlp"), uniform=True, head_grouping=args.head_grouping)
             t0 = time.perf_counter()
-            if kind == "magnitude":
-                magnitude_importance(pruner)
-            else:
-                batches = (ids.to(dev) for ids in sample_batches(blocks, args.search_batch_size,
-                                                                 args.calibration_batches, 7))
-                with autocast(dev):
-                    one_shot_taylor_importance(pruner, batches)
-            counts = match_parameter_count(pruner, target_params)
-            pruned = pruner.export(uniform=True)
+            pruned, info = prune_baseline(kind, model, calibration(), target_params, args)
             prune_s = time.perf_counter() - t0
-            pruner.remove()
             out = os.path.join(args.output_dir, f"{kind}_pruned")
             save_model(pruned, tokenizer, out)
             return {"model_dir": out, "params": params_of(pruned), "target_params": target_params,
-                    "counts": counts, "prune_s": prune_s}
+                    "prune_s": prune_s, **info}
         return stage
 
     for kind in args.baselines:
         pipe.run(f"prune_{kind}", prune(kind))
 
-    def recover_stage(key):
+    def recover_stage(key, source, loss):
         def stage():
-            pruned = load_model(os.path.join(args.output_dir, f"{key}_pruned"), dev)
-            model, losses = recover(pruned, blocks, sizes["recovery_steps"], args)
+            pruned = load_model(os.path.join(args.output_dir, f"{source}_pruned"), dev)
+            model, losses = recover(pruned, blocks, sizes["recovery_steps"], args, loss=loss, teacher_path=path,
+                                    work_dir=os.path.join(args.output_dir, f"recover_{key}"))
             out = save_model(model, tokenizer, os.path.join(args.output_dir, f"{key}_model"))
-            return {"model_dir": out, "steps": sizes["recovery_steps"], "losses": losses}
+            shutil.rmtree(os.path.join(args.output_dir, f"recover_{key}"), ignore_errors=True)  # its checkpoints
+            return {"model_dir": out, "steps": sizes["recovery_steps"], "losses": losses, "loss": loss,
+                    "source": source, "tokens": sizes["recovery_steps"] * args.recovery_batch_size * args.seq_len}
         return stage
 
+    runs = {source: [] for _, source, _ in recovery_runs(args)}
+    for key, source, loss in recovery_runs(args):
+        runs[source].append((key, loss))
     for key, _, _ in pruned_models(args):
         pruned_dir = os.path.join(args.output_dir, f"{key}_pruned")
         pipe.run(f"eval_{key}_pruned", evaluate(pruned_dir, eval_ids))
-        if args.recovery != "none":
-            pipe.run(f"recover_{key}", recover_stage(key))
-            pipe.run(f"eval_{key}_recovered", evaluate(os.path.join(args.output_dir, f"{key}_model"), eval_ids))
+        for run_key, loss in runs.get(key, []):
+            pipe.run(f"recover_{run_key}", recover_stage(run_key, key, loss))
+            pipe.run(f"eval_{run_key}_recovered", evaluate(os.path.join(args.output_dir, f"{run_key}_model"),
+                                                           eval_ids))
 
-    if args.full_eval:
+    if args.full_eval and n_eval:  # with the whole test set as comparison, every row already is a full evaluation
         for stage, key in final_models(pipe, args).items():
             def full(key=key):
                 return {"model": key, **evaluate(final_dir(args, key), wiki_ids)()}
@@ -723,6 +863,98 @@ def run_stages(pipe, args, path, tokenizer, wiki_ids, blocks, full_windows):
 
     if not args.no_speed:
         pipe.run("speed", lambda: speed_stage(args, path))
+
+
+def save_pruner_state(pruner, path):
+    """The search's keep ratios and importances (safetensors; the ``*_dms`` baselines reuse its structure)."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().contiguous().cpu() for k, v in pruner.state_dict().items() if torch.is_tensor(v)}
+    save_file(tensors, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def prune_baseline(kind, model, batches, target_params, args):
+    """One baseline pruned model of ``model`` (``BASELINES``; ``docs/dms.md``, "## Baselines") and what to record.
+
+    Uniform ones (magnitude, taylor, Wanda-sp) match ``target_params`` with the same counts in every layer; FLAP
+    ranks globally to ``target_params`` and carries its bias compensation (``dms_llama`` with
+    ``output_proj_bias``); ``*_dms`` keep the per-layer DMS model's counts, hidden channels and sub-blocks and choose
+    the heads / MLP channels by their criterion.
+    """
+    from hf_dynamic import DMSLlamaForCausalLM, DMSPruner
+    from hf_dynamic.dms import baselines as B
+
+    _, uniform, calibrated, on_dms = BASELINES[kind]
+    criterion = kind.removesuffix("_dms")
+    pruner = DMSPruner(model, 0.5, prune=("heads", "mlp"), uniform=uniform, head_grouping=args.head_grouping)
+    stats = B.calibration_statistics(pruner, batches) if calibrated else None
+    if criterion == "magnitude":
+        B.magnitude_importance(pruner)
+    elif criterion == "taylor":
+        with autocast(args.device):
+            B.one_shot_taylor_importance(pruner, batches)
+    elif criterion == "wanda_sp":
+        B.wanda_sp_importance(pruner, stats)
+    if on_dms:
+        scores = {k: pruner.topk[k].importance.clone() for k in ("heads", "mlp")}
+        pruner.remove()
+        return on_dms_structure(model, scores, args)
+    if kind == "flap":
+        extra = 2 * model.config.hidden_size * model.config.num_hidden_layers  # o_proj + down_proj biases
+        counts = B.flap_prune(pruner, stats, target_params, extra_params=extra)
+        biases = B.flap_compensation(pruner, stats)
+        pruned = with_output_biases(DMSLlamaForCausalLM.from_pruned(pruner, dtype=torch.float32), biases)
+    else:
+        counts = B.match_parameter_count(pruner, target_params)
+        pruned = pruner.export(uniform=True, dtype=torch.float32)
+    pruner.remove()
+    return pruned, {"counts": counts, **({"calibration_tokens": stats["tokens"]} if stats else {})}
+
+
+def on_dms_structure(model, scores, args):
+    """The reference per-layer DMS search's structure (its keep counts, hidden channels and sub-blocks, from
+    ``<key>_pruner.safetensors``) with the heads and MLP channels chosen by ``scores`` instead of DMS's importance.
+    """
+    from safetensors.torch import load_file
+
+    from hf_dynamic import DMSLlamaForCausalLM
+
+    ref = reference_per_layer(args)
+    pruner, _ = make_pruner(model, "per_layer", args, 1e-2)
+    state = load_file(os.path.join(args.output_dir, f"{ref}_pruner.safetensors"))
+    missing, unexpected = pruner.load_state_dict(state, strict=False)
+    if unexpected or any(not k.endswith("_extra_state") for k in missing):
+        raise ValueError(f"{ref}_pruner.safetensors does not fit the per-layer pruner: missing {missing}, "
+                         f"unexpected {unexpected}")
+    counts_before = {k: op.kept_counts().tolist() for k, op in pruner.topk.items()}
+    for kind, v in scores.items():  # the hard mask keeps a count set by the keep ratio, whatever the ranking
+        pruner.set_importance(kind, v)
+    counts = {k: op.kept_counts().tolist() for k, op in pruner.topk.items()}
+    if counts != counts_before:
+        raise RuntimeError("replacing the importance changed the kept counts")
+    pruned = DMSLlamaForCausalLM.from_pruned(pruner, dtype=torch.float32)
+    pruner.remove()
+    return pruned, {"counts": counts, "structure_of": ref}
+
+
+@torch.no_grad()
+def with_output_biases(model, biases):
+    """``model`` (a ``dms_llama`` model) rebuilt with ``output_proj_bias`` and ``o_proj`` / ``down_proj`` biases
+    ``biases["o_proj"][i]`` / ``biases["down_proj"][i]`` in layer ``i`` (FLAP's compensation; a loadable
+    checkpoint: ``from_pretrained`` builds the biases from the config)."""
+    config = type(model.config).from_dict({**model.config.to_dict(), "output_proj_bias": True})
+    new = type(model)(config).to(model.dtype)
+    missing, unexpected = new.load_state_dict(model.state_dict(), strict=False)
+    if unexpected or any(not k.endswith(("o_proj.bias", "down_proj.bias")) for k in missing):
+        raise RuntimeError(f"unexpected state dict difference: missing {missing}, unexpected {unexpected}")
+    new.tie_weights()
+    for i, layer in enumerate(new.model.layers):
+        for name, block, proj in (("o_proj", "self_attn", "o_proj"), ("down_proj", "mlp", "down_proj")):
+            module = getattr(layer, block, None)
+            if module is not None and getattr(module, proj, None) is not None:
+                getattr(module, proj).bias.copy_(biases[name][i].to(model.dtype))
+    return new.eval()
 
 
 def final_dir(args, key):
@@ -737,7 +969,7 @@ def comparison_ppl(pipe, args, key):
 def final_models(pipe, args) -> dict:
     """The models that get the full test set: the better DMS variant and the best baseline (comparison ppl)."""
     out = {}
-    dms = [VARIANTS[v][0] for v in args.dms_variants]
+    dms = [key for _, _, key, _, _ in search_stages(args)]
     out["full_eval_final_dms"] = min(dms, key=lambda k: comparison_ppl(pipe, args, k))
     if args.baselines:
         out["full_eval_best_baseline"] = min(args.baselines, key=lambda k: comparison_ppl(pipe, args, k))
@@ -821,6 +1053,17 @@ def collect_rows(pipe, args, path):
             if getattr(cfg, k, None) is not None:
                 r["config"][k] = getattr(cfg, k)
         rows.append(r)
+    for key, source, loss in recovery_runs(args):
+        base = next((r for r in rows if r["key"] == source), None)
+        if key == source or base is None:
+            continue
+        r = {k: v for k, v in base.items() if k not in ("ppl", "recovery_s")}
+        r.update(model=f"{base['model']}, next-token recovery (ablation)", key=key, ablation=True)
+        if pipe.done(f"recover_{key}"):
+            r["recovery_s"] = pipe.load(f"recover_{key}")["seconds"]
+        if pipe.done(f"eval_{key}_recovered"):
+            r["ppl"] = pipe.load(f"eval_{key}_recovered")["ppl"]
+        rows.append(r)
     for stage in ("full_eval_final_dms", "full_eval_best_baseline"):
         if pipe.done(stage):
             full = pipe.load(stage)
@@ -856,7 +1099,7 @@ def targets_check(rows, stage_seconds):
         "dms_ppl_le_0.8x_magnitude": None if None in (dms, mag) else dms <= 0.8 * mag,
         "dms_ppl_below_taylor": None if None in (dms, tay) else dms < tay,
         "baselines_within_1pct_of_dms_params": all(abs(r["params_vs_dms"]) <= 0.01 for r in rows
-                                                   if r["key"] in ("magnitude", "taylor")),
+                                                   if r["key"] in BASELINES),
     }
     ratios = [v for r in rows[1:] for k, v in r.items() if k.startswith("speedup_over_flop_reduction_")]
     out["prefill_speedup_ge_0.8x_flop_reduction"] = (min(ratios) >= 0.8) if ratios else None
@@ -874,7 +1117,7 @@ def report(pipe, state):
     stage_seconds = {s: pipe.load(s)["seconds"] for s in stage_files}
     searches = {s: pipe.load(s) for s in stage_files if s.startswith("search_")}
     results = {
-        "study": "DMS vs magnitude vs Taylor on SmolLM2, 2-core CPU",
+        "study": "DMS vs structured-pruning baselines on SmolLM2, 2-core CPU",
         "model_path": state["path"], "target": args.target,
         "command": "python examples/llama_prune/prune_llama.py " + shlex.join(state["argv"]),
         "commit": git_head(), "machine": {**machine_info(args.device), "load_average": os.getloadavg()},
@@ -897,6 +1140,8 @@ def report(pipe, state):
         f.write(table)
     if results["search_log"]:
         plot_search(results["search_log"], os.path.join(args.results_dir, "search_trajectory.png"))
+    if len(rows) > 1:
+        plot_ppl_vs_params(rows, os.path.join(args.results_dir, "ppl_vs_params.png"))
     print(table, flush=True)
     return results
 
@@ -949,7 +1194,7 @@ def markdown(results):
                   f"{results['eval']['comparison_tokens']} tokens in windows of {args['eval_window']}; "
                   "\"pruning only\" = no recovery.", ""]
         table = [rows[0]] + [dict(r, model=f"{r['model']} (pruning only)", ppl=r.get("ppl_before_recovery"),
-                                  recovery_s=None) for r in rows[1:]]
+                                  recovery_s=None) for r in rows[1:] if not r.get("ablation")]
         if args["recovery"] != "none":
             table += [dict(r, model=f"{r['model']} + recovery") for r in rows[1:]]
         lines += md_table(table, ["model", "params", "params_ratio", "flops_ratio", "ppl", "search_s", "prune_s",
@@ -986,6 +1231,32 @@ def markdown(results):
     lines += [f"- {k}: {v:.1f} s" for k, v in results["stage_seconds"].items()]
     lines.append(f"- total: {results['total_stage_seconds'] / 60:.1f} min")
     return "\n".join(lines) + "\n"
+
+
+def plot_ppl_vs_params(rows, path: str) -> None:
+    """Perplexity vs parameters of every model, pruning only (open markers) and after recovery (filled)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for i, r in enumerate(rows):
+        color = f"C{i % 10}"
+        points = [] if r.get("ablation") else [(r.get("ppl_before_recovery"), "none", "pruning only")]
+        if r["key"] != "dense" and r.get("recovery_s") is not None:
+            points.append((r.get("ppl"), color, "recovered"))
+        for ppl, face, what in points:
+            if ppl is not None:
+                ax.scatter(r["params"] / 1e6, ppl, marker="s" if r["key"] == "dense" else "o", facecolors=face,
+                           edgecolors=color, s=50, label=f"{r['model']} ({what})" if r["key"] != "dense" else "dense")
+    ax.set_yscale("log")
+    ax.set_xlabel("parameters (M)")
+    ax.set_ylabel("WikiText-2 perplexity")
+    ax.legend(fontsize=6, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
 
 
 def plot_search(logs: dict, path: str) -> None:

@@ -1,0 +1,104 @@
+"""examples/llama_prune/prune_llama.py with the distillation recovery and the extra baselines (FLAP, Wanda-sp,
+criteria on DMS's per-layer structure), two per-layer search seeds and the next-token ablation, on the tiny Llama
+of test_llama_prune_pipeline.py: parameters matched, FLAP's compensated export equals the mean-substituted
+unpruned model and reloads, a recovery killed mid-way resumes from its Trainer checkpoint to the rows of an
+uninterrupted run."""
+
+import pytest
+import torch
+from test_llama_prune_pipeline import argv, assert_same_rows, setup, stage_log  # noqa: F401  (setup: a fixture)
+
+from hf_dynamic import DMSLlamaForCausalLM, DMSPruner
+from hf_dynamic.dms.baselines import calibration_statistics, flap_compensation, flap_prune
+
+NEW = ["--search_seeds", "1", "2", "--baselines", "flap", "wanda_sp", "taylor", "magnitude_dms", "taylor_dms",
+       "--ablation_ntp", "--checkpoint_every", "1", "--no_speed"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(setup):  # noqa: F811
+    root, script = setup
+    out = root / "kd_full"
+    return out, script.main(argv(root, out, *NEW))
+
+
+def test_flap_export_equals_the_unpruned_model_with_removed_channels_at_their_mean(setup, tmp_path):
+    from dms_testing import tiny_llama
+
+    _, script = setup
+    model = tiny_llama(random_norms=True)
+    batches = [torch.randint(0, 64, (2, 9)) for _ in range(2)]
+    pruner = DMSPruner(model, 0.5, prune=("heads", "mlp"), uniform=False)
+    stats = calibration_statistics(pruner, batches)
+    flap_prune(pruner, stats, int(0.7 * model.num_parameters()), extra_params=2 * 32 * 3)
+    small = script.with_output_biases(DMSLlamaForCausalLM.from_pruned(pruner), flap_compensation(pruner, stats))
+    hard = pruner.masks("hard")
+    pruner.remove()
+
+    hooks = []  # the reference: the unpruned model, removed o_proj / down_proj inputs replaced by their mean
+    for i, layer in enumerate(model.model.layers):
+        for proj, removed, mean in (
+            (layer.self_attn.o_proj, hard["heads_q"][i].repeat_interleave(8) == 0, stats["attn"]["mean"][i]),
+            (layer.mlp.down_proj, hard["mlp"][i] == 0, stats["mlp"]["mean"][i]),
+        ):
+            def substitute(mod, args, removed=removed, mean=mean):
+                x = args[0].clone()
+                x[..., removed] = mean[removed].to(x.dtype)
+                return (x,)
+            hooks.append(proj.register_forward_pre_hook(substitute))
+    ids = torch.randint(0, 64, (2, 11))
+    with torch.no_grad():
+        reference = model(input_ids=ids).logits
+        torch.testing.assert_close(small(input_ids=ids).logits, reference, rtol=0, atol=1e-5)
+    for h in hooks:
+        h.remove()
+    assert small.model.layers[0].self_attn.o_proj.bias.abs().sum() > 0
+    small.save_pretrained(tmp_path / "flap")
+    loaded = DMSLlamaForCausalLM.from_pretrained(tmp_path / "flap")  # a real, loadable checkpoint
+    assert loaded.config.output_proj_bias is True
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=ids).logits, reference, rtol=0, atol=1e-5)
+
+
+def test_every_baseline_is_matched_and_the_rows_are_complete(uninterrupted):
+    _, results = uninterrupted
+    rows = {r["key"]: r for r in results["rows"]}
+    assert list(rows) == ["dense", "dms", "dms_per_layer_s1", "dms_per_layer_s2", "flap", "wanda_sp", "taylor",
+                          "magnitude_dms", "taylor_dms", "dms_per_layer_s1_ntp"]
+    for key in ("flap", "wanda_sp", "taylor"):
+        assert abs(rows[key]["params"] / rows["dms"]["params"] - 1) <= 0.01
+    for key in ("magnitude_dms", "taylor_dms"):  # DMS's own per-layer structure: the same count, other elements
+        assert rows[key]["params"] == rows["dms_per_layer_s1"]["params"]
+        assert rows[key]["config"]["layer_intermediate_sizes"] == rows["dms_per_layer_s1"]["config"][
+            "layer_intermediate_sizes"]
+    assert rows["dms_per_layer_s1_ntp"]["ablation"] and rows["dms_per_layer_s1_ntp"]["ppl"] != rows[
+        "dms_per_layer_s1"]["ppl"]
+    assert all("ppl" in r and "ppl_before_recovery" in r and r["flops_ratio"] > 0 for r in rows.values())
+    plan = results["plan"]
+    assert plan["measured"]["teacher_forward_s"] > 0 and plan["recovery_tokens"] == 2 * 32
+    assert "9 recoveries" in plan["reason"] and "War and Peace tokens" in plan["reason"]
+
+
+def test_a_recovery_killed_mid_way_resumes_from_its_checkpoint(setup, uninterrupted, monkeypatch):
+    root, script = setup
+    out = root / "kd_resumed"
+    from hf_dynamic.distill.trainer import DistillationTrainer
+
+    original, calls = DistillationTrainer.training_step, []
+
+    def dies_at_the_second_step(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("killed during recovery")
+        return original(self, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(DistillationTrainer, "training_step", dies_at_the_second_step)
+        with pytest.raises(RuntimeError, match="killed"):
+            script.main(argv(root, out, *NEW))
+    assert (out / "recover_dms" / "checkpoint-1").is_dir() and not (out / "stages" / "recover_dms.json").exists()
+    results = script.main(argv(root, out, *NEW))
+    assert not (out / "recover_dms").exists()  # checkpoints removed once the stage is done
+    assert ["done", "recover_dms"] in stage_log(out)
+    _, reference = uninterrupted
+    assert_same_rows(results["rows"], reference["rows"])
