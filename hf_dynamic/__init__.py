@@ -43,6 +43,9 @@ _LAZY = {
     "DMSPruner": "hf_dynamic.dms.pruner",
     "DMSCallback": "hf_dynamic.dms.callback",
     "DMSTrainer": "hf_dynamic.dms.trainer",
+    "DistillationTrainer": "hf_dynamic.distill.trainer",
+    "DistillationTrainerMixin": "hf_dynamic.distill.trainer",
+    "distillation_kl_loss": "hf_dynamic.core.distillation",
     # PEMN (a peft method: peft.get_peft_model(model, PEMNConfig(...)))
     "PEMNConfig": "hf_dynamic.pemn.config",
     "PEMNModel": "hf_dynamic.pemn.model",
