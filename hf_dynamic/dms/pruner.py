@@ -127,6 +127,8 @@ class DMSPruner(nn.Module):
         target = _target.check_target("target", target)
         if isinstance(prune, str):
             prune = (prune,)
+        if not isinstance(prune, (tuple, list, set, frozenset)):
+            raise TypeError(f"prune must be an element kind or a sequence of them {ELEMENT_KINDS}, got {prune!r}")
         prune = tuple(prune)
         unknown = [k for k in prune if k not in ELEMENT_KINDS]
         if unknown or not prune:
@@ -434,7 +436,8 @@ class DMSPruner(nn.Module):
         """
         t = self.current_target if target is None else _target.check_target("target", target, allow_full=True)
         ratio = self.resource_ratio(hard=False)
-        return (self.resource_weight * torch.relu(torch.log(ratio / t))).to(torch.float32)
+        # log R − log t rather than log(R / t): R / t overflows for a tiny (yet valid) t
+        return (self.resource_weight * torch.relu(torch.log(ratio) - math.log(t))).to(torch.float32)
 
     def add_resource_loss(self, task_loss: torch.Tensor) -> torch.Tensor:
         """``task_loss + resource_loss()``; both values are kept for :meth:`summary` (``task_loss``,

@@ -245,3 +245,11 @@ def test_a_second_pruner_on_one_model_is_refused():
     first.remove()
     with torch.no_grad():
         assert torch.equal(model(x).logits, reference)  # no mask left behind
+
+
+def test_prune_must_be_kinds_and_a_tiny_target_gives_a_finite_loss():
+    with pytest.raises(TypeError, match="prune must be .*got 0"):
+        DMSPruner(tiny_llama(), 0.5, prune=0)
+    pruner = DMSPruner(tiny_llama(), 5e-324)  # a valid fraction: log R − log t, not log(R / t) = log(inf)
+    loss = pruner.resource_loss()
+    assert torch.isfinite(loss) and float(loss) == pytest.approx(math.log(pruner.resource_ratio()) - math.log(5e-324))

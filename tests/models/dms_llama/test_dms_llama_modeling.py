@@ -164,3 +164,11 @@ def test_recorded_outputs_count_the_layers_that_exist():
         out = model(x, output_hidden_states=True, output_attentions=True)
     assert len(out.hidden_states) == 4
     assert [tuple(a.shape) for a in out.attentions] == [(1, 4, 7, 7), (1, 2, 7, 7)]
+
+
+@pytest.mark.parametrize("value", [[4.7, 4, 4], ["4", 4, 4], [True, 4, 4]])
+def test_per_layer_widths_are_not_coerced(value):
+    from huggingface_hub.errors import StrictDataclassFieldValidationError
+
+    with pytest.raises(StrictDataclassFieldValidationError, match="layer_num_attention_heads"):
+        _tiny_config(layer_num_attention_heads=value, layer_num_key_value_heads=None, layer_intermediate_sizes=None)
