@@ -29,10 +29,9 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.modules.utils import _pair
 
-from ..core.importance import expert_gradient_variance, snip_score
 from ..core.masks import pack_bool_mask, packed_numel, unpack_bool_mask
 from ..core.validation import check_choice
-from .layers import IMPState
+from .partial import PHI_SHAPE, IMPState, Layout, MaskedLayout, PartiallyDynamicModule, merge_masked
 
 __all__ = ["DynamicConv2d", "PartialDynamicConv2d", "mix_kernels", "ROUTINGS", "AGGREGATIONS", "CONV_GRANULARITIES"]
 
@@ -220,9 +219,12 @@ class DynamicConv2d(nn.Module):
         """``aggregation``, or ``"unfold"`` while exporting (a batch-sized group count is not exportable)."""
         return "unfold" if _exporting() else self.aggregation
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def check_input(self, x: torch.Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"expected input [batch, {self.in_channels}, height, width], got {tuple(x.shape)}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
         weight, bias = self.kernels()
         return mix_kernels(x, self.routing_weights(x), weight, bias, self.stride, self.padding, self.dilation,
                            self.current_aggregation())
@@ -234,83 +236,293 @@ class DynamicConv2d(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------ PAD-Net
-class PartialDynamicConv2d(DynamicConv2d):
+# The layouts of a partially dynamic convolution (``docs/pad.md``, "## Partially dynamic convolution"): the same
+# Layout objects as the MoE FFN's (hf_dynamic.pad.partial), one class per layout and granularity. Tensor names are
+# the same in every layout (shapes differ); the canonical parameter order is weight, bias, phi, static_weight,
+# static_bias (DynamicConv2d registers the kernels first), so an optimizer state restored by position lands right.
+class ConvLayout(Layout):
+    """How a :class:`PartialDynamicConv2d` stores its kernels and computes the ``K`` kernels it mixes."""
+
+    def shapes(self, layer, counts) -> tuple[tuple, tuple | None, tuple, tuple | None]:
+        """``(weight, bias, static_weight, static_bias)`` shapes (None: the layer has no bias)."""
+        raise NotImplementedError
+
+    def build(self, layer, counts=None):
+        weight, bias, static_weight, static_bias = self.shapes(layer, counts)
+        phi = layer.phi
+        del layer.phi  # registered again after the kernels: the canonical order
+        layer.weight = nn.Parameter(torch.empty(weight))
+        layer.bias = None if bias is None else nn.Parameter(torch.empty(bias))
+        layer.phi = phi
+        layer.static_weight = nn.Parameter(torch.empty(static_weight))
+        layer.static_bias = None if static_bias is None else nn.Parameter(torch.empty(static_bias))
+        self.build_masks(layer)
+
+    def build_masks(self, layer) -> None:
+        raise NotImplementedError
+
+    def kernels(self, layer) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The ``K`` computed kernels ``W_k' [K, C_out, C_in, kh, kw]`` and biases ``[K, C_out]`` (or None)."""
+        raise NotImplementedError
+
+    def forward(self, layer, x: torch.Tensor) -> torch.Tensor:
+        """The layer's output: every layout but finalised filter mode mixes the computed kernels per sample."""
+        return DynamicConv2d.forward(layer, x)
+
+
+class ConvMaskedLayout(ConvLayout, MaskedLayout):
+    """The static kernel and the ``K`` kernels in full plus boolean masks, which IMP sets in place (all ones, the
+    unpartitioned state, is a fully dynamic layer with a spare static copy)."""
+
+    def shapes(self, layer, counts):
+        bias = (layer.num_kernels, layer.out_channels) if layer.has_bias else None
+        return ((layer.num_kernels, *layer.weight_shape), bias, layer.weight_shape,
+                (layer.out_channels,) if layer.has_bias else None)
+
+    def current_masks(self, layer) -> tuple[torch.Tensor, torch.Tensor | None]:
+        raise NotImplementedError
+
+    def kernels(self, layer):
+        lambda_s, lambda_d = layer.lambdas()
+        state = layer.imp_state
+        weight_mask, bias_mask = self.current_masks(layer) if state is None else state.masks
+        weight = merge_masked(weight_mask, layer.weight, layer.static_weight, lambda_s, lambda_d)
+        bias = None if layer.bias is None else merge_masked(bias_mask, layer.bias, layer.static_bias, lambda_s,
+                                                            lambda_d)
+        layer.imp_record([weight] + ([bias] if bias is not None else []))
+        return weight, bias
+
+    def tied_pairs(self, layer):
+        return [(layer.weight, layer.static_weight)] + ([(layer.bias, layer.static_bias)] if layer.has_bias else [])
+
+
+class ConvMaskedElementLayout(ConvMaskedLayout):
+    granularity = "element"
+
+    def build_masks(self, layer):
+        layer.register_buffer("mask_weight", torch.ones(layer.weight_shape, dtype=torch.bool))
+        layer.register_buffer("mask_bias", torch.ones(layer.out_channels, dtype=torch.bool) if layer.has_bias
+                              else None)
+
+    def current_masks(self, layer):
+        return layer.mask_weight, layer.mask_bias
+
+    def partition_mask(self, layer):
+        return torch.cat([layer.mask_weight.reshape(-1)] + ([layer.mask_bias] if layer.has_bias else []))
+
+    def unflatten(self, layer, flat):
+        numel = math.prod(layer.weight_shape)
+        return flat[:numel].view(layer.weight_shape), (flat[numel:] if layer.has_bias else None)
+
+    def set_partition_mask(self, layer, flat_mask):
+        weight_mask, bias_mask = self.unflatten(layer, flat_mask)
+        layer.mask_weight.copy_(weight_mask)
+        if bias_mask is not None:
+            layer.mask_bias.copy_(bias_mask)
+
+    def variance_scores(self, layer, variances):
+        return torch.cat([v.reshape(-1) for v in variances])
+
+    def finalize(self, layer):
+        flat = layer.mask_weight.reshape(-1)
+        counts = {"weight": int(flat.sum())}
+        layer.static_weight.data = layer.static_weight.data.reshape(-1)[~flat].clone()
+        layer.weight.data = layer.weight.data.reshape(layer.num_kernels, -1)[:, flat].clone()
+        layer.register_buffer("mask_weight", pack_bool_mask(layer.mask_weight))
+        if layer.has_bias:
+            counts["bias"] = int(layer.mask_bias.sum())
+            layer.static_bias.data = layer.static_bias.data[~layer.mask_bias].clone()
+            layer.bias.data = layer.bias.data[:, layer.mask_bias].clone()
+            layer.register_buffer("mask_bias", pack_bool_mask(layer.mask_bias))
+        return counts, ConvFinalizedElementLayout()
+
+
+class ConvMaskedFilterLayout(ConvMaskedLayout):
+    granularity = "filter"
+
+    def build_masks(self, layer):
+        layer.register_buffer("mask_filters", torch.ones(layer.out_channels, dtype=torch.bool))
+
+    def current_masks(self, layer):
+        return self.unflatten(layer, layer.mask_filters)
+
+    def partition_mask(self, layer):
+        return layer.mask_filters.clone()
+
+    def unflatten(self, layer, flat):
+        return flat.view(-1, 1, 1, 1), flat
+
+    def set_partition_mask(self, layer, flat_mask):
+        layer.mask_filters.copy_(flat_mask)
+
+    def variance_scores(self, layer, variances):
+        return variances[0].sum(dim=(1, 2, 3)) + (variances[1] if len(variances) > 1 else 0)
+
+    def finalize(self, layer):
+        mask = layer.mask_filters
+        layer.static_weight.data = layer.static_weight.data[~mask].clone()
+        layer.weight.data = layer.weight.data[:, mask].clone()
+        if layer.has_bias:
+            layer.static_bias.data = layer.static_bias.data[~mask].clone()
+            layer.bias.data = layer.bias.data[:, mask].clone()
+        layer.register_buffer("mask_filters", pack_bool_mask(mask))
+        return {"dynamic_filters": int(mask.sum())}, ConvFinalizedFilterLayout()
+
+
+class ConvFinalizedElementLayout(ConvLayout):
+    """Static values where ``M = 0`` (1-D), each kernel's values where ``M = 1`` (``weight [K, nnz]``), the masks
+    bit-packed; the ``K`` kernels are re-assembled (cumulative-sum gathers, static shapes, so it exports) and mixed
+    as in :class:`DynamicConv2d`: smaller checkpoints, no FLOP saving."""
+
+    kind = "finalized"
+    granularity = "element"
+
+    def shapes(self, layer, counts):
+        numel, nnz = math.prod(layer.weight_shape), counts["weight"]
+        if not layer.has_bias:
+            return (layer.num_kernels, nnz), None, (numel - nnz,), None
+        return ((layer.num_kernels, nnz), (layer.num_kernels, counts["bias"]), (numel - nnz,),
+                (layer.out_channels - counts["bias"],))
+
+    def build_masks(self, layer):
+        layer.register_buffer("mask_weight", torch.zeros(packed_numel(math.prod(layer.weight_shape)),
+                                                         dtype=torch.uint8))
+        layer.register_buffer("mask_bias", torch.zeros(packed_numel(layer.out_channels), dtype=torch.uint8)
+                              if layer.has_bias else None)
+
+    def masks(self, layer) -> tuple[torch.Tensor, torch.Tensor | None]:
+        bias = unpack_bool_mask(layer.mask_bias, layer.out_channels) if layer.has_bias else None
+        return unpack_bool_mask(layer.mask_weight, layer.weight_shape), bias
+
+    def kernels(self, layer):
+        lambda_s, lambda_d = layer.lambdas()
+        weight_mask, bias_mask = self.masks(layer)
+        weight = _merge_compact(weight_mask.reshape(-1), layer.weight, layer.static_weight, lambda_s, lambda_d)
+        bias = None if bias_mask is None else _merge_compact(bias_mask, layer.bias, layer.static_bias, lambda_s,
+                                                             lambda_d)
+        return weight.reshape(layer.num_kernels, *layer.weight_shape), bias
+
+    def counts(self, layer):
+        weight_mask, bias_mask = self.masks(layer)
+        return {"weight": int(weight_mask.sum()), **({"bias": int(bias_mask.sum())} if bias_mask is not None else {})}
+
+
+class ConvFinalizedFilterLayout(ConvLayout):
+    """Static filters ``[C_out − d, ...]``, dynamic ones ``[K, d, ...]``, the filter mask bit-packed: the static
+    filters run as one ordinary convolution for the whole batch, only ``d`` filters are mixed per sample."""
+
+    kind = "finalized"
+    granularity = "filter"
+
+    def shapes(self, layer, counts):
+        dynamic, rest = counts["dynamic_filters"], layer.weight_shape[1:]
+        bias = layer.has_bias
+        return ((layer.num_kernels, dynamic, *rest), (layer.num_kernels, dynamic) if bias else None,
+                (layer.out_channels - dynamic, *rest), (layer.out_channels - dynamic,) if bias else None)
+
+    def build_masks(self, layer):
+        layer.register_buffer("mask_filters", torch.zeros(packed_numel(layer.out_channels), dtype=torch.uint8))
+
+    def filter_mask(self, layer) -> torch.Tensor:
+        return unpack_bool_mask(layer.mask_filters, layer.out_channels)
+
+    def filter_order(self, layer) -> torch.Tensor:
+        """Where filter ``f`` sits in ``[static filters, dynamic filters]`` (a gather index computed with cumulative
+        sums, so it has a static shape and exports)."""
+        as_long = self.filter_mask(layer).long()
+        num_static = layer.static_weight.shape[0]
+        return torch.where(as_long.bool(), num_static + torch.cumsum(as_long, 0) - 1, torch.cumsum(1 - as_long, 0) - 1)
+
+    def kernels(self, layer):
+        lambda_s, lambda_d = layer.lambdas()
+        order, num_kernels = self.filter_order(layer), layer.num_kernels
+        weight = torch.cat([(lambda_s * layer.static_weight).expand(num_kernels, *layer.static_weight.shape),
+                            lambda_d * layer.weight], dim=1).index_select(1, order)
+        bias = None
+        if layer.has_bias:
+            bias = torch.cat([(lambda_s * layer.static_bias).expand(num_kernels, -1), lambda_d * layer.bias],
+                             dim=1).index_select(1, order)
+        return weight, bias
+
+    def forward(self, layer, x):
+        layer.check_input(x)
+        lambda_s, lambda_d = layer.lambdas()
+        routing = layer.routing_weights(x)
+        parts = []
+        if layer.static_weight.shape[0] > 0:
+            static = F.conv2d(x, lambda_s * layer.static_weight,
+                              None if layer.static_bias is None else lambda_s * layer.static_bias,
+                              layer.stride, layer.padding, layer.dilation)
+            if layer.routing == "sigmoid":  # Σ_k π_k = 1 only for softmax routing
+                static = static * routing.sum(dim=1).view(-1, 1, 1, 1)
+            parts.append(static)
+        if layer.weight.shape[1] > 0:
+            parts.append(mix_kernels(x, routing, lambda_d * layer.weight,
+                                     None if layer.bias is None else lambda_d * layer.bias, layer.stride,
+                                     layer.padding, layer.dilation, layer.current_aggregation()))
+        out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        return out.index_select(1, self.filter_order(layer))
+
+    def counts(self, layer):
+        return {"dynamic_filters": int(self.filter_mask(layer).sum())}
+
+
+CONV_MASKED = {"element": ConvMaskedElementLayout, "filter": ConvMaskedFilterLayout}
+CONV_FINALIZED = {"element": ConvFinalizedElementLayout, "filter": ConvFinalizedFilterLayout}
+CONV_MASK_BUFFER = {"element": "mask_weight", "filter": "mask_filters"}
+
+
+class PartialDynamicConv2d(PartiallyDynamicModule, DynamicConv2d):
     """PAD-Net's partially dynamic convolution: ``W_k' = λ_d·(M ⊙ W_k) + λ_s·((1 − M) ⊙ W^static)``, mixed per
     sample as in :class:`DynamicConv2d` (``docs/pad.md``, "## Partially dynamic convolution").
 
-    Layouts (parameter names are the same in both, shapes differ):
-
-    - ``"masked"``: ``static_weight [C_out, C_in, kh, kw]``, the ``K`` kernels in full, boolean mask buffers
-      (``mask_weight`` and ``mask_bias`` in element mode, ``mask_filters [C_out]`` in filter mode). Iterative Mode
-      Partition sets the masks in place; all ones (the unpartitioned state) is a fully dynamic layer with a spare
-      static copy.
-    - ``"finalized"`` (``partition_counts`` fixes the shapes): element mode stores the static values where
-      ``M = 0`` (1-D), each kernel's values where ``M = 1`` (``weight [K, nnz]``) and the masks bit-packed
-      (``uint8``); filter mode stores the static filters ``[C_out − d, ...]``, the dynamic ones ``[K, d, ...]`` and
-      the filter mask bit-packed. In filter mode the static filters run as one ordinary convolution for the whole
-      batch and only ``d`` filters are mixed per sample.
+    Storage is a layout object, as the MoE FFN's (``layout``: ``"masked"`` or ``"finalized"``; ``granularity``:
+    ``"element"`` or ``"filter"``, see :class:`ConvMaskedLayout`, :class:`ConvFinalizedElementLayout`,
+    :class:`ConvFinalizedFilterLayout`); ``partition_counts`` (the config's ``pad_partition`` entry) fixes a
+    finalised layer's shapes. φ/λ, the mask, IMP, finalisation and adopt-on-load come from
+    :class:`~hf_dynamic.pad.partial.PartiallyDynamicModule`; ``config`` (optional) is the model config where a
+    checkpoint loaded in another layout is recorded.
     """
 
+    unit = "convolution"
+
     def __init__(self, in_channels: int, out_channels: int, kernel_size, *, granularity: str = "element",
-                 layout: str = "masked", partition_counts: dict | None = None, **kwargs):
+                 layout: str = "masked", partition_counts: dict | None = None, config=None, **kwargs):
         super().__init__(in_channels, out_channels, kernel_size, **kwargs)
         check_choice("granularity", granularity, CONV_GRANULARITIES)
         check_choice("layout", layout, CONV_LAYOUTS)
-        self.granularity, self.layout = granularity, layout
+        self.granularity, self.config, self.has_bias = granularity, config, self.bias is not None
         self.imp_state: IMPState | None = None
-        self.phi = nn.Parameter(torch.zeros(1))  # [1], not 0-d: DeepSpeed ZeRO cannot partition 0-d parameters
-        has_bias, num_kernels, out_channels = self.bias is not None, self.num_kernels, self.out_channels
         if layout == "masked":
-            self.static_weight = nn.Parameter(torch.empty(self.weight_shape))
-            self.static_bias = nn.Parameter(torch.empty(out_channels)) if has_bias else None
-            self.reset_parameters()
-            if granularity == "element":
-                self.register_buffer("mask_weight", torch.ones(self.weight_shape, dtype=torch.bool))
-                self.register_buffer("mask_bias", torch.ones(out_channels, dtype=torch.bool) if has_bias else None)
-            else:
-                self.register_buffer("mask_filters", torch.ones(out_channels, dtype=torch.bool))
-            return
-        counts = self.check_partition_counts(partition_counts)
-        if granularity == "element":
-            numel = math.prod(self.weight_shape)
-            self.static_weight = nn.Parameter(torch.zeros(numel - counts["weight"]))
-            self.weight = nn.Parameter(torch.zeros(num_kernels, counts["weight"]))
-            self.register_buffer("mask_weight", torch.zeros(packed_numel(numel), dtype=torch.uint8))
-            if has_bias:
-                self.static_bias = nn.Parameter(torch.zeros(out_channels - counts["bias"]))
-                self.bias = nn.Parameter(torch.zeros(num_kernels, counts["bias"]))
-            else:
-                self.static_bias = None
-            self.register_buffer("mask_bias", torch.zeros(packed_numel(out_channels), dtype=torch.uint8)
-                                 if has_bias else None)
+            self.storage, counts = CONV_MASKED[granularity](), None
         else:
-            dynamic = counts["dynamic_filters"]
-            self.static_weight = nn.Parameter(torch.zeros(out_channels - dynamic, *self.weight_shape[1:]))
-            self.weight = nn.Parameter(torch.zeros(num_kernels, dynamic, *self.weight_shape[1:]))
-            if has_bias:
-                self.static_bias = nn.Parameter(torch.zeros(out_channels - dynamic))
-                self.bias = nn.Parameter(torch.zeros(num_kernels, dynamic))
-            else:
-                self.static_bias = None
-            self.register_buffer("mask_filters", torch.zeros(packed_numel(out_channels), dtype=torch.uint8))
+            self.storage, counts = CONV_FINALIZED[granularity](), self.check_partition_counts(partition_counts)
+        self.register_layout(counts, nn.Parameter(torch.zeros(PHI_SHAPE)))
+        self.reset_parameters()
+
+    def register_layout(self, counts, phi) -> None:
+        self.phi = phi
+        self.storage.build(self, counts)
 
     def reset_parameters(self) -> None:
-        """The kernels and (masked layout) the static weight initialised independently, as ``nn.Conv2d``'s."""
+        """The kernels and (masked layout) the static weight initialised independently, as ``nn.Conv2d``'s; a
+        finalised layer is filled by loading."""
+        storage = getattr(self, "storage", None)
+        if storage is None or storage.kind != "masked":
+            return
         super().reset_parameters()
-        static = getattr(self, "static_weight", None)
-        if static is not None and static.dim() == 4:
-            with torch.no_grad():
-                nn.init.kaiming_uniform_(static, a=math.sqrt(5))
-                if self.static_bias is not None:
-                    bound = 1 / math.sqrt(math.prod(self.weight_shape[1:]))
-                    nn.init.uniform_(self.static_bias, -bound, bound)
+        with torch.no_grad():
+            nn.init.kaiming_uniform_(self.static_weight, a=math.sqrt(5))
+            if self.static_bias is not None:
+                bound = 1 / math.sqrt(math.prod(self.weight_shape[1:]))
+                nn.init.uniform_(self.static_bias, -bound, bound)
 
     # --------------------------------------------------------------------------------------------- structure
     def partition_keys(self) -> tuple[str, ...]:
         """The keys of this layer's entry in ``config.pad_partition``."""
         if self.granularity == "filter":
             return ("dynamic_filters",)
-        return ("weight", "bias") if self.bias is not None else ("weight",)
+        return ("weight", "bias") if self.has_bias else ("weight",)
 
     def check_partition_counts(self, counts) -> dict:
         """Validate a finalised layer's dynamic-entry counts (``ValueError`` naming the layer and the counts)."""
@@ -318,233 +530,50 @@ class PartialDynamicConv2d(DynamicConv2d):
         limits = {"weight": math.prod(self.weight_shape), "bias": self.out_channels,
                   "dynamic_filters": self.out_channels}
         if not isinstance(counts, dict) or set(counts) != set(keys) or not all(
-                isinstance(counts[k], int) and 0 <= counts[k] <= limits[k] for k in keys):
+                isinstance(counts[k], int) and not isinstance(counts[k], bool) and 0 <= counts[k] <= limits[k]
+                for k in keys):
             raise ValueError(f"pad_partition[{str(self.layer_idx)!r}] must give {list(keys)} (each in [0, "
                              f"{[limits[k] for k in keys]}]) for a finalised {self.granularity}-mode convolution, "
                              f"got {counts!r}")
         return counts
 
     @property
-    def partitionable(self) -> bool:
-        return True
-
-    @property
     def num_partition_entries(self) -> int:
         """Every weight and bias entry (element) or every output filter (filter)."""
         if self.granularity == "filter":
             return self.out_channels
-        return math.prod(self.weight_shape) + (self.out_channels if self.bias is not None else 0)
+        return math.prod(self.weight_shape) + (self.out_channels if self.has_bias else 0)
 
-    def lambdas(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(λ_s, λ_d)`` with ``λ_d = 2·sigmoid(φ)`` and ``λ_s = 2 − λ_d``, 0-d and at least fp32 (as the MoE
-        layer's)."""
-        lambda_d = 2.0 * torch.sigmoid(self.phi.reshape(()).to(torch.promote_types(self.phi.dtype, torch.float32)))
-        return 2.0 - lambda_d, lambda_d
-
-    def _require_masked(self, what: str) -> None:
-        if self.layout != "masked":
-            raise ValueError(f"{what} needs the masked layout; convolution {self.layer_idx} is {self.layout!r}")
-
-    def unpacked_masks(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(weight mask, bias mask)`` as booleans broadcastable to ``[C_out, C_in, kh, kw]`` and ``[C_out]``."""
+    def layout_of_state_dict(self, state_dict, prefix):
+        """The layout of this convolution's tensors in ``state_dict``: masked masks are bool, finalised ones
+        bit-packed (``uint8``); a finalised layout's counts are its kernels' widths."""
+        mask = state_dict.get(prefix + CONV_MASK_BUFFER[self.granularity])
+        weight = state_dict.get(prefix + "weight")
+        if mask is None or weight is None:
+            return None
+        if mask.dtype == torch.bool:
+            bias_mask = state_dict.get(prefix + "mask_bias")
+            partitioned = not bool(mask.all()) or (bias_mask is not None and not bool(bias_mask.all()))
+            return CONV_MASKED[self.granularity](), None, "partitioned" if partitioned else "unpartitioned"
         if self.granularity == "filter":
-            filters = self.mask_filters if self.layout == "masked" else unpack_bool_mask(self.mask_filters,
-                                                                                         self.out_channels)
-            return filters.view(-1, 1, 1, 1), filters
-        if self.layout == "masked":
-            return self.mask_weight, self.mask_bias
-        bias = None if self.bias is None else unpack_bool_mask(self.mask_bias, self.out_channels)
-        return unpack_bool_mask(self.mask_weight, self.weight_shape), bias
+            counts = {"dynamic_filters": int(weight.shape[1])}
+        else:
+            bias = state_dict.get(prefix + "bias")
+            counts = {"weight": int(weight.shape[1]), **({"bias": int(bias.shape[1])} if bias is not None else {})}
+        return CONV_FINALIZED[self.granularity](), counts, "finalized"
 
-    def partition_counts(self) -> dict:
-        """The dynamic-entry counts the masks hold (as ``config.pad_partition`` records them once finalised)."""
-        weight_mask, bias_mask = self.unpacked_masks()
-        if self.granularity == "filter":
-            return {"dynamic_filters": int(bias_mask.sum())}
-        counts = {"weight": int(weight_mask.sum())}
-        if bias_mask is not None:
-            counts["bias"] = int(bias_mask.sum())
-        return counts
-
-    def expected_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Shapes of this layer's own parameters and buffers (for checking loaded weights)."""
-        return {name: tuple(t.shape) for name, t in [*self.named_parameters(recurse=False),
-                                                      *self.named_buffers(recurse=False)]}
-
-    # ------------------------------------------------------------------------------------------------ masks
-    def partition_mask(self) -> torch.Tensor:
-        """The mask as one flat bool vector over :attr:`num_partition_entries` (True = dynamic)."""
-        self._require_masked("partition_mask()")
-        if self.granularity == "filter":
-            return self.mask_filters.clone()
-        parts = [self.mask_weight.reshape(-1)] + ([self.mask_bias] if self.bias is not None else [])
-        return torch.cat(parts)
-
-    def _unflatten(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if self.granularity == "filter":
-            return flat.view(-1, 1, 1, 1), flat
-        numel = math.prod(self.weight_shape)
-        return flat[:numel].view(self.weight_shape), (flat[numel:] if self.bias is not None else None)
-
-    @torch.no_grad()
-    def set_partition_mask(self, flat_mask: torch.Tensor) -> None:
-        """Set the mask in place from a flat bool vector (the layout of :meth:`partition_mask`)."""
-        self._require_masked("set_partition_mask()")
-        if flat_mask.dtype != torch.bool or flat_mask.numel() != self.num_partition_entries:
-            raise ValueError(f"flat_mask must be a bool tensor of {self.num_partition_entries} entries, got "
-                             f"{flat_mask.dtype} with {flat_mask.numel()}")
-        flat_mask = flat_mask.to(self.phi.device)
-        if self.granularity == "filter":
-            self.mask_filters.copy_(flat_mask)
-            return
-        weight_mask, bias_mask = self._unflatten(flat_mask)
-        self.mask_weight.copy_(weight_mask)
-        if bias_mask is not None:
-            self.mask_bias.copy_(bias_mask)
-
-    def experts_tied(self) -> bool:
-        """True while every kernel equals the static weight and ``λ_s = λ_d`` (upcycled, untrained): ``dL/dM`` is
-        then identically zero (``docs/pad.md``, "## Iterative Mode Partition")."""
-        if self.layout != "masked" or float(self.phi.detach()) != 0.0:
-            return False
-        pairs = [(self.weight, self.static_weight)] + ([(self.bias, self.static_bias)] if self.bias is not None
-                                                       else [])
-        return all(torch.equal(dyn, static.unsqueeze(0).expand_as(dyn)) for dyn, static in pairs)
-
-    # ---------------------------------------------------------------------------------------------- kernels
+    # ---------------------------------------------------------------------------------------------- forward
     def kernels(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The ``K`` computed kernels ``W_k' [K, C_out, C_in, kh, kw]`` and biases ``[K, C_out]`` (or None)."""
-        lambda_s, lambda_d = self.lambdas()
-        if self.layout == "masked":
-            state = self.imp_state
-            weight_mask, bias_mask = self.unpacked_masks() if state is None else state.masks
-            weight = _merge_masked(weight_mask, self.weight, self.static_weight, lambda_s, lambda_d)
-            bias = None if self.bias is None else _merge_masked(bias_mask, self.bias, self.static_bias, lambda_s,
-                                                                lambda_d)
-            if state is not None:
-                state.merged = [weight] + ([bias] if bias is not None else [])
-            return weight, bias
-        if self.granularity == "element":
-            weight_mask, bias_mask = self.unpacked_masks()
-            weight = _merge_compact(weight_mask.reshape(-1), self.weight, self.static_weight, lambda_s, lambda_d)
-            bias = None if self.bias is None else _merge_compact(bias_mask, self.bias, self.static_bias, lambda_s,
-                                                                 lambda_d)
-            return weight.reshape(self.num_kernels, *self.weight_shape), bias
-        order = self.filter_order()
-        weight = torch.cat([(lambda_s * self.static_weight).expand(self.num_kernels, *self.static_weight.shape),
-                            lambda_d * self.weight], dim=1).index_select(1, order)
-        bias = None
-        if self.bias is not None:
-            bias = torch.cat([(lambda_s * self.static_bias).expand(self.num_kernels, -1), lambda_d * self.bias],
-                             dim=1).index_select(1, order)
-        return weight, bias
-
-    def filter_order(self) -> torch.Tensor:
-        """Finalised filter mode: where filter ``f`` sits in ``[static filters, dynamic filters]`` (a gather index
-        computed with cumulative sums, so it has a static shape and exports)."""
-        mask = unpack_bool_mask(self.mask_filters, self.out_channels)
-        as_long = mask.long()
-        num_static = self.static_weight.shape[0]
-        return torch.where(mask, num_static + torch.cumsum(as_long, 0) - 1, torch.cumsum(1 - as_long, 0) - 1)
+        return self.storage.kernels(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.layout == "masked" or self.granularity == "element":
-            return super().forward(x)
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"expected input [batch, {self.in_channels}, height, width], got {tuple(x.shape)}")
-        # Finalised filter mode: static filters as one convolution for the batch, dynamic filters mixed per sample.
-        lambda_s, lambda_d = self.lambdas()
-        routing = self.routing_weights(x)
-        parts = []
-        if self.static_weight.shape[0] > 0:
-            static = F.conv2d(x, lambda_s * self.static_weight,
-                              None if self.static_bias is None else lambda_s * self.static_bias,
-                              self.stride, self.padding, self.dilation)
-            if self.routing == "sigmoid":  # Σ_k π_k = 1 only for softmax routing
-                static = static * routing.sum(dim=1).view(-1, 1, 1, 1)
-            parts.append(static)
-        if self.weight.shape[1] > 0:
-            parts.append(mix_kernels(x, routing, lambda_d * self.weight,
-                                     None if self.bias is None else lambda_d * self.bias, self.stride, self.padding,
-                                     self.dilation, self.current_aggregation()))
-        out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-        return out.index_select(1, self.filter_order())
-
-    # ------------------------------------------------------------------------------------------------- IMP
-    def imp_begin(self, relaxed_mask: torch.Tensor | None = None) -> None:
-        """Start scoring: the mask becomes a continuous leaf tensor (``requires_grad``)."""
-        self._require_masked("IMP")
-        flat = self.partition_mask() if relaxed_mask is None else relaxed_mask
-        leaf = flat.detach().to(self.phi.device, self.phi.dtype, copy=True).requires_grad_(True)
-        self.imp_state = IMPState(leaf, self._unflatten(leaf))
-
-    def imp_inputs(self) -> list[torch.Tensor]:
-        """After a forward: the mask leaf, then the computed kernels (and biases)."""
-        if self.imp_state is None or self.imp_state.merged is None:
-            raise ValueError(f"convolution {self.layer_idx} ran no forward since imp_begin()")
-        return [self.imp_state.leaf, *self.imp_state.merged]
-
-    def imp_accumulate(self, grads) -> None:
-        """Add one batch's gradients (in :meth:`imp_inputs` order) to the running sums."""
-        state = self.imp_state
-        grads = [g.detach().float() for g in grads]
-        if state.mask_grad is None:
-            state.mask_grad, state.expert_grad = grads[0], grads[1:]
-        else:
-            for acc, g in zip([state.mask_grad, *state.expert_grad], grads):
-                acc.add_(g)
-        state.merged = None
-
-    def imp_gradients(self, kind: str) -> list[torch.Tensor]:
-        """``[dL/dM]`` (snip) or the gradients of the computed kernels (and biases) (grad_variance)."""
-        if self.imp_state is None or self.imp_state.mask_grad is None:
-            raise ValueError(f"convolution {self.layer_idx} has no accumulated IMP gradients")
-        check_choice("score kind", kind, ("snip", "grad_variance"))
-        return [self.imp_state.mask_grad] if kind == "snip" else self.imp_state.expert_grad
-
-    def imp_scores(self, kind: str) -> torch.Tensor:
-        """Flat scores: ``|dL/dM|`` or the cross-kernel gradient variance (summed over a filter in filter mode)."""
-        grads = self.imp_gradients(kind)
-        if kind == "snip":
-            return snip_score(grads[0]).reshape(-1)
-        variances = [expert_gradient_variance(g) for g in grads]
-        if self.granularity == "filter":
-            return variances[0].sum(dim=(1, 2, 3)) + (variances[1] if len(variances) > 1 else 0)
-        return torch.cat([v.reshape(-1) for v in variances])
-
-    def imp_end(self) -> None:
-        self.imp_state = None
-
-    # --------------------------------------------------------------------------------------------- finalise
-    @torch.no_grad()
-    def finalize_(self) -> dict:
-        """Drop the redundant entries in place (parameters keep their identity); return the dynamic counts."""
-        self._require_masked("finalize_()")
-        counts = self.partition_counts()
-        if self.granularity == "filter":
-            mask = self.mask_filters
-            self.static_weight.data = self.static_weight.data[~mask].clone()
-            self.weight.data = self.weight.data[:, mask].clone()
-            if self.bias is not None:
-                self.static_bias.data = self.static_bias.data[~mask].clone()
-                self.bias.data = self.bias.data[:, mask].clone()
-            self.register_buffer("mask_filters", pack_bool_mask(mask))
-        else:
-            flat = self.mask_weight.reshape(-1)
-            self.static_weight.data = self.static_weight.data.reshape(-1)[~flat].clone()
-            self.weight.data = self.weight.data.reshape(self.num_kernels, -1)[:, flat].clone()
-            self.register_buffer("mask_weight", pack_bool_mask(self.mask_weight))
-            if self.bias is not None:
-                self.static_bias.data = self.static_bias.data[~self.mask_bias].clone()
-                self.bias.data = self.bias.data[:, self.mask_bias].clone()
-                self.register_buffer("mask_bias", pack_bool_mask(self.mask_bias))
-        self.layout = "finalized"
-        return counts
+        return self.storage.forward(self, x)
 
     @torch.no_grad()
     def load_static_(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
         """Copy one static kernel into every kernel and the static weight (masked layout only)."""
-        self._require_masked("load_static_()")
+        self._require(MaskedLayout, "load_static_()")
         super().load_static_(weight, bias)
         self.static_weight.copy_(weight)
         if bias is not None:
@@ -552,13 +581,6 @@ class PartialDynamicConv2d(DynamicConv2d):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, layout={self.layout}, granularity={self.granularity}"
-
-
-def _merge_masked(mask, dynamic, static, lambda_s, lambda_d):
-    """``λ_d·M⊙W_k + λ_s·(1−M)⊙W_s`` for a boolean or continuous mask (broadcast over the kernels)."""
-    if mask.dtype == torch.bool:
-        return torch.where(mask, lambda_d * dynamic, lambda_s * static)
-    return lambda_d * mask * dynamic + lambda_s * (1 - mask) * static
 
 
 def _merge_compact(mask, dynamic, static, lambda_s, lambda_d):

@@ -205,7 +205,14 @@ class _PermuteRows(torch.autograd.Function):
 
 def _grouped_mm(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     """``x [S, K] @ weight [E, K, N]`` per group of rows: transformers' dispatcher (``torch.nn.functional.grouped_mm``
-    where it applies, its own fallback elsewhere); fp64, which torch's grouped GEMM lacks, takes the fallback op."""
+    where it applies, its own fallback elsewhere); fp64, which torch's grouped GEMM lacks, takes the fallback op.
+
+    Two private seams, kept because no public API does this: ``moe._grouped_mm`` is the only code that knows when
+    torch's public ``F.grouped_mm`` may run (device, compute capability, dtype, alignment, ``torch.compile``) and
+    falls back otherwise; ``torch.ops.transformers.grouped_mm_fallback`` is that fallback, the only grouped GEMM with
+    a float64 kernel (``F.grouped_mm`` takes fp32/bf16/fp16). ``tests/pad/test_pad_seams.py`` fails loudly when
+    either changes.
+    """
     from transformers.integrations import moe
 
     if x.dtype == torch.float64:

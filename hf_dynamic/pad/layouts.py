@@ -14,9 +14,10 @@ routed experts from them (:meth:`Layout.mix`):
   dynamic; ``b_down`` is static. Static neurons form one dense FFN of ``(1 − κ)·d_ff`` run for every token, dynamic
   ones routed experts of ``κ·d_ff`` each (their outputs add: ``Σ_i w_i = 1``).
 
-:func:`layout_for` picks the layout a config implies; it is the one place that decides that ``dynamic_ratio == 1``
-means a plain MoE (:func:`is_plain_moe`). A masked layout's ``finalize`` returns the finalised layout that replaces
-it. Each cache holds one kind of value (:class:`VersionCache`).
+:func:`layout_for` picks the layout a config implies (a plain MoE where :func:`~hf_dynamic.pad.partial.is_plain_moe`
+says so). A masked layout's ``finalize`` returns the finalised layout that replaces it. The base classes (φ/λ, IMP,
+adopt-on-load) are in :mod:`hf_dynamic.pad.partial`; each cache holds one kind of value
+(:class:`~hf_dynamic.pad.partial.SnapshotCache`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..core.masks import pack_bool_mask, packed_numel, unpack_bool_mask
+from .partial import PAD_STATES, Layout, MaskedLayout, SnapshotCache, inference_cache_allowed, is_plain_moe, merge_masked
+
+__all__ = ["PARTS", "PAD_STATES", "GRANULARITIES", "FFNLayout", "MoELayout", "MaskedFFNLayout", "MaskedElementLayout",
+           "MaskedNeuronLayout", "FinalizedElementLayout", "FinalizedNeuronLayout", "layout_for",
+           "layout_of_state_dict", "is_plain_moe"]
 
 # (partition part, static parameter, expert parameter)
 PARTS = (
@@ -34,13 +40,8 @@ PARTS = (
     ("down", "static_down", "down_proj"),
     ("down_bias", "static_down_bias", "down_proj_bias"),
 )
-PAD_STATES = ("unpartitioned", "partitioned", "finalized")
+PART_NAMES = tuple(p for p, _, _ in PARTS)
 GRANULARITIES = ("element", "neuron")
-
-
-def is_plain_moe(config) -> bool:
-    """``dynamic_ratio == 1``: every entry is dynamic, so the layer is a plain top-k MoE with nothing to partition."""
-    return config.dynamic_ratio == 1
 
 
 def part_shape(layer, part: str) -> tuple[int, ...]:
@@ -51,35 +52,6 @@ def part_shape(layer, part: str) -> tuple[int, ...]:
 
 def part_numel(layer, part: str) -> int:
     return torch.Size(part_shape(layer, part)).numel()
-
-
-class VersionCache:
-    """One cached value, rebuilt when a key tensor changes (storage, in-place version, dtype or device)."""
-
-    def __init__(self):
-        self.key = None
-        self.value = None
-
-    def get(self, tensors, build):
-        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
-        if self.key != key:
-            self.clear()  # free the stale value before building the new one
-            self.value = build()
-            self.key = key
-        return self.value
-
-    def clear(self) -> None:
-        self.key, self.value = None, None
-
-
-def inference_cache_allowed(layer) -> bool:
-    """Whether ``layer`` may serve cached merged weights: only at inference (eval mode, gradients off) and only
-    when none of its tensors is parametrised (PEFT's ``target_parameters`` LoRA computes ``W + ΔW`` on every
-    access, which no key of the stored tensors sees). Training never caches, so optimiser steps, ``.data`` writes
-    and adapters are always seen there (``docs/pad.md``, "## Mixed precision")."""
-    from torch.nn.utils import parametrize
-
-    return not torch.is_grad_enabled() and not layer.training and not parametrize.is_parametrized(layer)
 
 
 def neuron_forward(layer, x, top_k_index, top_k_weights, static_up, static_up_bias, static_down, up_proj,
@@ -102,33 +74,18 @@ def neuron_forward(layer, x, top_k_index, top_k_weights, static_up, static_up_bi
     return output
 
 
-class Layout:
+class FFNLayout(Layout):
     """How a :class:`~hf_dynamic.pad.layers.PartialDynamicFFN` stores its weights and computes its experts."""
-
-    kind: str = ""
-    granularity: str | None = None
-    partitionable = True
-
-    def build(self, layer, counts: dict | None = None) -> None:
-        """Register this layout's parameters and buffers on ``layer`` (empty; the model initialises or loads them)."""
-        raise NotImplementedError
 
     def mix(self, layer, x, top_k_index, top_k_weights) -> torch.Tensor:
         """The routed experts' output for ``x [tokens, H]``."""
         raise NotImplementedError
 
     def merged_expert_weights(self, layer):
-        raise ValueError(f"merged_expert_weights() is not defined for layer {layer.layout_name()} outside IMP "
-                         "scoring")
-
-    def clear_cache(self) -> None:
-        """Drop every cached value (:class:`VersionCache` attributes); they are rebuilt on the next use."""
-        for value in vars(self).values():
-            if isinstance(value, VersionCache):
-                value.clear()
+        raise ValueError(f"merged_expert_weights() is not defined for {layer.layout_name()} outside IMP scoring")
 
 
-class MoELayout(Layout):
+class MoELayout(FFNLayout):
     kind = "moe"
     partitionable = False
 
@@ -142,10 +99,9 @@ class MoELayout(Layout):
 
 
 # ------------------------------------------------------------------------------------------------------- masked
-class MaskedLayout(Layout):
+class MaskedFFNLayout(FFNLayout, MaskedLayout):
     """Full static weight and experts plus a boolean mask; the layout IMP scores and sets."""
 
-    kind = "masked"
     expert_parts: tuple[str, ...] = ()
 
     def build(self, layer, counts=None):
@@ -167,58 +123,28 @@ class MaskedLayout(Layout):
         """The boolean masks per part (views, broadcastable to the part's shape)."""
         raise NotImplementedError
 
-    def partition_mask(self, layer) -> torch.Tensor:
-        raise NotImplementedError
-
-    def unflatten(self, layer, flat: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The per-part masks (views, broadcastable to the part's shape) of a flat mask."""
-        raise NotImplementedError
-
-    def set_partition_mask(self, layer, flat_mask: torch.Tensor) -> None:
-        raise NotImplementedError
-
-    def variance_scores(self, part_scores: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Per-entry scores from per-part ``[...]`` scores of the merged weights."""
-        raise NotImplementedError
-
-    def finalize(self, layer) -> tuple[dict, Layout]:
-        """Drop the redundant entries in place; return the dynamic counts and the finalised layout."""
-        raise NotImplementedError
-
     def merge(self, layer, masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Every expert's computed weight ``λ_d·M⊙W_i + λ_s·(1−M)⊙W_s`` per part, for boolean or continuous masks."""
         lambda_s, lambda_d = layer.lambdas()
-        merged = {}
-        for part, static_name, expert_name in self.stored_parts():
-            static, experts = getattr(layer, static_name), getattr(layer, expert_name)
-            mask = masks[part]
-            if mask.dtype == torch.bool:
-                merged[part] = torch.where(mask, lambda_d * experts, lambda_s * static)
-            else:
-                merged[part] = lambda_d * mask * experts + lambda_s * (1 - mask) * static
+        merged = {part: merge_masked(masks[part], getattr(layer, expert_name), getattr(layer, static_name),
+                                     lambda_s, lambda_d)
+                  for part, static_name, expert_name in self.stored_parts()}
         if "down_bias" not in merged:  # neuron mode: b_down is static
             merged["down_bias"] = (lambda_s * layer.static_down_bias).expand(layer.num_experts, -1)
         return merged
 
     def merged_expert_weights(self, layer):
         imp = layer.imp_state
-        masks = imp.masks if imp is not None else self.current_masks(layer)
-        merged = self.merge(layer, masks)
-        if imp is not None:
-            imp.merged = merged
+        merged = self.merge(layer, imp.masks if imp is not None else self.current_masks(layer))
+        layer.imp_record([merged[p] for p in PART_NAMES])
         return layer.expert_weights(merged["up"], merged["up_bias"], merged["down"], merged["down_bias"])
 
-    def experts_tied(self, layer) -> bool:
-        if float(layer.phi.detach()) != 0.0:
-            return False
-        for _, static_name, expert_name in self.stored_parts():
-            static, experts = getattr(layer, static_name), getattr(layer, expert_name)
-            if not torch.equal(experts, static.unsqueeze(0).expand_as(experts)):
-                return False
-        return True
+    def tied_pairs(self, layer):
+        return [(getattr(layer, expert_name), getattr(layer, static_name))
+                for _, static_name, expert_name in self.stored_parts()]
 
 
-class MaskedElementLayout(MaskedLayout):
+class MaskedElementLayout(MaskedFFNLayout):
     granularity = "element"
     expert_parts = ("up", "up_bias", "down", "down_bias")
 
@@ -243,8 +169,8 @@ class MaskedElementLayout(MaskedLayout):
     def mix(self, layer, x, top_k_index, top_k_weights):
         return self.merged_expert_weights(layer).forward(x, top_k_index, top_k_weights)
 
-    def variance_scores(self, part_scores):
-        return torch.cat([part_scores[p].reshape(-1) for p, _, _ in PARTS])
+    def variance_scores(self, layer, variances):
+        return torch.cat([v.reshape(-1) for v in variances])
 
     def finalize(self, layer):
         counts = {}
@@ -259,12 +185,12 @@ class MaskedElementLayout(MaskedLayout):
         return counts, FinalizedElementLayout()
 
 
-class MaskedNeuronLayout(MaskedLayout):
+class MaskedNeuronLayout(MaskedFFNLayout):
     granularity = "neuron"
     expert_parts = ("up", "up_bias", "down")
 
     def __init__(self):
-        self.indices = VersionCache()  # (static neuron indices, dynamic neuron indices)
+        self.indices = SnapshotCache()  # (static neuron indices, dynamic neuron indices)
 
     def build_masks(self, layer):
         layer.register_buffer("mask_neurons", torch.ones(layer.ffn_size, dtype=torch.bool))
@@ -294,8 +220,9 @@ class MaskedNeuronLayout(MaskedLayout):
             layer.static_down[:, static_idx], layer.up_proj[:, dynamic_idx], layer.up_proj_bias[:, dynamic_idx],
             layer.down_proj[:, :, dynamic_idx])
 
-    def variance_scores(self, part_scores):
-        return part_scores["up"].sum(dim=1) + part_scores["up_bias"] + part_scores["down"].sum(dim=0)
+    def variance_scores(self, layer, variances):
+        up, up_bias, down, _ = variances  # b_down is static in neuron mode
+        return up.sum(dim=1) + up_bias + down.sum(dim=0)
 
     def finalize(self, layer):
         static_idx, dynamic_idx = self.split(layer)
@@ -310,24 +237,25 @@ class MaskedNeuronLayout(MaskedLayout):
 
 
 # ---------------------------------------------------------------------------------------------------- finalised
-class FinalizedElementLayout(Layout):
+class FinalizedElementLayout(FFNLayout):
     """Static values where ``M = 0``, expert values where ``M = 1``, the mask bit-packed.
 
     Element mode saves no FLOPs: an unstructured mask leaves every expert a dense matrix, and splitting ``W_i x``
     into a static and a dynamic product by linearity would *add* a ``[tokens, d_ff, H]`` product. So the routed
     experts run at the full MoE's cost on merged weights, while only the static values are stored once. At
     inference (eval mode, gradients off, no parametrised tensor: :func:`inference_cache_allowed`) the merged weights
-    are cached until a parameter or buffer is replaced or changed in place (or ``train()``/``eval()``/
-    ``clear_cache()`` drops them), so inference runs at the full MoE's speed, holding the full MoE's expert weights
-    in memory. Writes through ``.data`` need ``clear_cache()`` (``docs/pad.md``, "## Mixed precision").
+    are cached and served while the layer's tensors equal the copies they were built from
+    (:class:`~hf_dynamic.pad.partial.SnapshotCache`: any change, a ``.data`` write included, rebuilds them), so
+    inference runs near the full MoE's speed, holding the full MoE's expert weights and a copy of the layer's own
+    tensors in memory (``docs/pad.md``, "## Mixed precision").
     """
 
     kind = "finalized"
     granularity = "element"
 
     def __init__(self):
-        self.positions = VersionCache()  # {part: (dynamic flat positions, static flat positions)}
-        self.merged = VersionCache()  # ExpertWeights
+        self.positions = SnapshotCache()  # {part: (dynamic flat positions, static flat positions)}
+        self.merged = SnapshotCache()  # ExpertWeights
 
     def build(self, layer, counts=None):
         for part, static_name, expert_name in PARTS:
@@ -345,6 +273,10 @@ class FinalizedElementLayout(Layout):
             return {p: (torch.nonzero(m.reshape(-1)).squeeze(1), torch.nonzero(~m.reshape(-1)).squeeze(1))
                     for p, m in self.masks(layer).items()}
 
+        from .experts import exporting
+
+        if exporting():  # a traced tensor has no storage to key the cache on
+            return build()
         return self.positions.get([getattr(layer, f"mask_{p}") for p, _, _ in PARTS], build)
 
     def _merge(self, layer):
@@ -373,7 +305,7 @@ class FinalizedElementLayout(Layout):
         return {part: int(mask.sum()) for part, mask in self.masks(layer).items()}
 
 
-class FinalizedNeuronLayout(Layout):
+class FinalizedNeuronLayout(FFNLayout):
     """Static neurons as one dense FFN, dynamic neurons as routed experts (no masks stored)."""
 
     kind = "finalized"
@@ -429,17 +361,7 @@ def layout_of_state_dict(layer, state_dict, prefix: str) -> tuple[Layout, dict |
     return MASKED[granularity](), None, "partitioned" if partitioned else "unpartitioned"
 
 
-def record_layout_in_config(config, layer_idx: int, counts: dict | None, pad_state: str) -> None:
-    """Record in ``config`` that layer ``layer_idx`` was loaded in a layout of ``pad_state`` (its ``counts`` when
-    finalised). The config's ``pad_state`` only moves forward (unpartitioned → partitioned → finalized): a
-    partitioned model may have a layer that IMP left fully dynamic."""
-    if pad_state == "finalized":
-        config.pad_partition = {**(config.pad_partition or {}), str(layer_idx): dict(counts)}
-    if PAD_STATES.index(pad_state) > PAD_STATES.index(config.pad_state):
-        config.pad_state = pad_state
-
-
-def layout_for(config) -> Layout:
+def layout_for(config) -> FFNLayout:
     """The layout a config implies: a plain MoE, the masked layout, or the finalised one, per granularity."""
     if is_plain_moe(config):
         return MoELayout()

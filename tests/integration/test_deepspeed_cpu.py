@@ -1,6 +1,11 @@
 """DeepSpeed ZeRO-2 and ZeRO-3 Trainer runs on the CPU (``DS_ACCELERATOR=cpu``, gloo, ``torch_adam``, 2 ranks):
 PartialMoEBert with IMPCallback and the boosted early-exit model train, both ranks end with identical masks, and the
-saved model loads back exactly (docs/pad.md, "## Resume and distributed training")."""
+saved model loads back exactly (docs/pad.md, "## Resume and distributed training").
+
+PartialMoEBert is built the way transformers documents for ZeRO-3: the ``TrainingArguments`` come first (under
+ZeRO-3 they turn on ``zero.Init`` through ``HfDeepSpeedConfig``), then ``from_pretrained`` of a saved checkpoint
+(loaded partitioned, compared with the file) and ``from_dense`` of a dense folder (whose ``from_pretrained`` is
+partitioned too), with DeepSpeed's own calls, none faked."""
 
 import os
 import shutil
@@ -11,11 +16,15 @@ import textwrap
 
 import pytest
 import torch
+from transformers import BertConfig, BertForSequenceClassification
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 pytest.importorskip("deepspeed", reason="the dev extra installs deepspeed")
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="DeepSpeed's CPU ops build with g++")
+
+TINY = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+            max_position_embeddings=64, num_labels=3)
 
 WORKER = textwrap.dedent('''
     import copy, os, sys, time
@@ -49,10 +58,13 @@ WORKER = textwrap.dedent('''
         return BertForSequenceClassification(BertConfig(**TINY))
 
 
-    def run(name, model, callbacks):
-        args = TrainingArguments(output_dir=os.path.join(out, name), max_steps=3, per_device_train_batch_size=4,
-                                 deepspeed=copy.deepcopy(DS), use_cpu=True, report_to="none", save_strategy="no", logging_steps=1,
-                                 learning_rate=1e-3, seed=0, disable_tqdm=True)
+    def arguments(name):  # under ZeRO-3, models built or loaded while these live are partitioned (zero.Init)
+        return TrainingArguments(output_dir=os.path.join(out, name), max_steps=3, per_device_train_batch_size=4,
+                                 deepspeed=copy.deepcopy(DS), use_cpu=True, report_to="none", save_strategy="no",
+                                 logging_steps=1, learning_rate=1e-3, seed=0, disable_tqdm=True)
+
+
+    def run(args, name, model, callbacks):
         trainer = Trainer(model=model, args=args, train_dataset=Rows(32), callbacks=callbacks)
         trainer.train()
         with gathered(model.parameters()):  # whole weights under ZeRO-3 (every rank takes part)
@@ -62,19 +74,24 @@ WORKER = textwrap.dedent('''
         return state, folder
 
 
-    # both models are built before any ZeRO-3 TrainingArguments exists (which would build new modules partitioned)
-    torch.manual_seed(1)
-    moe = PartialMoEBertForSequenceClassification.from_dense(dense(), num_experts=4, dynamic_ratio=0.5,
-                                                             partition_granularity="neuron")
-    torch.manual_seed(2)
+    torch.manual_seed(2)  # the boosted model is built before any ZeRO-3 TrainingArguments exists
     exits = BoostedEarlyExitForSequenceClassification.from_backbone(dense().bert, num_labels=3)
+
+    moe_args = arguments("moe")  # first, as transformers documents for ZeRO-3; then load and build
+    loaded = PartialMoEBertForSequenceClassification.from_pretrained(os.path.join(out, "pad"))
+    with gathered(loaded.parameters()):
+        loaded_state = {k: v.detach().clone() for k, v in loaded.state_dict().items()}
+    torch.manual_seed(1)
+    moe = PartialMoEBertForSequenceClassification.from_dense(os.path.join(out, "dense"), num_experts=4,
+                                                             dynamic_ratio=0.5, partition_granularity="neuron")
     keep = KeepMasks()
     imp = IMPCallback(num_batches=2)
-    moe_state, moe_folder = run("moe", moe, [imp, keep])
-    exit_state, exit_folder = run("exits", exits, [])
+    moe_state, moe_folder = run(moe_args, "moe", moe, [imp, keep])
+    del moe_args
+    exit_state, exit_folder = run(arguments("exits"), "exits", exits, [])
     torch.save({"masks": keep.masks, "summary": imp.summary, "pad_state": moe.config.pad_state,
-                "moe": moe_state, "moe_folder": moe_folder, "exits": exit_state, "exit_folder": exit_folder},
-               os.path.join(out, f"rank{rank}.pt"))
+                "moe": moe_state, "moe_folder": moe_folder, "exits": exit_state, "exit_folder": exit_folder,
+                "loaded": loaded_state}, os.path.join(out, f"rank{rank}.pt"))
     dist.barrier()
 ''')
 
@@ -87,6 +104,12 @@ def test_zero_trainer_runs_with_identical_masks_and_exact_save_load(tmp_path, st
 
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
+    torch.manual_seed(0)  # the folders the worker loads: a dense BERT and a PartialMoEBert upcycled from it
+    dense = BertForSequenceClassification(BertConfig(**TINY))
+    dense.save_pretrained(tmp_path / "dense")
+    torch.manual_seed(3)
+    saved = PartialMoEBertForSequenceClassification.from_dense(dense, num_experts=4, dynamic_ratio=0.5)
+    saved.save_pretrained(tmp_path / "pad")
     path = os.pathsep.join([REPO, os.path.join(REPO, "tests"), os.environ.get("PYTHONPATH", "")])  # + pad_testing
     env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1",
            "DS_ACCELERATOR": "cpu", "ACCELERATE_USE_DEEPSPEED": "true", "TOKENIZERS_PARALLELISM": "false"}
@@ -106,6 +129,8 @@ def test_zero_trainer_runs_with_identical_masks_and_exact_save_load(tmp_path, st
     assert rank0["summary"] is not None and rank0["summary"]["finalize_at"] == "train_end"
     assert len(rank0["masks"]) == 2 and all(torch.equal(a, b) for a, b in zip(rank0["masks"], rank1["masks"]))
     assert sum(int(m.sum()) for m in rank0["masks"]) == 64  # κ = 0.5 of 2 × 64 neurons
+    for key, value in saved.state_dict().items():  # from_pretrained under zero.Init loads the file exactly
+        assert torch.equal(rank0["loaded"][key], value) and torch.equal(rank1["loaded"][key], value), key
     for name in ("moe", "exits"):
         for key, value in rank0[name].items():
             assert torch.equal(value, rank1[name][key]), (name, key)  # data-parallel replicas agree

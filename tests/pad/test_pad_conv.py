@@ -95,7 +95,7 @@ def test_pad_formula_and_finalised_layout(granularity, routing):
     assert isinstance(layer, PartiallyDynamicLayer)
     random_partition_(layer)
     x = torch.randn(4, 6, 11, 13)
-    weight_mask, bias_mask = layer.unpacked_masks()
+    weight_mask, bias_mask = layer.storage.unflatten(layer, layer.partition_mask())
     lambda_d = 2 * torch.sigmoid(torch.tensor(0.4))
     lambda_s = 2 - lambda_d
     kernels = lambda_d * weight_mask * layer.weight + lambda_s * ~weight_mask * layer.static_weight

@@ -1,6 +1,6 @@
 """PAD-Net under bf16 / fp16 and the finalised element layout's inference cache (docs/pad.md, "## Mixed
 precision"): λ computed in fp32, the cache never serves weights that training, ``.data`` writes or adapters
-changed."""
+changed (no ``clear_cache()`` needed)."""
 
 import pytest
 import torch
@@ -48,7 +48,7 @@ def test_lambda_is_fp32_and_moves_smoothly_in_a_low_precision_model(dtype):
     assert float(sum(layer.lambdas()).detach()) == 2.0
 
 
-def test_data_write_is_seen_in_training_after_eval_and_after_clear_cache():
+def test_data_write_is_seen_in_eval_and_in_training_without_clear_cache():
     layer = layer_of().eval()
     x = torch.randn(10, 32)
 
@@ -64,9 +64,8 @@ def test_data_write_is_seen_in_training_after_eval_and_after_clear_cache():
 
     first = output()
     assert torch.equal(output(), first)  # served from the cache
-    # a write through .data bumps no version counter: after clear_cache() (documented) the output is current
+    # a write through .data (which no autograd version counter records) is seen: the cache compares contents
     layer.static_up.data.mul_(2.0)
-    layer.clear_cache()
     second = output()
     assert not torch.allclose(second, first) and torch.equal(second, fresh())
     # training never serves the cache; eval() drops it
@@ -84,6 +83,19 @@ def test_data_write_is_seen_in_training_after_eval_and_after_clear_cache():
     state = {k: v * 1.1 if v.is_floating_point() else v for k, v in layer.state_dict().items()}
     layer.load_state_dict(state)
     assert torch.equal(output(), fresh())
+
+
+def test_neuron_split_follows_a_mask_written_through_data():
+    """The masked neuron layout caches the static/dynamic neuron split; a mask written through ``.data`` is seen."""
+    layer = layer_of("neuron", finalized=False).eval()
+    x = torch.randn(10, 32)
+    with torch.no_grad():
+        before = layer(x)[0]
+        layer.mask_neurons.data[:8] = ~layer.mask_neurons.data[:8]
+        after = layer(x)[0]
+        clone = layer_of("neuron", finalized=False)
+        clone.load_state_dict(layer.state_dict())
+        assert not torch.allclose(after, before) and torch.equal(after, clone.eval()(x)[0])
 
 
 def test_cache_is_never_used_with_gradients_or_frozen_weights():

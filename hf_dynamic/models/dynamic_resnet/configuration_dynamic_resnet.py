@@ -11,7 +11,7 @@ from transformers import ResNetConfig
 from ...core.validation import check_choice
 from ...pad.checks import check_pad_state_fields
 from ...pad.conv import CONV_GRANULARITIES, ROUTINGS, check_num_kernels, check_temperature
-from ...pad.layouts import PAD_STATES
+from ...pad.partial import PAD_STATES, is_plain_moe
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,7 @@ class DynamicResNetConfig(ResNetConfig):
                                      f"convolutions (indices 0..{num_convs - 1})")
             if len(set(self.dynamic_convs)) != len(self.dynamic_convs):
                 raise ValueError(f"dynamic_convs has repeated indices: {self.dynamic_convs}")
-        check_pad_state_fields(self, self.dynamic_conv_indices, self.dynamic_ratio == 1, "dynamic convolution")
+        check_pad_state_fields(self, self.dynamic_conv_indices, is_plain_moe(self), "dynamic convolution")
 
     @property
     def dynamic_conv_indices(self) -> list[int]:

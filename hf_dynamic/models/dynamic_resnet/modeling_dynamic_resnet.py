@@ -27,6 +27,7 @@ from transformers.utils import logging
 from ...core.checkpoints import checkpoint_tensor_shapes
 from ...pad.checks import CheckedCheckpointMixin, check_config_overrides, check_layer_against_config
 from ...pad.conv import DynamicConv2d, PartialDynamicConv2d
+from ...pad.partial import is_plain_moe, own_tensor_shapes
 from ...sharing import HubSharingMixin
 from .configuration_dynamic_resnet import ConvSpec, DynamicResNetConfig, resnet_conv_specs
 
@@ -40,13 +41,13 @@ def build_dynamic_conv(config: DynamicResNetConfig, spec: ConvSpec) -> DynamicCo
     common = dict(stride=spec.stride, padding=spec.kernel_size // 2, bias=False, num_kernels=config.num_kernels,
                   routing=config.routing, reduction=config.attention_reduction, temperature=config.temperature,
                   layer_idx=spec.index)
-    if config.dynamic_ratio == 1:
+    if is_plain_moe(config):  # fully dynamic: Dynamic Convolution / CondConv
         return DynamicConv2d(spec.in_channels, spec.out_channels, spec.kernel_size, **common)
     finalized = config.pad_state == "finalized"
     return PartialDynamicConv2d(
         spec.in_channels, spec.out_channels, spec.kernel_size, granularity=config.partition_granularity,
         layout="finalized" if finalized else "masked",
-        partition_counts=config.pad_partition[str(spec.index)] if finalized else None, **common)
+        partition_counts=config.pad_partition[str(spec.index)] if finalized else None, config=config, **common)
 
 
 def make_convs_dynamic_(resnet: ResNetModel, config: DynamicResNetConfig) -> None:
@@ -173,8 +174,7 @@ def _expected_conv_shapes(config, spec: ConvSpec) -> dict[str, tuple[int, ...]]:
     """The shapes of the dynamic convolution ``config`` builds at ``spec`` (built on the meta device)."""
     with torch.device("meta"):
         layer = build_dynamic_conv(config, spec)
-    return {name: tuple(t.shape) for name, t in [*layer.named_parameters(recurse=False),
-                                                  *layer.named_buffers(recurse=False)]}
+    return own_tensor_shapes(layer)
 
 
 def _check_checkpoint_shapes(folder, config) -> None:

@@ -7,7 +7,8 @@ from huggingface_hub.dataclasses import strict
 from transformers import BertConfig
 
 from ...pad.checks import check_pad_state_fields
-from ...pad.layouts import GRANULARITIES, PAD_STATES, is_plain_moe
+from ...pad.layouts import GRANULARITIES
+from ...pad.partial import PAD_STATES, is_plain_moe
 from ...core.validation import check_choice, check_number
 
 

@@ -207,25 +207,6 @@ def test_finalized_checkpoint_with_wrong_shapes_is_rejected(tmp_path):
         finalize_partition(model)
 
 
-def test_zero3_registers_moe_layers_as_leaf_modules(monkeypatch):
-    import sys
-    import types
-
-    import transformers.integrations.deepspeed as hf_deepspeed
-
-    calls = []
-    fake = types.ModuleType("deepspeed.utils")
-    fake.set_z3_leaf_modules = lambda model, classes: calls.append((model, classes))
-    monkeypatch.setitem(sys.modules, "deepspeed", types.ModuleType("deepspeed"))
-    monkeypatch.setitem(sys.modules, "deepspeed.utils", fake)
-    PartialMoEBertForSequenceClassification(tiny_config())
-    assert calls == []  # not under ZeRO-3
-    monkeypatch.setattr(hf_deepspeed, "is_deepspeed_zero3_enabled", lambda: True)
-    model = PartialMoEBertForSequenceClassification(tiny_config())
-    # the inner PartialMoEBertModel registers too (harmless: the same modules); the last call covers the whole model
-    assert calls[-1] == (model, [PartialDynamicFFN]) and all(classes == [PartialDynamicFFN] for _, classes in calls)
-
-
 # ----------------------------------------------------------------------------------------------------- compatibility
 FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "fixtures",
                         "partial_moe_bert_v0")
