@@ -26,10 +26,13 @@ INSTALL_REQUIRES = [
 
 EXTRAS = {
     "deepspeed": ["deepspeed>=0.15"],
+    # llama.cpp's Python binding, to run save_gguf's files (docs/gguf.md); built from source (25 min measured on
+    # a busy 2-core machine, pip caches the wheel; docs/gguf.md, "Building llama-cpp-python")
+    "llama": ["llama-cpp-python>=0.3"],
     # deepspeed: the CPU ZeRO tests; onnx/onnxruntime/onnxscript: the DynamicResNet ONNX round trip (torch's
-    # default dynamo exporter needs onnxscript)
+    # default dynamo exporter needs onnxscript); llama-cpp-python: the GGUF tests run llama.cpp
     "dev": ["pytest>=8", "pytest-xdist>=3", "hypothesis>=6", "deepspeed>=0.15", "onnx>=1.16", "onnxruntime>=1.18",
-            "onnxscript>=0.3"],
+            "onnxscript>=0.3", "llama-cpp-python>=0.3"],
 }
 
 setup(
