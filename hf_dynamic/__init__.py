@@ -46,6 +46,8 @@ _LAZY = {
     "DistillationTrainer": "hf_dynamic.distill.trainer",
     "DistillationTrainerMixin": "hf_dynamic.distill.trainer",
     "distillation_kl_loss": "hf_dynamic.core.distillation",
+    # deploy (exports to other engines)
+    "save_gguf": "hf_dynamic.deploy.gguf",
     # PEMN (a peft method: peft.get_peft_model(model, PEMNConfig(...)))
     "PEMNConfig": "hf_dynamic.pemn.config",
     "PEMNModel": "hf_dynamic.pemn.model",
