@@ -12,11 +12,13 @@ talks to the pruner through its public methods only:
   holds the target; the callback has none of its own (``DMSCallback(pruner, target=x)`` with another ``x`` is a
   ``ValueError``), so the search ramps to the value the export meets;
 - **keep-ratio learning rate**: the keep ratios train as their own param group of the Trainer's optimizer
-  (``lr=keep_ratio_lr``, no weight decay) at a constant learning rate (no warm-up/decay): the group's factor in the
-  (``LambdaLR``) scheduler's ``lr_lambdas`` / ``base_lrs`` is a constant one (:meth:`DMSCallback.add_keep_ratio_group`,
-  :meth:`DMSCallback.hold_keep_ratio_lr`). ``DMSTrainer`` puts the group into the optimizer when it creates it (its
-  public ``create_optimizer`` / ``create_scheduler``), so a resumed run's optimizer state loads onto it. The group
-  is added only if the optimizer does not already hold the keep ratios (if you build the optimizer yourself, e.g.
+  (``lr=keep_ratio_lr``, no weight decay) at a constant learning rate (no warm-up/decay): the Trainer's scheduler
+  is chained (``torch.optim.lr_scheduler.ChainedScheduler``) with :class:`KeepRatioLR`, which sets that group back
+  to its ``initial_lr`` after every step (:meth:`DMSCallback.add_keep_ratio_group`,
+  :meth:`DMSCallback.hold_keep_ratio_lr`). ``DMSTrainer`` puts the group into the optimizer when it creates it and
+  the chain in place of the scheduler (its public ``create_optimizer`` / ``create_scheduler``), so a resumed run's
+  optimizer and scheduler states load onto them. The group is added only if the optimizer does not already hold
+  the keep ratios (if you build the optimizer yourself, e.g.
   ``DMSTrainer(optimizers=(torch.optim.AdamW([{"params": weights, "lr": 1e-5},
   {"params": pruner.structure_parameters(), "lr": 1e-2}]), None))``, that group is used as is, scheduled like the
   others);
@@ -33,9 +35,12 @@ train. Joint search: leave the weights trainable.
 from __future__ import annotations
 
 import os
+import weakref
 
 import torch
+from torch.optim.lr_scheduler import ChainedScheduler, LRScheduler, ReduceLROnPlateau
 from transformers import TrainerCallback
+from transformers.optimization import GreedyLR
 from transformers.utils import logging
 
 from ..core.validation import check_number
@@ -43,14 +48,14 @@ from .target import check_target, ramp_target
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["DMSCallback", "KEEP_RATIO_GROUP", "PRUNER_STATE_NAME", "load_pruner_state"]
+__all__ = ["DMSCallback", "KEEP_RATIO_GROUP", "KeepRatioLR", "PRUNER_STATE_NAME", "load_pruner_state"]
 
 PRUNER_STATE_NAME = "dms_pruner.pt"
 """The file, in each Trainer checkpoint folder, holding the pruner's state (:meth:`DMSCallback.on_save`)."""
 
 KEEP_RATIO_GROUP = "dms_keep_ratios"
 """Key (``True``) marking the optimizer param group :meth:`DMSCallback.add_keep_ratio_group` added: the group whose
-learning rate :meth:`DMSCallback.hold_keep_ratio_lr` keeps constant."""
+learning rate :class:`KeepRatioLR` keeps constant."""
 
 
 def load_pruner_state(pruner, checkpoint: str) -> None:
@@ -63,8 +68,17 @@ def load_pruner_state(pruner, checkpoint: str) -> None:
     pruner.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
 
 
-def _constant_factor(step: int) -> float:
-    return 1.0
+class KeepRatioLR(LRScheduler):
+    """Sets the learning rate of each :data:`KEEP_RATIO_GROUP` param group to its ``initial_lr`` and leaves every
+    other group's as it is (a custom schedule on torch's public ``LRScheduler`` base, ``get_lr`` only).
+
+    Chained after the Trainer's scheduler (``torch.optim.lr_scheduler.ChainedScheduler``, built by
+    :meth:`DMSCallback.hold_keep_ratio_lr`), it keeps the keep ratios at a constant learning rate while the model's
+    groups follow the warm-up / decay."""
+
+    def get_lr(self) -> list:
+        return [group["initial_lr"] if group.get(KEEP_RATIO_GROUP) else group["lr"]
+                for group in self.optimizer.param_groups]
 
 
 class DMSCallback(TrainerCallback):
@@ -97,6 +111,7 @@ class DMSCallback(TrainerCallback):
         self.keep_ratio_lr = float(keep_ratio_lr)
         self.history: list[dict] = []
         self.trainer_adds_resource_loss = False
+        self._held = None  # a weak reference to the scheduler chain hold_keep_ratio_lr returned last
 
     @property
     def target(self) -> float:
@@ -117,57 +132,43 @@ class DMSCallback(TrainerCallback):
             )
         self.pruner.set_target(self.target_at(state.global_step, state.max_steps))
 
-    def add_keep_ratio_group(self, optimizer, lr_scheduler=None) -> bool:
+    def add_keep_ratio_group(self, optimizer) -> bool:
         """Add the keep ratios ``optimizer`` does not hold yet as one param group (``lr=keep_ratio_lr``, no weight
-        decay, marked :data:`KEEP_RATIO_GROUP`); with ``lr_scheduler``, also give that group a constant factor in it
-        (:meth:`hold_keep_ratio_lr`). Returns whether a group was added."""
+        decay, marked :data:`KEEP_RATIO_GROUP`). Returns whether a group was added."""
         held = {id(p) for group in optimizer.param_groups for p in group["params"]}
         params = [p for p in self.pruner.structure_parameters() if id(p) not in held]
         if not params:
             return False
-        if lr_scheduler is not None:
-            self._check_scheduler(lr_scheduler)
         optimizer.add_param_group(
             {"params": params, "lr": self.keep_ratio_lr, "weight_decay": 0.0, "initial_lr": self.keep_ratio_lr,
              KEEP_RATIO_GROUP: True}
         )
-        self.hold_keep_ratio_lr(optimizer, lr_scheduler)
         logger.info(
             f"DMSCallback: added {len(params)} keep ratio(s) to the optimizer (constant lr={self.keep_ratio_lr})"
         )
         return True
 
-    def hold_keep_ratio_lr(self, optimizer, lr_scheduler) -> None:
-        """Keep the learning rate of ``optimizer``'s :data:`KEEP_RATIO_GROUP` group constant under a ``LambdaLR``
-        ``lr_scheduler`` (Trainer's default): its factor in the scheduler's ``lr_lambdas`` becomes 1 and its
-        ``base_lrs`` entry its own ``initial_lr`` (both appended if the scheduler was built before the group)."""
-        marked = [i for i, group in enumerate(optimizer.param_groups) if group.get(KEEP_RATIO_GROUP)]
-        if lr_scheduler is None or not marked:
-            return
-        self._check_scheduler(lr_scheduler)
-        # No public seam: the Trainer builds one LambdaLR (transformers.get_scheduler) with one schedule for every
-        # group, and torch takes per-group factors only in LambdaLR's constructor, while the Trainer's schedule
-        # function is not public. So the group's entries of the lists LambdaLR.get_lr() reads (``lr_lambdas``,
-        # ``base_lrs``; named in LambdaLR's state_dict docs) are replaced. tests/dms/test_dms_callback.py
-        # (test_lambdalr_still_reads_its_per_group_lists) fails if torch stops reading them.
-        for i in marked:
-            group = optimizer.param_groups[i]
-            lr = group.setdefault("initial_lr", group["lr"])
-            if i < len(lr_scheduler.lr_lambdas):  # built over the group: replace its (warm-up/decay) factor
-                lr_scheduler.lr_lambdas[i] = _constant_factor
-                lr_scheduler.base_lrs[i] = lr
-            else:  # built before the group: its next step() sets every group's lr from these lists
-                lr_scheduler.lr_lambdas.append(_constant_factor)
-                lr_scheduler.base_lrs.append(lr)
-            group["lr"] = lr
-
-    @staticmethod
-    def _check_scheduler(lr_scheduler) -> None:
-        if not (hasattr(lr_scheduler, "lr_lambdas") and hasattr(lr_scheduler, "base_lrs")):
-            raise ValueError(
-                f"DMSCallback can only extend a LambdaLR scheduler (Trainer's default); got "
-                f"{type(lr_scheduler).__name__}. Put pruner.structure_parameters() in your optimizer yourself."
+    def hold_keep_ratio_lr(self, optimizer, lr_scheduler):
+        """The scheduler to use instead of ``lr_scheduler`` (built over every group of ``optimizer``, e.g. the
+        Trainer's): ``ChainedScheduler([lr_scheduler, KeepRatioLR(optimizer)])``, which steps ``lr_scheduler`` and
+        then sets the :data:`KEEP_RATIO_GROUP` group back to its ``initial_lr``, so the keep ratios train at a
+        constant learning rate while the model follows the warm-up / decay. Returned as is: ``None``, a scheduler
+        with no such group to hold, the chain this callback returned before, and a metric-driven scheduler
+        (``ReduceLROnPlateau``, ``GreedyLR``: the Trainer steps those with a metric, so they cannot be chained; the
+        keep ratios then follow it, with a warning)."""
+        if lr_scheduler is None or not any(group.get(KEEP_RATIO_GROUP) for group in optimizer.param_groups):
+            return lr_scheduler
+        if self._held is not None and lr_scheduler is self._held():
+            return lr_scheduler
+        if isinstance(lr_scheduler, (ReduceLROnPlateau, GreedyLR)) or not isinstance(lr_scheduler, LRScheduler):
+            logger.warning(
+                f"DMSCallback: {type(lr_scheduler).__name__} cannot be chained with a constant keep-ratio learning "
+                "rate; the keep ratios follow its schedule"
             )
+            return lr_scheduler
+        chain = ChainedScheduler([lr_scheduler, KeepRatioLR(optimizer)], optimizer=optimizer)
+        self._held = weakref.ref(chain)
+        return chain
 
     def on_save(self, args, state, control, **kwargs):
         """Write the pruner's state (keep ratios, Taylor importance EMA, update counts, resource weight, current
@@ -176,7 +177,7 @@ class DMSCallback(TrainerCallback):
         if args.should_save and os.path.isdir(folder):
             torch.save(self.pruner.state_dict(), os.path.join(folder, PRUNER_STATE_NAME))
 
-    def restore(self, checkpoint: str, optimizer=None, lr_scheduler=None) -> None:
+    def restore(self, checkpoint: str, optimizer=None) -> None:
         """Resume from a Trainer ``checkpoint`` folder: load the pruner's state written by :meth:`on_save`
         (:func:`load_pruner_state`) and, given an ``optimizer``, add the keep-ratio param group to it if missing
         (:meth:`add_keep_ratio_group`), so that a checkpoint's optimizer state, which holds that group, loads onto
@@ -184,7 +185,7 @@ class DMSCallback(TrainerCallback):
         group from its creation) from ``train(resume_from_checkpoint=...)``, before the Trainer loads anything."""
         load_pruner_state(self.pruner, checkpoint)
         if optimizer is not None:
-            self.add_keep_ratio_group(optimizer, lr_scheduler)
+            self.add_keep_ratio_group(optimizer)
 
     def on_step_begin(self, args, state, control, **kwargs):
         self.pruner.set_target(self.target_at(state.global_step, state.max_steps))

@@ -60,15 +60,22 @@ class DMSTrainerMixin:
         # The keep ratios' param group is part of the optimizer from its creation, so a resumed run's optimizer
         # state (which holds the group, with its Adam moments) loads onto it (docs/dms.md, "## Resume").
         optimizer = super().create_optimizer(*args, **kwargs)
-        if self.dms_callback is not None:
-            self.dms_callback.add_keep_ratio_group(optimizer)
+        if self.dms_callback is not None and self.dms_callback.add_keep_ratio_group(optimizer):
+            if self.lr_scheduler is not None:  # given with the optimizer: built without the group, it cannot step
+                raise ValueError(
+                    "DMSTrainer(optimizers=(optimizer, scheduler)): the optimizer does not hold the keep ratios, "
+                    "and the scheduler was built without them; add pruner.structure_parameters() to the optimizer "
+                    "as a param group of their own before building the scheduler"
+                )
         return optimizer
 
     def create_scheduler(self, num_training_steps, optimizer=None):
-        # The scheduler is built over every group; the keep ratios' group gets a constant factor (no warm-up/decay).
+        # The scheduler is built over every group, then chained with KeepRatioLR: the keep ratios' group keeps a
+        # constant learning rate (no warm-up/decay) through public torch schedulers only.
         scheduler = super().create_scheduler(num_training_steps, optimizer)
         if self.dms_callback is not None:
-            self.dms_callback.hold_keep_ratio_lr(self.optimizer if optimizer is None else optimizer, scheduler)
+            optimizer = self.optimizer if optimizer is None else optimizer
+            self.lr_scheduler = scheduler = self.dms_callback.hold_keep_ratio_lr(optimizer, scheduler)
         return scheduler
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):

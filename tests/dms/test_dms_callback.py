@@ -126,30 +126,37 @@ def test_a_plain_trainer_with_only_the_callback_is_refused_before_any_step(tmp_p
     assert all(torch.equal(p, k) for p, k in zip(pruner.structure_parameters(), keep))
 
 
-def test_lambdalr_still_reads_its_per_group_lists():
-    """The keep ratios' constant learning rate replaces their group's entries of LambdaLR's ``lr_lambdas`` and
-    ``base_lrs`` (no public seam: see DMSCallback.hold_keep_ratio_lr). This fails if torch stops reading them."""
-    from torch.optim.lr_scheduler import LambdaLR
+def test_keep_ratio_lr_is_held_by_a_chained_public_scheduler():
+    """The Trainer's scheduler (one schedule for every group) is chained with KeepRatioLR: the model's group
+    follows the warm-up / decay, the keep ratios' stays at keep_ratio_lr; the chain's state round-trips."""
+    from torch.optim.lr_scheduler import ChainedScheduler
+    from transformers import get_scheduler
 
-    weights, ratios = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(1))
-    optimizer = torch.optim.SGD([{"params": [weights], "lr": 0.1}], lr=0.1)
-    scheduler = LambdaLR(optimizer, lambda step: 1.0 / (step + 1))  # the Trainer's kind: one factor for all groups
     pruner = DMSPruner(tiny_llama(), 0.5)
     callback = DMSCallback(pruner, keep_ratio_lr=0.02)
-    ratios = pruner.structure_parameters()
-    assert callback.add_keep_ratio_group(optimizer, scheduler)  # built before the group: entries appended
-    assert isinstance(scheduler.lr_lambdas, list) and len(scheduler.lr_lambdas) == len(scheduler.base_lrs) == 2
-    for _ in range(3):
+
+    def build():
+        weights = torch.nn.Parameter(torch.zeros(2))
+        optimizer = torch.optim.SGD([weights], lr=0.1)
+        assert callback.add_keep_ratio_group(optimizer) and not callback.add_keep_ratio_group(optimizer)
+        inner = get_scheduler("linear", optimizer, num_warmup_steps=2, num_training_steps=6)
+        return optimizer, callback.hold_keep_ratio_lr(optimizer, inner)
+
+    optimizer, scheduler = build()
+    assert isinstance(scheduler, ChainedScheduler)
+    assert callback.hold_keep_ratio_lr(optimizer, scheduler) is scheduler  # not chained twice
+    assert [g["lr"] for g in optimizer.param_groups] == [0.0, 0.02]  # warm-up starts at 0; the keep ratios do not
+    seen = []
+    for _ in range(4):
         optimizer.step()
         scheduler.step()
-    assert scheduler.get_last_lr() == [pytest.approx(0.1 / 4), 0.02]
-    assert optimizer.param_groups[1]["params"] == ratios
-    # built over the group (DMSTrainer's create_scheduler): its factor replaced
-    optimizer2 = torch.optim.SGD([{"params": [weights]}, {"params": ratios, "lr": 0.02, "dms_keep_ratios": True}],
-                                 lr=0.1)
-    scheduler2 = LambdaLR(optimizer2, lambda step: 1.0 / (step + 1))
-    callback.hold_keep_ratio_lr(optimizer2, scheduler2)
-    for _ in range(3):
-        optimizer2.step()
-        scheduler2.step()
-    assert scheduler2.get_last_lr() == [pytest.approx(0.1 / 4), 0.02]
+        seen.append(scheduler.get_last_lr())
+    assert [lr[0] for lr in seen] == pytest.approx([0.05, 0.1, 0.075, 0.05])  # warm-up 2 steps, linear decay to 6
+    assert all(lr[1] == 0.02 for lr in seen)
+    again_optimizer, again = build()  # a resumed run: same chain, state loaded (as Trainer does)
+    again.load_state_dict(scheduler.state_dict())
+    again_optimizer.step()
+    again.step()
+    optimizer.step()
+    scheduler.step()
+    assert again.get_last_lr() == scheduler.get_last_lr() == [pytest.approx(0.025), 0.02]
