@@ -24,6 +24,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from .validation import check_number
+
 __all__ = ["distillation_kl_loss", "hidden_state_mse", "token_mask"]
 
 
@@ -64,8 +66,7 @@ def distillation_kl_loss(
 
     Returns a scalar; 0 (with a gradient path) when no token is kept.
     """
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
-        raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
+    check_number("temperature", temperature, gt=0)
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(
             f"student_logits {tuple(student_logits.shape)} and teacher_logits {tuple(teacher_logits.shape)} must "

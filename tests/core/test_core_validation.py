@@ -75,3 +75,18 @@ def test_check_bool_refuses_truthy_stand_ins(value):
 @pytest.mark.parametrize("value", [True, False])
 def test_check_bool_accepts_bools(value):
     assert check_bool("flag", value) is None
+
+
+def test_the_library_checks_real_numbers_with_it():
+    """An infinite distillation temperature (T² = inf scales the loss) and a NaN top-k temperature used to pass their
+    hand-written `> 0` checks; through check_number they are refused, naming the argument."""
+    import torch
+
+    from hf_dynamic.core.distillation import distillation_kl_loss
+    from hf_dynamic.core.topk import DifferentiableTopK
+
+    logits = torch.zeros(1, 2, 3)
+    with pytest.raises(ValueError, match=r"^temperature must be a finite number > 0, got inf$"):
+        distillation_kl_loss(logits, logits, float("inf"))
+    with pytest.raises(ValueError, match=r"^temperature must be a finite number > 0, got nan$"):
+        DifferentiableTopK(4, temperature=float("nan"))
