@@ -160,3 +160,22 @@ def test_keep_ratio_lr_is_held_by_a_chained_public_scheduler():
     optimizer.step()
     scheduler.step()
     assert again.get_last_lr() == scheduler.get_last_lr() == [pytest.approx(0.025), 0.02]
+
+
+def test_a_given_scheduler_built_without_the_keep_ratios_is_refused(tmp_path):
+    from datasets import Dataset
+    from transformers import TrainingArguments, get_scheduler
+
+    model = tiny_llama()
+    pruner = DMSPruner(model, 0.5)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scheduler = get_scheduler("linear", optimizer, num_warmup_steps=0, num_training_steps=2)
+    ids = batch(8, 12)
+    data = Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()})
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=4, report_to=[],
+                             save_strategy="no", use_cpu=True, disable_tqdm=True)
+    trainer = DMSTrainer(model=model, args=args, train_dataset=data, pruner=pruner,
+                         optimizers=(optimizer, scheduler))
+    with pytest.raises(ValueError, match=r"optimizers=\(optimizer, scheduler\).*structure_parameters"):
+        trainer.train()
+    assert pruner.num_search_steps == 0
