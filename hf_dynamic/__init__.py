@@ -48,6 +48,7 @@ _LAZY = {
     "distillation_kl_loss": "hf_dynamic.core.distillation",
     # deploy (exports to other engines)
     "save_gguf": "hf_dynamic.deploy.gguf",
+    "export_onnx": "hf_dynamic.deploy.onnx",
     # PEMN (a peft method: peft.get_peft_model(model, PEMNConfig(...)))
     "PEMNConfig": "hf_dynamic.pemn.config",
     "PEMNModel": "hf_dynamic.pemn.model",
