@@ -92,6 +92,10 @@ class SnapshotCache:
             for t, k in zip(tensors, self.key))
 
     def get(self, tensors, build):
+        from .experts import exporting
+
+        if exporting():  # traced tensors: nothing to compare or keep; the graph computes the value
+            return build()
         tensors = [t.detach() for t in tensors]
         if not self.valid(tensors):
             self.clear()  # free the stale value before building the new one
