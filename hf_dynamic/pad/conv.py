@@ -30,7 +30,7 @@ from torch.nn import functional as F
 from torch.nn.modules.utils import _pair
 
 from ..core.masks import pack_bool_mask, packed_numel, unpack_bool_mask
-from ..core.validation import check_choice
+from ..core.validation import check_choice, check_number
 from .partial import PHI_SHAPE, IMPState, Layout, MaskedLayout, PartiallyDynamicModule, merge_masked
 
 __all__ = ["DynamicConv2d", "PartialDynamicConv2d", "mix_kernels", "ROUTINGS", "AGGREGATIONS", "CONV_GRANULARITIES"]
@@ -45,20 +45,17 @@ MIN_ATTENTION_HIDDEN = 4
 # ------------------------------------------------------------------------------------------------------ checks
 def check_temperature(temperature) -> float:
     """The softmax temperature as a float; ``ValueError`` unless it is a finite number > 0."""
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 < temperature < math.inf:
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    check_number("temperature", temperature, gt=0)
     return float(temperature)
 
 
 def check_num_kernels(num_kernels) -> None:
-    if isinstance(num_kernels, bool) or not isinstance(num_kernels, int) or num_kernels < 1:
-        raise ValueError(f"num_kernels must be an integer >= 1, got {num_kernels!r}")
+    check_number("num_kernels", num_kernels, integer=True, ge=1)
 
 
 def _check_geometry(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, padding_mode):
-    for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    check_number("in_channels", in_channels, integer=True, ge=1)
+    check_number("out_channels", out_channels, integer=True, ge=1)
     if groups != 1:
         raise ValueError(f"groups={groups!r}: dynamic convolution supports ordinary convolutions only (groups=1); "
                          "grouped and depthwise convolutions are not supported")
@@ -149,8 +146,7 @@ class DynamicConv2d(nn.Module):
         check_num_kernels(num_kernels)
         check_choice("routing", routing, ROUTINGS)
         check_choice("aggregation", aggregation, AGGREGATIONS)
-        if isinstance(reduction, bool) or not isinstance(reduction, int) or reduction < 1:
-            raise ValueError(f"reduction must be an integer >= 1, got {reduction!r}")
+        check_number("reduction", reduction, integer=True, ge=1)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
         self.padding, self.dilation = _pair(padding), _pair(dilation)

@@ -32,7 +32,7 @@ from transformers.utils import logging
 from ..core.checkpoints import check_optimizer_state_shapes
 from ..core.importance import normalize_scores
 from ..core.masks import count_to_keep, topk_mask, topk_masks
-from ..core.validation import check_choice
+from ..core.validation import check_choice, check_number
 from ..core.zero import is_zero3_partitioned
 from .interface import PartiallyDynamicLayer
 
@@ -59,12 +59,10 @@ def _check_imp_arguments(model, dynamic_ratio, iterations, num_batches, scope, s
     state = getattr(config, "pad_state", None)
     if state != "unpartitioned":
         raise ValueError(f"IMP runs once, on an unpartitioned model; this model has pad_state={state!r}")
-    if dynamic_ratio is not None and not 0 < dynamic_ratio < 1:
-        raise ValueError(f"dynamic_ratio must be in (0, 1) for IMP, got {dynamic_ratio}")
-    if not isinstance(iterations, int) or iterations < 1:
-        raise ValueError(f"iterations must be an integer >= 1, got {iterations!r}")
-    if not isinstance(num_batches, int) or num_batches < 1:
-        raise ValueError(f"num_batches must be an integer >= 1, got {num_batches!r}")
+    if dynamic_ratio is not None:
+        check_number("dynamic_ratio", dynamic_ratio, gt=0, lt=1)  # κ = 1 has nothing to partition
+    check_number("iterations", iterations, integer=True, ge=1)
+    check_number("num_batches", num_batches, integer=True, ge=1)
     check_choice("scope", scope, SCOPES)
     check_choice("score", score, SCORES)
     return float(config.dynamic_ratio if dynamic_ratio is None else dynamic_ratio)

@@ -15,13 +15,12 @@ groups and a resumed run finds the same groups in the same order::
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 from transformers import Trainer
 
 from ..core.routing import TopKRouter
+from ..core.validation import check_number
 from .conv import KernelAttention
 from .interface import PartiallyDynamicLayer
 
@@ -45,8 +44,7 @@ def pad_parameter_kinds(model: nn.Module) -> dict[int, str]:
 
 
 def _check_scale(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    check_number(name, value, gt=0)
     return float(value)
 
 

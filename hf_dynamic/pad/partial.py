@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from ..core.importance import expert_gradient_variance, snip_score
+from ..core.validation import check_number
 from ..core.zero import gathered
 
 PAD_STATES = ("unpartitioned", "partitioned", "finalized")
@@ -41,6 +42,11 @@ def is_plain_moe(config) -> bool:
     """``dynamic_ratio == 1``: every entry is dynamic, so the layer is fully dynamic (a plain top-k MoE, Dynamic
     Convolution / CondConv) with no static weight, no φ and nothing to partition."""
     return config.dynamic_ratio == 1
+
+
+def check_dynamic_ratio(value) -> None:
+    """``ValueError`` naming ``dynamic_ratio`` unless it is a real number in (0, 1] (κ; 1 is fully dynamic)."""
+    check_number("dynamic_ratio", value, gt=0, le=1)
 
 
 def upgrade_phi(tensor: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from transformers import TrainerCallback
 
+from ..core.validation import check_number
 from .conv import DynamicConv2d, check_temperature
 
 __all__ = ["TemperatureAnnealingCallback"]
@@ -19,8 +20,7 @@ class TemperatureAnnealingCallback(TrainerCallback):
 
     def __init__(self, start: float = 30.0, end: float = 1.0, anneal_epochs: float = 10.0):
         self.start, self.end = check_temperature(start), check_temperature(end)
-        if isinstance(anneal_epochs, bool) or not isinstance(anneal_epochs, (int, float)) or anneal_epochs < 0:
-            raise ValueError(f"anneal_epochs must be a number >= 0, got {anneal_epochs!r}")
+        check_number("anneal_epochs", anneal_epochs, ge=0)
         self.anneal_epochs = float(anneal_epochs)
 
     def temperature_at(self, epoch: float) -> float:

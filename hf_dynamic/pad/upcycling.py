@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import torch
 
+from ..core.validation import check_number
+
 # the expert tensors indexed by the intermediate neuron, and that neuron's axis in one expert's slice (``[F, H]``,
 # ``[F]``, ``[H, F]``); the down-projection bias (``[E, H]``) has no neuron axis and is kept.
 NEURON_AXIS = {"up_proj": 0, "up_proj_bias": 0, "down_proj": 1}
@@ -28,8 +30,7 @@ def drop_upcycle_(layers, ratio: float, generator: torch.Generator | None = None
     module docstring). ``layers``: :class:`~hf_dynamic.pad.layers.PartialDynamicFFN` modules with full-size
     experts. ``generator``: the random source (default: torch's global one). Returns the neurons re-initialised
     per expert. Raises ValueError for a ratio outside ``[0, 1]`` or a finalised layer, before changing anything."""
-    if not 0.0 <= ratio <= 1.0:
-        raise ValueError(f"ratio must be in [0, 1], got {ratio!r}")
+    check_number("ratio", ratio, ge=0, le=1)
     layers = list(layers)
     for layer in layers:
         if layer.layout not in ("moe", "masked"):

@@ -163,8 +163,8 @@ def test_temperature_schedule():
 @pytest.mark.parametrize("kwargs,match", [
     (dict(num_kernels=0), "num_kernels must be an integer >= 1, got 0"),
     (dict(routing="relu"), "routing must be one of .* got 'relu'"),
-    (dict(temperature=0.0), "temperature must be a finite number > 0, got 0.0"),
-    (dict(temperature=-1), "temperature must be a finite number > 0, got -1"),
+    (dict(temperature=0.0), "temperature must be a number > 0, got 0.0"),
+    (dict(temperature=-1), "temperature must be a number > 0, got -1"),
     (dict(groups=2), "groups=2: dynamic convolution supports ordinary convolutions only"),
     (dict(padding="same"), "padding='same'"),
     (dict(padding_mode="reflect"), "padding_mode='reflect'"),
@@ -180,9 +180,9 @@ def test_bad_arguments_name_the_field_and_value(kwargs, match):
 
 def test_bad_temperature_and_layout_errors():
     layer = DynamicConv2d(4, 4, 3)
-    with pytest.raises(ValueError, match="temperature must be a finite number > 0, got 0"):
+    with pytest.raises(ValueError, match="temperature must be a number > 0, got 0"):
         layer.set_temperature(0)
-    with pytest.raises(ValueError, match="temperature must be a finite number > 0, got -2.0"):
+    with pytest.raises(ValueError, match="temperature must be a number > 0, got -2.0"):
         TemperatureAnnealingCallback(end=-2.0)
     with pytest.raises(ValueError, match=r"expected input \[batch, 4, height, width\]"):
         layer(torch.randn(2, 3, 5, 5))

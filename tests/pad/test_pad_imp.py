@@ -148,7 +148,7 @@ def test_snip_matches_finite_difference(monkeypatch):
 
 def test_errors_before_any_work():
     model = upcycled()
-    with pytest.raises(ValueError, match="dynamic_ratio must be in \\(0, 1\\) for IMP, got 1.5"):
+    with pytest.raises(ValueError, match="dynamic_ratio must be a number > 0 and < 1, got 1.5"):
         iterative_mode_partition(model, batches(), dynamic_ratio=1.5)
     with pytest.raises(ValueError, match="scope must be one of .* got 'all'"):
         iterative_mode_partition(model, batches(), scope="all")

@@ -3,6 +3,7 @@ optimizer's groups before the scheduler is built, the scheduled learning rates k
 same on resume, and bad scales are rejected before any work."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -97,7 +98,7 @@ def test_plain_moe_has_routers_but_no_lambda_and_dynamic_conv_attention_is_routi
 
 @pytest.mark.parametrize("value", [0, -1.0, math.nan, math.inf, True, "10"])
 def test_bad_scales_are_named_before_any_work(tmp_path, value):
-    with pytest.raises(ValueError, match=f"router_lr_scale must be a finite number > 0, got {value!r}"):
+    with pytest.raises(ValueError, match=f"router_lr_scale must be a .*got {re.escape(repr(value))}"):
         trainer_for(upcycled(), tmp_path, router_lr_scale=value)
     with pytest.raises(ValueError, match="lambda_lr_scale must be"):
         scale_pad_learning_rates(torch.optim.SGD(upcycled().parameters(), lr=0.1), upcycled(), 1.0, value)

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from huggingface_hub.dataclasses import strict
 from transformers import ResNetConfig
 
-from ...core.validation import check_choice
+from ...core.validation import check_choice, check_number
 from ...pad.checks import check_pad_state_fields
 from ...pad.conv import CONV_GRANULARITIES, ROUTINGS, check_num_kernels, check_temperature
-from ...pad.partial import PAD_STATES, is_plain_moe
+from ...pad.partial import PAD_STATES, check_dynamic_ratio, is_plain_moe
 
 
 @dataclass(frozen=True)
@@ -97,19 +97,18 @@ class DynamicResNetConfig(ResNetConfig):
         """Raise a ValueError naming the first invalid dynamic-convolution / PAD field and its value."""
         check_num_kernels(self.num_kernels)
         check_choice("routing", self.routing, ROUTINGS)
-        if isinstance(self.attention_reduction, bool) or not isinstance(self.attention_reduction, int) \
-                or self.attention_reduction < 1:
-            raise ValueError(f"attention_reduction must be an integer >= 1, got {self.attention_reduction!r}")
+        check_number("attention_reduction", self.attention_reduction, integer=True, ge=1)
         check_temperature(self.temperature)
-        if isinstance(self.dynamic_ratio, bool) or not isinstance(self.dynamic_ratio, (int, float)) \
-                or not 0 < self.dynamic_ratio <= 1:
-            raise ValueError(f"dynamic_ratio must be in (0, 1], got {self.dynamic_ratio!r}")
+        check_dynamic_ratio(self.dynamic_ratio)
         check_choice("partition_granularity", self.partition_granularity, CONV_GRANULARITIES)
         check_choice("pad_state", self.pad_state, PAD_STATES)
         if self.layer_type not in self.layer_types:
             raise ValueError(f"layer_type must be one of {tuple(self.layer_types)}, got {self.layer_type!r}")
         num_convs = len(resnet_conv_specs(self))
         if self.dynamic_convs is not None:
+            if not isinstance(self.dynamic_convs, (list, tuple)):
+                raise ValueError(f"dynamic_convs must be a list of convolution indices (or None for every "
+                                 f"convolution but the stem), got {self.dynamic_convs!r}")
             if len(self.dynamic_convs) == 0:
                 raise ValueError("dynamic_convs must name at least one convolution (or be None for every "
                                  "convolution but the stem), got []")

@@ -8,8 +8,8 @@ from transformers import BertConfig
 
 from ...pad.checks import check_pad_state_fields
 from ...pad.layouts import GRANULARITIES
-from ...pad.partial import PAD_STATES, is_plain_moe
-from ...core.validation import check_choice, check_number
+from ...pad.partial import PAD_STATES, check_dynamic_ratio, is_plain_moe
+from ...core.validation import check_bool, check_choice, check_number
 
 
 @strict
@@ -55,23 +55,22 @@ class PartialMoEBertConfig(BertConfig):
 
     def check_moe_fields(self) -> None:
         """Raise a ValueError naming the first invalid MoE/PAD field and its value."""
-        for name in ("num_experts", "num_experts_per_tok"):
-            check_number(name, getattr(self, name), integer=True)
-        for name in ("dynamic_ratio", "router_aux_loss_coef", "router_jitter_noise", "router_noise_std"):
-            check_number(name, getattr(self, name))
-        if self.num_experts < 1:
-            raise ValueError(f"num_experts must be >= 1, got {self.num_experts}")
-        if not 1 <= self.num_experts_per_tok <= self.num_experts:
-            raise ValueError(f"num_experts_per_tok must be in [1, num_experts={self.num_experts}], got "
-                             f"{self.num_experts_per_tok}")
-        if not 0 < self.dynamic_ratio <= 1:
-            raise ValueError(f"dynamic_ratio must be in (0, 1], got {self.dynamic_ratio}")
+        check_number("num_experts", self.num_experts, integer=True, ge=1)
+        check_number("num_experts_per_tok", self.num_experts_per_tok, integer=True, ge=1, le=self.num_experts)
+        check_dynamic_ratio(self.dynamic_ratio)
+        for name in ("router_aux_loss_coef", "router_jitter_noise", "router_noise_std"):
+            check_number(name, getattr(self, name), ge=0)
         check_choice("partition_granularity", self.partition_granularity, GRANULARITIES)
         check_choice("pad_state", self.pad_state, PAD_STATES)
+        check_bool("output_router_logits", self.output_router_logits)
         if self.moe_layers is not None:
+            if not isinstance(self.moe_layers, (list, tuple)):
+                raise ValueError(f"moe_layers must be a list of layer indices (or None for every layer), got "
+                                 f"{self.moe_layers!r}")
             if len(self.moe_layers) == 0:
                 raise ValueError("moe_layers must name at least one layer (or be None for every layer), got []")
             for index in self.moe_layers:
+                check_number("moe_layers index", index, integer=True)
                 if not 0 <= index < self.num_hidden_layers:
                     raise ValueError(f"moe_layers has index {index}, out of range for num_hidden_layers="
                                      f"{self.num_hidden_layers}")

@@ -79,11 +79,13 @@ def checkpoint_bytes(folder):
 # ----------------------------------------------------------------------------------------------------- config
 @pytest.mark.parametrize("field,value,match", [
     ("num_kernels", 0, "num_kernels must be an integer >= 1, got 0"),
-    ("dynamic_ratio", 0.0, r"dynamic_ratio must be in \(0, 1\], got 0.0"),
-    ("dynamic_ratio", 1.5, r"dynamic_ratio must be in \(0, 1\], got 1.5"),
+    ("dynamic_ratio", 0.0, r"dynamic_ratio must be a number > 0 and <= 1, got 0.0"),
+    ("dynamic_ratio", 1.5, r"dynamic_ratio must be a number > 0 and <= 1, got 1.5"),
+    ("dynamic_ratio", float("nan"), r"dynamic_ratio must be a finite number > 0 and <= 1, got nan"),
     ("routing", "relu", "routing must be one of .* got 'relu'"),
-    ("temperature", 0.0, "temperature must be a finite number > 0, got 0.0"),
-    ("temperature", -3, "temperature must be a finite number > 0, got -3"),
+    ("temperature", 0.0, "temperature must be a number > 0, got 0.0"),
+    ("temperature", -3, "temperature must be a number > 0, got -3"),
+    ("temperature", float("inf"), "temperature must be a finite number > 0, got inf"),
     ("dynamic_convs", [8], r"dynamic_convs has index 8, but this ResNet has 8 convolutions \(indices 0..7\)"),
     ("dynamic_convs", [-1], "dynamic_convs has index -1"),
     ("dynamic_convs", [2, 2], "dynamic_convs has repeated indices"),

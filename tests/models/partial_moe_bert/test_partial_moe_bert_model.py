@@ -50,9 +50,11 @@ def inputs(batch=3, seq=7):
 
 # ----------------------------------------------------------------------------------------------------- config
 @pytest.mark.parametrize("field,value,match", [
-    ("dynamic_ratio", 0.0, "dynamic_ratio must be in \\(0, 1\\], got 0.0"),
-    ("dynamic_ratio", 1.5, "dynamic_ratio must be in \\(0, 1\\], got 1.5"),
-    ("num_experts_per_tok", 5, "num_experts_per_tok must be in \\[1, num_experts=4\\], got 5"),
+    ("dynamic_ratio", 0.0, "dynamic_ratio must be a number > 0 and <= 1, got 0.0"),
+    ("dynamic_ratio", 1.5, "dynamic_ratio must be a number > 0 and <= 1, got 1.5"),
+    ("num_experts_per_tok", 5, "num_experts_per_tok must be an integer >= 1 and <= 4, got 5"),
+    ("router_noise_std", -0.1, "router_noise_std must be a number >= 0, got -0.1"),
+    ("router_aux_loss_coef", float("nan"), "router_aux_loss_coef must be a finite number >= 0, got nan"),
     ("moe_layers", [0, 2], "moe_layers has index 2"),
     ("moe_layers", [-1], "moe_layers has index -1"),
     ("partition_granularity", "row", "partition_granularity .* got 'row'"),
