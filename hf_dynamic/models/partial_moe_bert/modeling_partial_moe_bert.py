@@ -317,8 +317,8 @@ class PartialMoEBertPreTrainedModel(HubSharingMixin, CheckedCheckpointMixin, Ber
         return drop_upcycle_(self.pad_layers(), ratio, generator)
 
     def clear_cache(self) -> None:
-        """Drop every PAD layer's inference cache (:meth:`PartialDynamicFFN.clear_cache`): call it after writing
-        weights through ``.data`` in eval mode."""
+        """Drop every PAD layer's inference cache now (:meth:`PartialDynamicFFN.clear_cache`), e.g. to free its
+        memory; never needed for correctness: a cache is rebuilt when any of its layer's tensors changed."""
         for layer in self.pad_layers():
             layer.clear_cache()
 
