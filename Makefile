@@ -47,6 +47,7 @@ bench: setup
 	$(PY) bench/early_exit.py --device cpu --machine $(BENCH_MACHINE)
 	$(PY) bench/glue_speed.py --device cpu --machine $(BENCH_MACHINE)
 	$(PY) bench/dynamic_conv.py --machine $(BENCH_MACHINE)
+	$(PY) bench/onnx_runtime.py --machine $(BENCH_MACHINE)
 	$(PY) bench/llama_cpp.py --machine $(BENCH_MACHINE)
 
 clean:
