@@ -53,6 +53,7 @@ from ...boost.criteria import ExitRule, exit_confidence, exit_entropy, exit_scor
 from ...boost.heads import ExitHead
 from ...boost.loss import boosted_loss, boosted_prediction, rescale_trunk
 from ...core.checkpoints import checkpoint_tensor_shapes
+from ...pad.checks import check_config_overrides  # the generic unknown-keyword check of every builder
 from ...sharing import HubSharingMixin
 from .configuration_boosted_early_exit import BoostedEarlyExitConfig
 
@@ -195,6 +196,8 @@ class BoostedEarlyExitForSequenceClassification(BoostedEarlyExitPreTrainedModel)
             [ExitHead(hidden_size, config.num_labels, dropout, config.exit_pooling, layer) for layer in config.exit_layers]
         )
         self.post_init()
+        if getattr(backbone_config, "dtype", None) is None:  # from_pretrained records it: set it so configs round-trip
+            backbone_config.dtype = self.dtype
 
     # -- structure ------------------------------------------------------------------------------------------
     @property
@@ -228,12 +231,14 @@ class BoostedEarlyExitForSequenceClassification(BoostedEarlyExitPreTrainedModel)
                 used) or a checkpoint folder / Hub name (loaded in float32 with ``AutoModel``).
             exit_layers: 1-based layers carrying an exit (default: every layer).
             num_labels: number of labels (1 = regression); default: the backbone config's ``num_labels``.
-            **config_kwargs: other [`BoostedEarlyExitConfig`] fields (``boosting``, ``ensemble_temperature``, ...).
+            **config_kwargs: other [`BoostedEarlyExitConfig`] fields (``boosting``, ``ensemble_temperature``, ...);
+                a keyword that is no config field is a ``TypeError``, before anything is loaded.
 
         The encoder's weights are copied and its attention implementation kept; when the encoder has a BERT pooler
         (``pooler.dense``), every exit head's ``dense`` starts from it. The remaining head weights are freshly
         initialised (they are new).
         """
+        check_config_overrides(BoostedEarlyExitConfig, config_kwargs, f"{cls.__name__}.from_backbone")
         if isinstance(model_or_path, (str, bytes)) or hasattr(model_or_path, "__fspath__"):
             encoder = AutoModel.from_pretrained(model_or_path, dtype=torch.float32)
         elif isinstance(model_or_path, PreTrainedModel):

@@ -559,3 +559,13 @@ def test_dynamic_mode_attentions_and_hidden_states_of_every_adapter(backbone):
                                        atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(out.hidden_states[layer][i, :n], full.hidden_states[layer][i, :n],
                                        atol=1e-5, rtol=1e-5)
+
+
+def test_from_backbone_unknown_keyword_is_a_type_error():
+    """A misspelt config field (``boostng=False``) would be kept as a stray config attribute and build the
+    default model silently: refused, naming it, before the encoder is read."""
+    with pytest.raises(TypeError, match=r"from_backbone\(\) got unknown keyword argument\(s\) \['boostng'\]"):
+        BoostedEarlyExitForSequenceClassification.from_backbone("/nonexistent/encoder", num_labels=2, boostng=False)
+    model = BoostedEarlyExitForSequenceClassification.from_backbone(BertModel(tiny_bert(layers=2)), num_labels=2,
+                                                                    boosting=False, exit_pooling="mean")
+    assert not model.config.boosting and model.config.exit_pooling == "mean"
