@@ -31,7 +31,7 @@ from torch.nn.modules.utils import _pair
 
 from ..core.masks import pack_bool_mask, packed_numel, unpack_bool_mask
 from ..core.validation import check_choice, check_number
-from .partial import PHI_SHAPE, IMPState, Layout, MaskedLayout, PartiallyDynamicModule, merge_masked
+from .partial import PHI_SHAPE, IMPState, Layout, MaskedLayout, PartiallyDynamicModule, UnitMaskedLayout, merge_masked
 
 __all__ = ["DynamicConv2d", "PartialDynamicConv2d", "mix_kernels", "ROUTINGS", "AGGREGATIONS", "CONV_GRANULARITIES"]
 
@@ -333,23 +333,15 @@ class ConvMaskedElementLayout(ConvMaskedLayout):
         return counts, ConvFinalizedElementLayout()
 
 
-class ConvMaskedFilterLayout(ConvMaskedLayout):
+class ConvMaskedFilterLayout(UnitMaskedLayout, ConvMaskedLayout):
     granularity = "filter"
+    mask_name = "mask_filters"
 
-    def build_masks(self, layer):
-        layer.register_buffer("mask_filters", torch.ones(layer.out_channels, dtype=torch.bool))
-
-    def current_masks(self, layer):
-        return self.unflatten(layer, layer.mask_filters)
-
-    def partition_mask(self, layer):
-        return layer.mask_filters.clone()
+    def num_units(self, layer):
+        return layer.out_channels
 
     def unflatten(self, layer, flat):
         return flat.view(-1, 1, 1, 1), flat
-
-    def set_partition_mask(self, layer, flat_mask):
-        layer.mask_filters.copy_(flat_mask)
 
     def variance_scores(self, layer, variances):
         return variances[0].sum(dim=(1, 2, 3)) + (variances[1] if len(variances) > 1 else 0)

@@ -27,7 +27,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..core.masks import pack_bool_mask, packed_numel, unpack_bool_mask
-from .partial import PAD_STATES, Layout, MaskedLayout, SnapshotCache, inference_cache_allowed, is_plain_moe, merge_masked
+from .partial import (PAD_STATES, Layout, MaskedLayout, SnapshotCache, UnitMaskedLayout, inference_cache_allowed,
+                      is_plain_moe, merge_masked)
 
 __all__ = ["PARTS", "PAD_STATES", "GRANULARITIES", "FFNLayout", "MoELayout", "MaskedFFNLayout", "MaskedElementLayout",
            "MaskedNeuronLayout", "FinalizedElementLayout", "FinalizedNeuronLayout", "layout_for",
@@ -185,27 +186,19 @@ class MaskedElementLayout(MaskedFFNLayout):
         return counts, FinalizedElementLayout()
 
 
-class MaskedNeuronLayout(MaskedFFNLayout):
+class MaskedNeuronLayout(UnitMaskedLayout, MaskedFFNLayout):
     granularity = "neuron"
+    mask_name = "mask_neurons"
     expert_parts = ("up", "up_bias", "down")
 
     def __init__(self):
         self.indices = SnapshotCache()  # (static neuron indices, dynamic neuron indices)
 
-    def build_masks(self, layer):
-        layer.register_buffer("mask_neurons", torch.ones(layer.ffn_size, dtype=torch.bool))
-
-    def current_masks(self, layer):
-        return self.unflatten(layer, layer.mask_neurons)
-
-    def partition_mask(self, layer):
-        return layer.mask_neurons.clone()
+    def num_units(self, layer):
+        return layer.ffn_size
 
     def unflatten(self, layer, flat):
         return {"up": flat[:, None], "up_bias": flat, "down": flat[None, :]}
-
-    def set_partition_mask(self, layer, flat_mask):
-        layer.mask_neurons.copy_(flat_mask)
 
     def split(self, layer) -> tuple[torch.Tensor, torch.Tensor]:
         mask = layer.mask_neurons

@@ -195,6 +195,29 @@ class MaskedLayout(Layout):
                    for dynamic, static in self.tied_pairs(layer))
 
 
+class UnitMaskedLayout(MaskedLayout):
+    """A masked layout whose mask is one bool vector over structured units (the FFN's neurons, the convolution's
+    output filters), the buffer ``mask_name``; the subclass says how many units there are and how a flat mask
+    broadcasts onto the weights (:meth:`MaskedLayout.unflatten`)."""
+
+    mask_name = ""
+
+    def num_units(self, layer) -> int:
+        raise NotImplementedError
+
+    def build_masks(self, layer) -> None:
+        layer.register_buffer(self.mask_name, torch.ones(self.num_units(layer), dtype=torch.bool))
+
+    def current_masks(self, layer):
+        return self.unflatten(layer, getattr(layer, self.mask_name))
+
+    def partition_mask(self, layer):
+        return getattr(layer, self.mask_name).clone()
+
+    def set_partition_mask(self, layer, flat_mask):
+        getattr(layer, self.mask_name).copy_(flat_mask)
+
+
 def merge_masked(mask, dynamic, static, lambda_s, lambda_d):
     """``λ_d·M⊙W_i + λ_s·(1−M)⊙W_s`` for a boolean or continuous mask (broadcast over the experts / kernels)."""
     if mask.dtype == torch.bool:
