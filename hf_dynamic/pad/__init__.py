@@ -1,6 +1,8 @@
 """PAD-Net: partially dynamic networks (He et al., arXiv 2211.05528; ``docs/pad.md``).
 
 - :mod:`hf_dynamic.pad.interface`: the partially dynamic layer interface IMP works through;
+- :mod:`hf_dynamic.pad.partial`: the one base of the partially dynamic layers (φ/λ, the mask, IMP's state,
+  finalisation, expected shapes, adopt-on-load) and their layout base classes;
 - :mod:`hf_dynamic.pad.layers`: the partially dynamic MoE FFN (static + dynamic experts, λ, masks, compaction);
 - :mod:`hf_dynamic.pad.layouts`: its storage layouts (plain MoE, masked, finalised element / neuron mode);
 - :mod:`hf_dynamic.pad.upcycling`: Drop-Upcycling, expert diversity right after upcycling;

@@ -3,7 +3,9 @@
 
 :mod:`hf_dynamic.pad.imp` works on any module that implements :class:`PartiallyDynamicLayer`, through these
 methods only, so a partially dynamic layer of another kind (a convolution, an attention projection) is partitioned
-by the same IMP, unchanged. :class:`~hf_dynamic.pad.layers.PartialDynamicFFN` (the MoE FFN) is one.
+by the same IMP, unchanged. :class:`~hf_dynamic.pad.layers.PartialDynamicFFN` (the MoE FFN) and
+:class:`~hf_dynamic.pad.conv.PartialDynamicConv2d` are two, both built on
+:class:`~hf_dynamic.pad.partial.PartiallyDynamicModule`.
 
 The mask ``M`` is seen as one flat vector of :attr:`~PartiallyDynamicLayer.num_partition_entries` entries
 (``True`` = dynamic); how the layer maps it onto its weights is its own business. One IMP scoring round is::
