@@ -15,6 +15,8 @@ import torch.nn.functional as F
 
 from transformers.utils import logging
 
+from ..core.validation import check_number
+
 logger = logging.get_logger(__name__)
 
 
@@ -44,10 +46,8 @@ def perplexity(model, tokenizer, text: str, window: int = 2048, batch_size: int 
     if not isinstance(text, str) or not text:
         raise ValueError(f"text must be a non-empty string, got {type(text).__name__} of length "
                          f"{len(text) if hasattr(text, '__len__') else 'n/a'}")
-    if not isinstance(window, int) or window < 2:
-        raise ValueError(f"window must be an int >= 2, got {window!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    check_number("window", window, integer=True, ge=2)
+    check_number("batch_size", batch_size, integer=True, ge=1)
     if device is None:
         device = next(model.parameters()).device
     ids = torch.as_tensor(tokenizer(text, verbose=False)["input_ids"], dtype=torch.long)

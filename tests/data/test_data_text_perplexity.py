@@ -93,9 +93,11 @@ def test_perplexity_last_partial_window(tiny_llama, tokenizer):
 
 
 def test_perplexity_bad_input(tiny_llama, tokenizer):
-    with pytest.raises(ValueError, match="window must be an int >= 2, got 1"):
+    with pytest.raises(ValueError, match="window must be an integer >= 2, got 1"):
         perplexity(tiny_llama, tokenizer, "a b c", window=1)
-    with pytest.raises(ValueError, match="batch_size must be an int >= 1, got 0"):
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1, got 0"):
         perplexity(tiny_llama, tokenizer, "a b c", batch_size=0)
+    with pytest.raises(ValueError, match=r"batch_size must be an integer, got True \(bool\)"):
+        perplexity(tiny_llama, tokenizer, "a b c", batch_size=True)  # a bool is not a batch size
     with pytest.raises(ValueError, match="non-empty string"):
         perplexity(tiny_llama, tokenizer, "")
