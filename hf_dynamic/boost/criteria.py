@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..core.validation import check_choice
+from ..core.validation import check_choice, check_number
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,12 @@ class ExitSettings:
     patience: int | None = None
     tolerance: float = 0.1
     regression: bool = False
+
+    def __post_init__(self):
+        check_choice("criterion", self.criterion, tuple(EXIT_CRITERIA))
+        check_number("num_exits", self.num_exits, integer=True, ge=1)
+        if self.thresholds is not None and len(self.thresholds) != self.num_exits:
+            raise ValueError(f"thresholds has {len(self.thresholds)} values but there are {self.num_exits} exits")
 
     def with_thresholds(self, thresholds) -> "ExitSettings":
         """A copy with other thresholds (calibration sweeps)."""

@@ -41,6 +41,12 @@ def test_exit_rule_threshold_and_patience():
     assert rule.fires(logits[:, 0], 0).tolist() == [False, False, False]
     rule.keep(torch.tensor([True, False, True]))  # the state follows the samples left in the batch
     assert rule.fires(logits[[0, 2], 1], 1).tolist() == [True, False]
+    with pytest.raises(ValueError, match="thresholds has 2 values but there are 3 exits"):
+        ExitSettings("confidence", num_exits=3, thresholds=(0.9, 0.9))
+    with pytest.raises(ValueError, match="criterion must be one of"):
+        ExitSettings("margin", num_exits=3)
+    with pytest.raises(TypeError, match="ExitRule needs an ExitSettings"):
+        ExitRule({"criterion": "confidence"}, 3)
 
 
 def test_boosted_prediction_stop_gradient_and_loss():
