@@ -162,3 +162,23 @@ def test_a_base_with_other_untargeted_weights_is_reported(tmp_path):
         loaded = PeftModel.from_pretrained(_tiny_bert(seed=1), tmp_path).eval()
     assert "base model whose untargeted tensors" in other.out and "bert.embeddings" in other.out
     assert not torch.allclose(loaded(**inputs).logits, expected)  # what the warning is about
+
+
+def test_modules_to_save_are_not_part_of_the_fingerprint(tmp_path):
+    """A classifier trained in full (modules_to_save) is stored in the adapter, not taken from the base: changing it
+    does not make the trained base look foreign, and the reload is exact."""
+    from peft import PeftModel, get_peft_model
+    from transformers.testing_utils import CaptureLogger
+    from transformers.utils import logging
+
+    config = hf_dynamic.PEMNConfig(target_modules=["query", "value"], modules_to_save=["classifier"])
+    model = get_peft_model(_tiny_bert(seed=0), config).eval()
+    with torch.no_grad():
+        model.base_model.model.classifier.modules_to_save["default"].weight.add_(1.0)
+    inputs = {"input_ids": torch.tensor([[1, 5, 7, 9, 2]]), "attention_mask": torch.ones(1, 5, dtype=torch.long)}
+    expected = model(**inputs).logits
+    model.save_pretrained(tmp_path)
+    with CaptureLogger(logging.get_logger("hf_dynamic.pemn.model")) as captured:
+        loaded = PeftModel.from_pretrained(_tiny_bert(seed=0), tmp_path).eval()
+    assert "untargeted tensors" not in captured.out
+    assert torch.equal(loaded(**inputs).logits, expected)
