@@ -92,7 +92,8 @@ BASELINES = {
 # Settings added after runs were recorded, with the behaviour those runs had (a run_args.json without the key).
 SETTINGS_ADDED_LATER = {"export_rule": "paper", "recovery_loss": "ntp", "kd_alpha": 0.5, "kd_temperature": 1.0,
                         "kd_hidden_weight": 0.0, "search_seeds": None, "ablation_ntp": False,
-                        "eval_window_choices": [64, 32, 16], "checkpoint_every": 0}
+                        "eval_window_choices": [64, 32, 16], "checkpoint_every": 0,
+                        "plan_clock": "wall"}
 FIXED_SIZES = {"max_search_steps": 300, "recovery_steps": 300, "eval_windows": 0}  # --budget_minutes 0
 DEVICE_BATCH = {"cpu": 1, "cuda": 8}
 TIMING_KEYS = ("seconds", "search_s", "prune_s", "recovery_s", "finished")
@@ -161,6 +162,9 @@ def parse_args(argv=None):
     p.add_argument("--budget_minutes", type=float, default=None,
                    help="time budget of one run for the plan (default 120 on CPU, 0 = fixed sizes on GPU)")
     p.add_argument("--search_share", type=float, default=0.25, help="share of the training time for searches")
+    p.add_argument("--plan_clock", choices=["wall", "cpu"], default="wall",
+                   help="the plan's step times: wall seconds, or the process's CPU seconds (a shared machine's "
+                        "load does not inflate them; use with --threads 1)")
     p.add_argument("--no_speed", action="store_true", help="skip the speed stage")
     p.add_argument("--speed_isolation", choices=["subprocess", "inprocess"], default="subprocess",
                    help="each model's speed and peak memory in a fresh process (inprocess: no memory figures)")
@@ -444,18 +448,36 @@ def timed(fn, device):
     return time.perf_counter() - t0
 
 
+class StepClock:
+    """Times the plan's steps by ``--plan_clock``: ``wall`` (seconds elapsed) or ``cpu`` (this process's CPU
+    seconds, ``time.process_time``: the work itself, which other jobs on a shared machine do not inflate; with
+    ``--threads 1`` it is the wall time the step takes on a free core). Both are recorded."""
+
+    def __init__(self, args):
+        self.args, self.other = args, {}
+
+    def __call__(self, name, fn):
+        c0 = time.process_time()
+        wall = timed(fn, self.args.device)
+        cpu = time.process_time() - c0
+        chosen, other = (cpu, wall) if self.args.plan_clock == "cpu" else (wall, cpu)
+        self.other[name] = other
+        return chosen
+
+
 def measure_step_times(path, blocks, args) -> dict:
     """Seconds of one evaluation window, one search step and one recovery step of the dense model, each timed
     once after a warm-up on a short input (the recovery warm-up also allocates AdamW's state)."""
     short = blocks[:1, : min(32, blocks.size(1))]
+    clock = StepClock(args)
     model = load_model(path, args.device)
     window = blocks.reshape(-1)[: args.eval_window].unsqueeze(0).to(args.device)
     with torch.inference_mode(), autocast(args.device):
         model(input_ids=short.to(args.device), use_cache=False)
-        eval_s = timed(lambda: model(input_ids=window, use_cache=False), args.device)
+        eval_s = clock("eval_window_s", lambda: model(input_ids=window, use_cache=False))
         # the teacher's share of a distillation step (and a calibration batch's forward): one recovery batch
         teacher = blocks[: args.recovery_batch_size].to(args.device)
-        teacher_s = timed(lambda: model(input_ids=teacher, use_cache=False), args.device)
+        teacher_s = clock("teacher_forward_s", lambda: model(input_ids=teacher, use_cache=False))
 
     pruner, _ = make_pruner(model, args.dms_variants[0], args, 1e-2)
     opt = torch.optim.Adam(pruner.structure_parameters(), lr=1e-2)
@@ -471,7 +493,7 @@ def measure_step_times(path, blocks, args) -> dict:
 
     search_step(short)
     batch = blocks[: args.search_batch_size]
-    search_s = timed(lambda: search_step(batch), args.device)
+    search_s = clock("search_step_s", lambda: search_step(batch))
     pruner.remove()
     pruner = opt = model = None  # free the dense copy before loading the next
     gc.collect()
@@ -481,9 +503,11 @@ def measure_step_times(path, blocks, args) -> dict:
     model.train()
     train_step(model, short, params, opt, args)
     batch = blocks[: args.recovery_batch_size]
-    recovery_s = timed(lambda: train_step(model, batch, params, opt, args), args.device)
+    recovery_s = clock("recovery_step_s", lambda: train_step(model, batch, params, opt, args))
     return {"eval_window_s": eval_s, "search_step_s": search_s, "recovery_step_s": recovery_s,
-            "teacher_forward_s": teacher_s, "load_average": os.getloadavg()}  # other jobs on the machine slow every step
+            "teacher_forward_s": teacher_s, "clock": args.plan_clock,
+            f"{'wall' if args.plan_clock == 'cpu' else 'cpu'}_seconds": clock.other,
+            "load_average": os.getloadavg()}  # other jobs on the machine slow every (wall-clock) step
 
 
 def recovery_runs(args):
@@ -1178,7 +1202,8 @@ def markdown(results):
         lines += [
             "## Plan (measured before the run)",
             "",
-            f"Measured on the dense model: evaluation window 1 × {plan['eval_window']} {t['eval_window_s']:.2f} s; "
+            f"Measured on the dense model ({t.get('clock', 'wall')} seconds): evaluation window 1 × "
+            f"{plan['eval_window']} {t['eval_window_s']:.2f} s; "
             f"search step {plan['search_batch_size']} × {plan['seq_len']} {t['search_step_s']:.2f} s; recovery step "
             f"{plan['recovery_batch_size']} × {plan['seq_len']} {t['recovery_step_s']:.2f} s (load average "
             f"{t['load_average'][0]:.1f} on {m.get('cores')} cores).",

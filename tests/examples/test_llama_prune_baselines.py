@@ -4,6 +4,8 @@ of test_llama_prune_pipeline.py: parameters matched, FLAP's compensated export e
 unpruned model and reloads, a recovery killed mid-way resumes from its Trainer checkpoint to the rows of an
 uninterrupted run."""
 
+import shutil
+
 import pytest
 import torch
 from test_llama_prune_pipeline import argv, assert_same_rows, setup, stage_log  # noqa: F401  (setup: a fixture)
@@ -81,7 +83,13 @@ def test_every_baseline_is_matched_and_the_rows_are_complete(uninterrupted):
 
 def test_a_recovery_killed_mid_way_resumes_from_its_checkpoint(setup, uninterrupted, monkeypatch):
     root, script = setup
-    out = root / "kd_resumed"
+    full, reference = uninterrupted
+    out = root / "kd_resumed"  # the uninterrupted run's files up to the ablation's recovery (the last one)
+    shutil.copytree(full, out)
+    done = [stage for event, stage in stage_log(full) if event == "done"]
+    for stage in done[done.index("recover_dms_per_layer_s1_ntp"):]:
+        (out / "stages" / f"{stage}.json").unlink()
+    shutil.rmtree(out / "dms_per_layer_s1_ntp_model")
     from hf_dynamic.distill.trainer import DistillationTrainer
 
     original, calls = DistillationTrainer.training_step, []
@@ -96,9 +104,11 @@ def test_a_recovery_killed_mid_way_resumes_from_its_checkpoint(setup, uninterrup
         m.setattr(DistillationTrainer, "training_step", dies_at_the_second_step)
         with pytest.raises(RuntimeError, match="killed"):
             script.main(argv(root, out, *NEW))
-    assert (out / "recover_dms" / "checkpoint-1").is_dir() and not (out / "stages" / "recover_dms.json").exists()
+    work = out / "recover_dms_per_layer_s1_ntp"
+    assert (work / "checkpoint-1").is_dir() and not (out / "stages" / "recover_dms_per_layer_s1_ntp.json").exists()
     results = script.main(argv(root, out, *NEW))
-    assert not (out / "recover_dms").exists()  # checkpoints removed once the stage is done
-    assert ["done", "recover_dms"] in stage_log(out)
-    _, reference = uninterrupted
+    assert not work.exists()  # the checkpoints go once the stage is done
+    log = stage_log(out)
+    assert log.count(["start", "recover_dms_per_layer_s1_ntp"]) == 3  # the copied run, the killed one, this one
+    assert ["skip", "recover_dms"] in log
     assert_same_rows(results["rows"], reference["rows"])

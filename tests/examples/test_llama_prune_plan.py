@@ -46,3 +46,36 @@ def test_plan_keeps_explicit_sizes_and_floors_when_the_budget_is_too_small(scrip
     assert sizes["max_search_steps"] == 7 and sizes["eval_windows"] == 64 and "explicit" in sizes["reason"]
     fixed = plan(script, slow, "--budget_minutes", "0")
     assert (fixed["eval_windows"], fixed["max_search_steps"], fixed["recovery_steps"]) == (0, 300, 300)
+
+
+KD_TABLE = ["--target", "0.8", "--search_seeds", "1", "2", "--baselines", "flap", "wanda_sp", "taylor", "magnitude",
+            "taylor_dms", "magnitude_dms", "--ablation_ntp", "--budget_minutes", "300", "--eval_window_choices", "0",
+            "128", "64", "32", "16"]
+
+
+def test_distillation_table_plan_charges_the_teacher_and_prefers_the_full_test_set(script):
+    times = {"eval_window_s": 1.0, "search_step_s": 3.0, "recovery_step_s": 4.0, "teacher_forward_s": 1.0}
+    sizes = plan(script, times, *KD_TABLE)
+    e = sizes["estimate"]
+    assert sizes["eval_windows"] == 0  # the whole test set fits: every row on it, no separate full evaluations
+    assert e["eval_full_s"] == 0 and e["eval_comparison_s"] == pytest.approx(FULL_WINDOWS * (1 + 9 * 0.8 + 10 * 0.8))
+    assert e["total_s"] == pytest.approx(300 * 60, rel=0.02)
+    # 10 recoveries: 9 distilled (student at 0.8 × the dense step + the teacher's forward) + the next-token ablation
+    per_step = 9 * (0.8 * 4.0 + 1.0) + 0.8 * 4.0
+    assert e["recovery_s"] == pytest.approx(sizes["recovery_steps"] * per_step)
+    assert sizes["recovery_tokens"] == sizes["recovery_steps"] * 1024
+    assert f"{sizes['recovery_tokens']:,} War and Peace tokens" in sizes["reason"]
+    assert "10 recoveries" in sizes["reason"]
+    slow = dict(times, eval_window_s=6.0)  # the full set no longer leaves half the budget: fewer windows
+    assert plan(script, slow, *KD_TABLE)["eval_windows"] in (128, 64, 32, 16)
+
+
+def test_cpu_clock_and_bad_combinations(script):
+    args = script.parse_args(["--device", "cpu", "--plan_clock", "cpu", "--threads", "1"])
+    clock = script.StepClock(args)
+    assert clock("busy", lambda: sum(range(200_000))) > 0 and clock.other["busy"] > 0
+    with pytest.raises(SystemExit):
+        script.parse_args(["--device", "cpu", "--recovery_loss", "ntp", "--ablation_ntp",
+                           "--dms_variants", "uniform", "per_layer"])
+    with pytest.raises(SystemExit):
+        script.parse_args(["--device", "cpu", "--baselines", "taylor_dms"])  # needs a per-layer search
