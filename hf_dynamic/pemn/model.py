@@ -92,16 +92,10 @@ def _untargeted(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> dict[s
     return {name: state_dict[key] for key, name in names.items() if not name.startswith(owned)}
 
 
-def base_fingerprint(model: nn.Module, state_dict: dict[str, torch.Tensor] | None = None) -> torch.Tensor | None:
-    """SHA-256 (32 ``uint8``) over the name, dtype, shape and bytes of every tensor of the base model that a PEMN
-    adapter does not carry (embeddings, LayerNorms, untargeted layers), in key order; ``None`` when there is none.
-
-    A PEMN adapter rebuilds its masked layers from the recipe, but the network also runs these tensors, taken from
-    whatever base it is loaded on: the fingerprint lets loading tell whether they are the trained ones
-    (docs/pemn.md, "## Storage"). It costs one pass over the untargeted weights at save and at load.
-    """
-    tensors = _untargeted(model, model.state_dict() if state_dict is None else state_dict)
-    if not tensors:
+def _digest(tensors: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    """SHA-256 (32 ``uint8``) over the name, dtype, shape and bytes of each tensor, in name order; ``None`` when
+    there is no tensor or one has no data (a meta tensor: weights not materialised, nothing to compare)."""
+    if not tensors or any(t.is_meta for t in tensors.values()):
         return None
     digest = hashlib.sha256()
     for name in sorted(tensors):
@@ -111,15 +105,32 @@ def base_fingerprint(model: nn.Module, state_dict: dict[str, torch.Tensor] | Non
     return torch.frombuffer(bytearray(digest.digest()), dtype=torch.uint8)
 
 
+def base_fingerprint(model: nn.Module, state_dict: dict[str, torch.Tensor] | None = None) -> torch.Tensor | None:
+    """The fingerprint of the base model's tensors that a PEMN adapter does not carry (embeddings, LayerNorms,
+    untargeted layers): SHA-256 (32 ``uint8``) over their names, dtypes, shapes and bytes; ``None`` when there is
+    none (or they are not materialised).
+
+    A PEMN adapter rebuilds its masked layers from the recipe, but the network also runs these tensors, taken from
+    whatever base it is loaded on: the fingerprint lets loading tell whether they are the trained ones
+    (docs/pemn.md, "## Storage"). It costs one pass over the untargeted weights at save and at load.
+    """
+    return _digest(_untargeted(model, model.state_dict() if state_dict is None else state_dict))
+
+
 def check_base_fingerprint(stored: torch.Tensor | None, model: nn.Module) -> bool:
-    """Warn (and return False) when ``model``'s untargeted tensors differ from the ``stored`` fingerprint; an adapter
-    saved without one (an all-targeted model, or an older adapter) is not checked."""
+    """Warn (and return False) when ``model``'s untargeted tensors differ from the ``stored`` fingerprint. Not
+    checked (True): an adapter saved without one (an all-targeted model, or an older adapter), and a base whose
+    weights are not materialised (meta tensors)."""
     if stored is None:
         return True
-    current = base_fingerprint(model)
+    tensors = _untargeted(model, model.state_dict())
+    if any(t.is_meta for t in tensors.values()):
+        logger.info("PEMN: the base model's untargeted tensors are not materialised; base fingerprint not checked")
+        return True
+    current = _digest(tensors)
     if current is not None and torch.equal(stored.to(torch.uint8).cpu(), current):
         return True
-    names = sorted(_untargeted(model, model.state_dict()))
+    names = sorted(tensors)
     logger.warning(
         "PEMN adapter loaded on a base model whose untargeted tensors (those the adapter does not store: "
         f"{len(names)} tensors such as {names[:3]}) are not the ones it was trained with (values, dtypes or shapes "

@@ -182,3 +182,18 @@ def test_modules_to_save_are_not_part_of_the_fingerprint(tmp_path):
         loaded = PeftModel.from_pretrained(_tiny_bert(seed=0), tmp_path).eval()
     assert "untargeted tensors" not in captured.out
     assert torch.equal(loaded(**inputs).logits, expected)
+
+
+def test_fingerprint_matches_only_the_same_tensors_and_skips_unmaterialised_ones():
+    from hf_dynamic.pemn.model import base_fingerprint, check_base_fingerprint
+
+    torch.manual_seed(0)
+    real = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    stored = base_fingerprint(real)
+    assert stored.dtype == torch.uint8 and stored.shape == (32,) and check_base_fingerprint(stored, real)
+    other = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    assert not check_base_fingerprint(stored, other)  # other values (it warns)
+    assert not check_base_fingerprint(stored, real.to(torch.float64))  # other dtype
+    with torch.device("meta"):  # weights not materialised: nothing to compare, nothing claimed
+        meta = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    assert base_fingerprint(meta) is None and check_base_fingerprint(stored, meta)
