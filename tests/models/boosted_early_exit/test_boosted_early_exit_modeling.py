@@ -569,3 +569,23 @@ def test_from_backbone_unknown_keyword_is_a_type_error():
     model = BoostedEarlyExitForSequenceClassification.from_backbone(BertModel(tiny_bert(layers=2)), num_labels=2,
                                                                     boosting=False, exit_pooling="mean")
     assert not model.config.boosting and model.config.exit_pooling == "mean"
+
+
+@pytest.mark.parametrize("backbone", ["bert", "distilbert", "modernbert"])
+def test_dynamic_mode_takes_inputs_embeds_and_per_sample_position_ids(backbone):
+    """``inputs_embeds`` and explicit ``(batch, length)`` position ids (compacted and trimmed with the batch) give
+    the predictions and exits of the default call."""
+    model = make_model(backbone).eval()
+    spread_heads(model)
+    batch = make_batch(batch=12, seed=5)
+    model.config.exit_thresholds = _quantile_thresholds(model, batch, 0.5)
+    ids = batch["input_ids"]
+    positions = torch.arange(ids.shape[1]).expand(ids.shape[0], -1)
+    with torch.no_grad():
+        reference = model(**batch)
+        embedded = model(inputs_embeds=model.get_input_embeddings()(ids), attention_mask=batch["attention_mask"])
+        positioned = model(**batch, position_ids=positions)
+    assert len(set(reference.exit_layer.tolist())) >= 2
+    for out in (embedded, positioned):
+        assert torch.equal(out.exit_layer, reference.exit_layer)
+        torch.testing.assert_close(out.logits, reference.logits, atol=1e-5, rtol=1e-5)
