@@ -382,6 +382,8 @@ class BoostedEarlyExitForSequenceClassification(BoostedEarlyExitPreTrainedModel)
         layers, last, previous = self.layers, self._exit_layers[-1], None
         for index in range(last):
             hidden_states = layers[index](hidden_states, **arguments(index))
+            if isinstance(hidden_states, tuple):  # layers that also return their attention weights
+                hidden_states = hidden_states[0]
             if index + 1 == last:
                 hidden_states = adapter.final(backbone, hidden_states)
             record.layer_output(index + 1, hidden_states, active)
