@@ -198,6 +198,22 @@ def _llama3_rope_factors(config, params: dict) -> np.ndarray:
     return (base / scaled.float()).numpy().astype(np.float32)
 
 
+def _check_shape(key: str, name: str, shape: tuple, plans: list[_LayerPlan], head_dim: int, hidden: int) -> None:
+    """ValueError when a layer's projection does not have the widths its config declares (the file would carry
+    one width and the tensor another: llama.cpp refuses such a file, or worse, misreads it)."""
+    parts = name.split(".")
+    if parts[0] != "blk":
+        return
+    p = plans[int(parts[1])]
+    rows = {"attn_q": p.heads * head_dim, "attn_k": p.kv_heads * head_dim, "attn_v": p.kv_heads * head_dim,
+            "attn_output": hidden, "ffn_gate": p.ff, "ffn_up": p.ff, "ffn_down": hidden}.get(parts[2])
+    cols = {"attn_output": p.heads * head_dim, "ffn_down": p.ff}.get(parts[2], hidden)
+    expected = (rows,) if parts[-1] == "bias" else (rows, cols)
+    if rows is not None and tuple(shape) != expected:
+        raise ValueError(f"save_gguf: {key} has shape {tuple(shape)}, but the config's widths for layer {parts[1]} "
+                         f"give {expected}: the model's modules disagree with its config")
+
+
 def _gguf_tensors(model, arch: str, plans: list[_LayerPlan], dtype: str):
     """(gguf name, stored array, quantisation type) for every tensor of the file; ValueError naming a parameter
     that has no GGUF name."""
@@ -219,6 +235,7 @@ def _gguf_tensors(model, arch: str, plans: list[_LayerPlan], dtype: str):
             raise ValueError(f"save_gguf: parameter {key!r} of {type(model).__name__} has no GGUF tensor name in "
                              f"llama.cpp's {arch} architecture")
         array = tensor.detach().to(torch.float32).cpu().numpy()
+        _check_shape(key, name, array.shape, plans, head_dim, hidden)
         if arch in _INTERLEAVED_ROPE and (".attn_q." in name or ".attn_k." in name):
             layer = int(name.split(".")[1])
             heads = plans[layer].heads if ".attn_q." in name else plans[layer].kv_heads

@@ -327,6 +327,10 @@ def test_unknown_parameter_dtype_and_vocabulary_are_refused(tokenizer, tmp_path)
     model.model.norm.register_parameter("bias", torch.nn.Parameter(torch.zeros(64)))  # a norm bias: no GGUF name
     with pytest.raises(ValueError, match="'model.norm.bias'.*no GGUF tensor name"):
         save_gguf(model, tokenizer, tmp_path / "m.gguf")
+    narrowed = tiny_llama(num_hidden_layers=1)
+    narrowed.model.layers[0].self_attn.q_proj = torch.nn.Linear(64, 32, bias=False)  # 2 heads, config says 4
+    with pytest.raises(ValueError, match=r"q_proj.weight has shape \(32, 64\).*layer 0 give \(64, 64\)"):
+        save_gguf(narrowed, tokenizer, tmp_path / "m.gguf")
     with pytest.raises(ValueError, match=f"{len(tokenizer)} tokens but the model only 300 embedding rows"):
         save_gguf(tiny_llama(num_hidden_layers=1, vocab_size=300), tokenizer, tmp_path / "m.gguf")
     with pytest.raises(ValueError, match="folder .* does not exist"):
