@@ -244,6 +244,9 @@ def export_and_check(module, sample: dict, check: dict, path: str, input_names, 
     """:func:`export_graph` then :func:`compare_with_torch` on ``check`` (other shapes than ``sample``); the graph
     file is removed when either fails."""
     args = tuple(sample[name] for name in input_names)
+    # The TorchScript exporter traces in eval mode and then restores the *wrapper's* mode recursively: a wrapper
+    # left in training mode would put the model in training mode (batch-norm batch statistics) for the check.
+    module.eval()
     try:
         export_graph(module, args, path, input_names, output_names, dynamic, exporter, opset)
         return compare_with_torch(module, path, input_names, output_names, check, atol)
@@ -279,7 +282,7 @@ def export_onnx(model, folder, tokenizer=None, *, image_processor=None, exporter
         early_exit_stages: boosted early-exit models: also write one graph per exit and ``ort_early_exit.py``
             (``docs/onnx.md``, "## Early exit in ONNX Runtime").
 
-    The batch axis is dynamic (and the sequence axis for text). Every graph is checked in onnxruntime against the
+    The batch axis is dynamic, and the sequence axis for text, the height and width for images. Every graph is checked in onnxruntime against the
     model at a batch size and length other than the traced ones; :class:`OnnxExportError` if it differs by more
     than ``atol`` (the graph is then removed). ``ValueError`` / ``TypeError`` for bad arguments, before any work.
     """
@@ -317,8 +320,9 @@ def export_onnx(model, folder, tokenizer=None, *, image_processor=None, exporter
         else:
             input_names = ["pixel_values"]
             size = image_size_of(model, image_processor)
-            sample, check = sample_image_inputs(model, 2, size, 0), sample_image_inputs(model, 3, size, 1)
-            dynamic = {"pixel_values": {0: "batch"}}
+            other = (size[0] + 8, size[1] + 16)
+            sample, check = sample_image_inputs(model, 2, size, 0), sample_image_inputs(model, 3, other, 1)
+            dynamic = {"pixel_values": {0: "batch", 2: "height", 3: "width"}}
             preprocessing = {"num_channels": model.config.num_channels, "image_size": list(size),
                              "image_mean": getattr(image_processor, "image_mean", None),
                              "image_std": getattr(image_processor, "image_std", None),
