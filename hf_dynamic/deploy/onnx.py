@@ -1,8 +1,9 @@
 """ONNX export of hf_dynamic's encoders and CNNs for ONNX Runtime (``docs/onnx.md``).
 
-:func:`export_onnx` writes a folder: ``model.onnx`` (dynamic batch, and dynamic sequence length for text), the
-model's ``config.json``, the tokenizer or image processor when given, and ``hf_dynamic_onnx.json`` (the manifest:
-graph inputs and outputs, exporter, opset, label names, preprocessing facts and the check that was run). A boosted
+:func:`export_onnx` writes a folder: ``model.onnx`` (dynamic batch; dynamic sequence length for text, height and
+width for images), the model's ``config.json``, the tokenizer or image processor when given, and
+``hf_dynamic_onnx.json`` (the manifest: graph inputs and outputs, exporter, opset, label names, preprocessing facts
+and the check that was run). A boosted
 early-exit model also gets one graph per exit and the torch-free runtime (:mod:`hf_dynamic.deploy.onnx_early_exit`,
 :mod:`hf_dynamic.deploy.ort_early_exit`).
 
@@ -282,9 +283,10 @@ def export_onnx(model, folder, tokenizer=None, *, image_processor=None, exporter
         early_exit_stages: boosted early-exit models: also write one graph per exit and ``ort_early_exit.py``
             (``docs/onnx.md``, "## Early exit in ONNX Runtime").
 
-    The batch axis is dynamic, and the sequence axis for text, the height and width for images. Every graph is checked in onnxruntime against the
-    model at a batch size and length other than the traced ones; :class:`OnnxExportError` if it differs by more
-    than ``atol`` (the graph is then removed). ``ValueError`` / ``TypeError`` for bad arguments, before any work.
+    The batch axis is dynamic, and the sequence axis for text, the height and width for images. Every graph is
+    checked in onnxruntime against the model at a batch size and length (size) other than the traced ones;
+    :class:`OnnxExportError` if it differs by more than ``atol`` (the graph is then removed). ``ValueError`` /
+    ``TypeError`` for bad arguments, before any work.
     """
     modality = model_modality(model)
     check_exporter(exporter)
