@@ -12,9 +12,19 @@ uniform DMS model, baselines matched within 1 %, and the same recovery budget):
   ``DMSPruner.meet_target`` snaps the keep ratios to counts at or just below the target (``--export_rule target``,
   the default; ``paper``: the paper's hard mask ``c' ≥ 1 − e``, which keeps ``floor(N·e) + 1`` elements per row and
   overshoots for coarse kinds such as SmolLM2's 3 KV groups; ``docs/dms.md``, "## Exact-target export");
-- ``magnitude`` (L2) and ``taylor`` (one-shot first-order Taylor, LLM-Pruner-style): uniform heads + MLP channels;
-- every pruned model before recovery ("pruning only") and after ``--recovery_steps`` of fine-tuning on War and
-  Peace. Evaluation: WikiText-2 test perplexity (``hf_dynamic.perplexity``) on the first ``--eval_windows``
+  ``--search_seeds 1 2`` searches the per-layer variant once per seed (a row each);
+- ``--baselines`` (``hf_dynamic.dms.baselines``, ``docs/dms.md`` "## Baselines"; calibration: the same
+  ``--calibration_batches`` War and Peace batches for all): ``magnitude`` (L2), ``taylor`` (one-shot first-order
+  Taylor, LLM-Pruner-style) and ``wanda_sp`` (structured Wanda) with uniform heads + MLP channels; ``flap`` (global
+  ranking of standardised fluctuation scores, per-layer widths, bias compensation carried by ``dms_llama``'s
+  ``output_proj_bias``); ``magnitude_dms`` / ``taylor_dms`` (the criterion on the first per-layer DMS search's
+  structure: its keep counts, hidden channels and sub-blocks);
+- every pruned model before recovery ("pruning only") and after ``--recovery_steps`` of recovery on War and
+  Peace: ``--recovery_loss kd`` (default) distils from the dense model with ``hf_dynamic.DistillationTrainer``
+  (``alpha · T²·KL + (1 − alpha) · next-token``, ``docs/distill.md``; ``--checkpoint_every N`` makes a killed
+  recovery resume from its last Trainer checkpoint), ``ntp`` is the plain next-token loop of the earlier runs;
+  ``--ablation_ntp`` adds the first per-layer DMS model recovered with the next-token loss only (same trainer and
+  tokens). Evaluation: WikiText-2 test perplexity (``hf_dynamic.perplexity``) on the first ``--eval_windows``
   windows of ``--eval_window`` tokens of the tokenised test text (tokens ``[0, W·window)``, tokenised once as
   ``perplexity`` does); the final DMS model (the better DMS variant) and the best baseline also on the full test
   set. Speed: every exported model and the dense one in the ``speed`` stage, each in a fresh subprocess.
@@ -23,21 +33,25 @@ Stages (each writes ``<output_dir>/stages/<stage>.json`` atomically, models as s
 ``<output_dir>/<key>_pruned`` / ``<key>_model``; a re-run skips finished stages, a stage killed mid-way re-runs
 from its start; ``<output_dir>/stages.log`` records start / done / skip)::
 
-    plan → dense_eval → search_uniform, search_per_layer → prune_magnitude, prune_taylor
-    → eval_<m>_pruned, recover_<m>, eval_<m>_recovered (per pruned model m)
+    plan → dense_eval → search_uniform, search_per_layer (or search_per_layer_s<seed>) → prune_<baseline>
+    → eval_<m>_pruned, recover_<m>, eval_<m>_recovered (per pruned model m; the ablation after its source)
     → full_eval_final_dms, full_eval_best_baseline → speed
 
 The search stages rerun from scratch when killed (they are sized to a few minutes each; DMSCallback has no
 checkpoint resume yet). ``--stop_after STAGE`` stops after a stage; ``--plan`` (alias ``--time_step``) stops after
 ``plan``. ``results.json`` / ``results.md`` / ``search_trajectory.png`` are regenerated in ``--results_dir`` from
-whatever stage files exist, after every run.
+whatever stage files exist, after every finished stage (so they can be committed as a long run goes).
 
 Sizing (``--budget_minutes``, default 120 on the CPU). The ``plan`` stage times, on the dense model at the chosen
 batch × length: one evaluation window (inference), one search step (forward + backward + keep-ratio step) and one
-recovery step (forward + backward + AdamW), each after a short warm-up. It then charges the evaluation, the full
-test set evaluations, the speed stage and the Taylor calibration (pruned models at ``target`` × the dense cost),
-picks the comparison windows (64, else 32, else 16: the first that leaves half the budget to training), and
-splits the rest: ``--search_share`` (25 %) to the searches, the remainder to the recoveries, equally per model.
+recovery step (forward + backward + AdamW) and one teacher forward (what distillation adds to a recovery step),
+each after a short warm-up, in wall seconds or, with ``--plan_clock cpu``, in this process's CPU seconds (on a
+shared machine other jobs inflate the wall clock; use it with ``--threads 1``). It then charges the evaluations
+(one-shot and recovered rows), the full test set evaluations, the speed stage and the calibration (pruned models
+at ``target`` × the dense cost), picks the comparison windows (the first of ``--eval_window_choices``, default
+64 / 32 / 16, 0 = the whole test set, that leaves half the budget to training), and splits the rest:
+``--search_share`` (25 %) to the searches, the remainder to the recoveries, the same steps (and War and Peace
+tokens, written to the plan) for every model.
 Batch × length: 1 × 1024 on the CPU for search and recovery (1024 = the evaluation window, so the models train
 at the length they are scored at; batch 1 because on 2 cores a step's cost is linear in its tokens, so more,
 smaller steps give the ramp and the cosine schedule more updates for the same time), 8 × 1024 on a GPU. The
@@ -681,8 +695,9 @@ def measured_flops(path, prefill_shape, device):
 class Pipeline:
     """Stage bookkeeping: ``stages/<name>.json`` per finished stage, ``stages.log`` of what ran or was skipped."""
 
-    def __init__(self, args):
+    def __init__(self, args, on_done=None):
         self.args = args
+        self.on_done = on_done  # called after every finished stage (main: rewrite results.json / .md / plots)
         self.dir = os.path.join(args.output_dir, "stages")
         os.makedirs(self.dir, exist_ok=True)
 
@@ -716,6 +731,8 @@ class Pipeline:
         write_json_atomic(self.path(name), out)
         self.log("done", name)
         gc.collect()
+        if self.on_done is not None:
+            self.on_done()
         if self.args.stop_after == name:
             raise StopPipeline(name)
         return out
@@ -779,8 +796,8 @@ def main(argv=None):
     wiki_ids = torch.as_tensor(tokenizer(load_text("wikitext2"), verbose=False)["input_ids"])
     blocks = chunks(torch.tensor(tokenizer(load_text("warpeace"), verbose=False)["input_ids"]), args.seq_len)
     full_windows = math.ceil(wiki_ids.numel() / args.eval_window)
-    pipe = Pipeline(args)
     state = {"args": args, "path": path, "argv": argv}
+    pipe = Pipeline(args, on_done=lambda: report(pipe, state, echo=False))
     try:
         run_stages(pipe, args, path, tokenizer, wiki_ids, blocks, full_windows)
     except StopPipeline as stop:
@@ -1134,7 +1151,7 @@ def targets_check(rows, stage_seconds):
     return out
 
 
-def report(pipe, state):
+def report(pipe, state, echo=True):
     args = state["args"]
     rows = collect_rows(pipe, args, state["path"])
     stage_files = sorted(f[:-5] for f in os.listdir(pipe.dir) if f.endswith(".json"))
@@ -1166,7 +1183,8 @@ def report(pipe, state):
         plot_search(results["search_log"], os.path.join(args.results_dir, "search_trajectory.png"))
     if len(rows) > 1:
         plot_ppl_vs_params(rows, os.path.join(args.results_dir, "ppl_vs_params.png"))
-    print(table, flush=True)
+    if echo:
+        print(table, flush=True)
     return results
 
 
