@@ -173,7 +173,7 @@ WORKER = textwrap.dedent('''
     sys.modules["hf_dynamic"] = None
     sys.path[:] = [p for p in sys.path if p not in ("", {repo!r})]
 
-    import json, torch, transformers
+    import json, torch, traceback, transformers
     from transformers import AutoConfig
 
     torch.set_num_threads(1)
@@ -190,15 +190,18 @@ WORKER = textwrap.dedent('''
             AutoConfig.from_pretrained(folder)
         except Exception as error:  # what a user without hf_dynamic sees without trust_remote_code
             entry["no_trust"] = f"{{type(error).__name__}}: {{error}}"
-        config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
-        model = getattr(transformers, head).from_pretrained(folder, trust_remote_code=True).eval()
-        inputs = torch.load({root!r} + "/" + name + ".inputs.pt")
-        with torch.no_grad():
-            out = model(**inputs)
-        logits = out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state
-        torch.save({{"logits": logits, "state": model.state_dict()}}, {root!r} + "/" + name + ".remote.pt")
-        entry.update(config_class=type(config).__module__, model_class=type(model).__module__ + "." +
-                     type(model).__name__)
+        try:  # one folder's failure is reported for that folder (its test fails), the others still run
+            config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
+            model = getattr(transformers, head).from_pretrained(folder, trust_remote_code=True).eval()
+            inputs = torch.load({root!r} + "/" + name + ".inputs.pt")
+            with torch.no_grad():
+                out = model(**inputs)
+            logits = out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state
+            torch.save({{"logits": logits, "state": model.state_dict()}}, {root!r} + "/" + name + ".remote.pt")
+            entry.update(config_class=type(config).__module__, model_class=type(model).__module__ + "." +
+                         type(model).__name__)
+        except Exception:
+            entry["error"] = traceback.format_exc()
     report["modules"] = sorted(m for m, v in sys.modules.items() if v is not None and m.split(".")[0] == "hf_dynamic")
     print("REPORT" + json.dumps(report))
 ''')
@@ -227,6 +230,8 @@ def test_worker_never_imported_hf_dynamic(remote):
 @pytest.mark.parametrize("name", sorted(BUILDERS))
 def test_loads_without_hf_dynamic_with_trust_remote_code(shared, remote, name):
     entry, expected = remote[name], shared[name]
+    assert "error" not in entry, f"loading {name} with trust_remote_code=True without hf_dynamic failed:\n" + \
+        entry.get("error", "")
     assert entry["config_class"].startswith("transformers_modules."), entry
     assert entry["model_class"].startswith("transformers_modules."), entry
     assert entry["model_class"].endswith("." + type(expected["model"]).__name__)
