@@ -17,10 +17,10 @@ from pathlib import Path
 from huggingface_hub import ModelCard, ModelCardData
 
 from .model_types import package_for_config
+from .remote_code import PIP_NAME
 
 CARD_NAME = "README.md"
 RESULTS_NAME = "eval_results.json"
-PIP_NAME = "hf-dynamic"
 # What transformers' template card (a repository pushed without a card) says; our card replaces that one only.
 TEMPLATE_CARD_MARK = "This is the model card of a 🤗 transformers model that has been pushed on the Hub"
 
