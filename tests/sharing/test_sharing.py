@@ -136,7 +136,7 @@ def test_saved_folder_has_what_a_user_without_hf_dynamic_needs(shared, name):
     assert card.data.library_name == "transformers" and card.data.tags[:2] == ["hf_dynamic", config["model_type"]]
 
 
-@pytest.mark.parametrize("name", sorted(BUILDERS))
+@pytest.mark.parametrize("name", ["partial_moe_bert", "dynamic_resnet", "dms_llama"])
 def test_save_pretrained_leaves_the_config_as_it_was(shared, tmp_path, name):
     """auto_map is in config.json, not left on the config: transformers' Auto classes read a config that has an
     auto_map attribute as remote code, so a left-behind None made from_pretrained(folder, config=model.config)
