@@ -180,6 +180,9 @@ def parse_args(argv=None):
                    help="the plan's step times: wall seconds, or the process's CPU seconds (a shared machine's "
                         "load does not inflate them; use with --threads 1)")
     p.add_argument("--no_speed", action="store_true", help="skip the speed stage")
+    p.add_argument("--gguf", nargs="*", default=[], choices=["f32", "f16", "q8_0"],
+                   help="in the speed stage, also write each model as <model folder>.<dtype>.gguf "
+                        "(hf_dynamic.save_gguf, docs/gguf.md) and time it in llama.cpp (llama-cpp-python)")
     p.add_argument("--speed_isolation", choices=["subprocess", "inprocess"], default="subprocess",
                    help="each model's speed and peak memory in a fresh process (inprocess: no memory figures)")
     p.add_argument("--prefill_shapes", nargs="+", default=["1x1024", "4x512"], help="BATCHxLENGTH, no cache")
@@ -1017,6 +1020,36 @@ def final_models(pipe, args) -> dict:
     return out
 
 
+def gguf_speed(model_dir, dtype, prompt_tokens, decode_tokens) -> dict:
+    """Write ``model_dir`` beside itself as ``<model_dir>.<dtype>.gguf`` (``hf_dynamic.save_gguf``) and time it in
+    llama.cpp with this process's threads: one ``prompt_tokens`` prompt in one batch, then ``decode_tokens`` tokens
+    one at a time (batch 1)."""
+    import llama_cpp
+    from transformers import AutoTokenizer
+
+    import hf_dynamic
+
+    path = f"{model_dir.rstrip(os.sep)}.{dtype}.gguf"
+    hf_dynamic.save_gguf(load_model(model_dir, "cpu"), AutoTokenizer.from_pretrained(model_dir), path, dtype=dtype)
+    threads = torch.get_num_threads()
+    llm = llama_cpp.Llama(model_path=path, n_ctx=prompt_tokens + decode_tokens + 8, n_batch=prompt_tokens,
+                          n_threads=threads, n_threads_batch=threads, verbose=False)
+    try:
+        ids = torch.randint(0, llm.n_vocab(), (prompt_tokens + decode_tokens,),
+                            generator=torch.Generator().manual_seed(0)).tolist()
+        start = time.perf_counter()
+        llm.eval(ids[:prompt_tokens])
+        prefill = prompt_tokens / (time.perf_counter() - start)
+        start = time.perf_counter()
+        for token in ids[prompt_tokens:]:
+            llm.eval([token])
+        decode = decode_tokens / (time.perf_counter() - start)
+    finally:
+        llm.close()
+    return {f"llama_cpp_{dtype}_prefill_tokens_per_s_1x{prompt_tokens}": prefill,
+            f"llama_cpp_{dtype}_decode_tokens_per_s_b1": decode}
+
+
 def speed_stage(args, path):
     """Every final model and the dense one, one fresh subprocess each (same threads), plus measured FLOPs."""
     models = {"dense": path, **{key: final_dir(args, key) for key, _, _ in pruned_models(args)}}
@@ -1036,6 +1069,8 @@ def speed_stage(args, path):
                 out[key] = json.load(f)
             os.remove(result)
         out[key]["flops_measured"] = {f"{b}x{n}": measured_flops(model_dir, (b, n), args.device) for b, n in prefill}
+        for dtype in args.gguf:
+            out[key].update(gguf_speed(model_dir, dtype, prefill[0][1], args.decode_tokens))
         print(f"  speed {key}: {json.dumps(out[key])}", flush=True)
     return {"models": out}
 
@@ -1252,7 +1287,8 @@ def markdown(results):
             better = "beats" if pl["ppl"] < un["ppl"] else "does not beat"
             lines += ["", f"Per-layer DMS ({pl['params']:,} params, ppl {pl['ppl']:.2f}) {better} uniform DMS "
                           f"({un['params']:,} params, ppl {un['ppl']:.2f})."]
-        speed_cols = [c for c in rows[0] if c.startswith(("prefill_tokens", "decode_tokens", "peak_", "model_peak"))]
+        speed_cols = [c for c in rows[0] if c.startswith(("prefill_tokens", "decode_tokens", "peak_", "model_peak",
+                                                          "llama_cpp_"))]
         if speed_cols:
             lines += ["", "## Speed (each model in a fresh process, same threads)", ""]
             lines += md_table(rows, ["model"] + speed_cols + [c for c in rows[-1] if c.startswith(
