@@ -13,11 +13,19 @@ tokenizer, the task's label names in `id2label`, and a model card `README.md`), 
 
 (`--save_model false` skips saving.)
 
+Recipe choice without touching dev: `--carve_validation 0.1 --carve_seed 0` removes a fixed, label-stratified 10 % of
+the task's training rows (:func:`carve_split`: the same rows for every variant and training seed, since they depend
+only on the fraction, the carve seed and the labels), trains on the rest and evaluates on the carved rows, reported
+as the split `carved`; the dev set is not evaluated. The run's `eval_results.json` records the carve (fraction,
+seed, row counts and a hash of the carved row indices). `--max_train_samples` / `--max_eval_samples` then cut the
+remaining training rows / the carved rows.
+
 Variants other than `dense` live in `variant_*.py` modules beside this script; each provides `VARIANTS`, an
 `Arguments` dataclass (its own flags), `build_model`, `make_callbacks` and `after_training`, and optionally
 `trainer_class_and_kwargs` (a Trainer subclass and its extra keyword arguments).
 """
 
+import hashlib
 import importlib
 import json
 import logging
@@ -25,6 +33,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import transformers
 from transformers import (
@@ -79,6 +88,10 @@ class ScriptArguments:
     max_seq_length: int = field(default=128, metadata={"help": "Truncate inputs to this many tokens"})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training rows"})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N dev rows"})
+    carve_validation: float | None = field(default=None, metadata={
+        "help": "Fraction in (0, 1) of the training rows to carve out (label-stratified) and evaluate on instead of "
+                "dev; the rest is trained on (see carve_split)"})
+    carve_seed: int = field(default=0, metadata={"help": "Seed of the carved rows (independent of --seed)"})
     results_file: str = field(default="eval_results.json", metadata={"help": "JSON written in output_dir"})
     save_model: bool = field(default=True, metadata={
         "help": "Save the final model, tokenizer and a model card into output_dir (loadable with pipeline)"})
@@ -113,6 +126,8 @@ def parse_args(argv=None):
     if script_args.variant != "dense" and script_args.variant not in by_variant:
         raise ValueError(f"--variant {script_args.variant!r} is unknown; choose from "
                          f"{['dense', *sorted(by_variant)]}")
+    if script_args.carve_validation is not None and not 0 < script_args.carve_validation < 1:
+        raise ValueError(f"--carve_validation must be a fraction in (0, 1), got {script_args.carve_validation!r}")
     try:
         training_args.output_dir = training_args.output_dir.format(
             task=script_args.task, variant=script_args.variant, seed=training_args.seed)
@@ -120,6 +135,38 @@ def parse_args(argv=None):
         raise ValueError(f"--output_dir {training_args.output_dir!r}: only {{task}}, {{variant}} and {{seed}} may "
                          f"be filled in ({error!r})") from None
     return script_args, training_args, by_variant, variant_args
+
+
+CARVED_SPLIT = "carved"
+
+
+def carve_split(labels, fraction: float, seed: int, stratify: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Split the row indices ``0 … len(labels) - 1`` into (kept, carved) sorted index arrays, ``carved`` holding
+    ``ceil(fraction · n)`` rows (scikit-learn's ``train_test_split``, ``random_state=seed``), stratified by label so
+    each class keeps its share (pass ``stratify=False`` for a regression target). The result depends only on the
+    labels, ``fraction`` and ``seed``: every variant and training seed gets the same rows."""
+    from sklearn.model_selection import train_test_split
+
+    if not 0 < fraction < 1:
+        raise ValueError(f"carve_split: fraction must be in (0, 1), got {fraction!r}")
+    labels = np.asarray(labels)
+    kept, carved = train_test_split(np.arange(len(labels)), test_size=fraction, random_state=seed,
+                                    stratify=labels if stratify else None)
+    return np.sort(kept), np.sort(carved)
+
+
+def carve_raw(raw, task_info, fraction: float, seed: int) -> dict:
+    """Replace ``raw``'s validation splits by the carved training rows (:func:`carve_split`) and its train split by
+    the rest, in place; return the record of the carve for the results file."""
+    kept, carved = carve_split(raw["train"]["label"], fraction, seed, stratify=not task_info.is_regression)
+    for split in list(raw):
+        if split != "train":
+            del raw[split]
+    raw[CARVED_SPLIT] = raw["train"].select(carved)
+    raw["train"] = raw["train"].select(kept)
+    return {"fraction": fraction, "seed": seed, "stratified": not task_info.is_regression,
+            "num_train": len(kept), "num_carved": len(carved),
+            "carved_rows_sha256": hashlib.sha256(carved.astype(np.int64).tobytes()).hexdigest()}
 
 
 def tokenize_glue(raw, task_info, tokenizer, max_seq_length):
@@ -151,15 +198,20 @@ def main(argv=None):
     raw = load_glue(script_args.task, data_dir=script_args.data_dir)
     if "train" not in raw:
         raise ValueError(f"task {script_args.task!r} has no train split in the data directory")
+    carve = None
+    eval_splits = task_info.validation_splits
+    if script_args.carve_validation is not None:  # before any row cut: the carved rows never depend on it
+        carve = carve_raw(raw, task_info, script_args.carve_validation, script_args.carve_seed)
+        eval_splits = (CARVED_SPLIT,)
     if script_args.max_train_samples is not None:
         raw["train"] = raw["train"].select(range(min(script_args.max_train_samples, len(raw["train"]))))
-    for split in task_info.validation_splits:
+    for split in eval_splits:
         if script_args.max_eval_samples is not None and split in raw:
             raw[split] = raw[split].select(range(min(script_args.max_eval_samples, len(raw[split]))))
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     tokenized = tokenize_glue(raw, task_info, tokenizer, script_args.max_seq_length)
-    eval_datasets = {s: tokenized[s] for s in task_info.validation_splits if s in tokenized}
+    eval_datasets = {s: tokenized[s] for s in eval_splits if s in tokenized}
     if not eval_datasets:
         raise ValueError(f"task {script_args.task!r} has no validation split in the data directory")
 
@@ -203,6 +255,8 @@ def main(argv=None):
         "train_runtime_s": train_result.metrics.get("train_runtime"),
         "metrics": {},
     }
+    if carve is not None:
+        results["carve"] = carve
     for split, dataset in eval_datasets.items():
         output = trainer.predict(dataset, metric_key_prefix=split)
         results["metrics"][split] = {k.removeprefix(f"{split}_"): v for k, v in output.metrics.items()}

@@ -114,3 +114,51 @@ def test_expert_spread_is_zero_after_upcycling_and_measures_how_far_experts_move
     # one of 4 experts doubled: mean 1.25 w, deviations 0.75 w and 3 × 0.25 w: (0.75 + 0.75) / 4 / 1.25 = 0.3
     assert expected == pytest.approx(0.3, rel=1e-5)
     assert spread["0"] == 0.0 and spread["1"] == pytest.approx(expected)
+
+
+def test_carve_split_is_disjoint_stratified_and_fixed_by_its_seed():
+    import numpy as np
+
+    labels = np.array([0] * 70 + [1] * 30)
+    kept, carved = run_glue.carve_split(labels, 0.1, seed=0)
+    assert len(carved) == 10 and len(kept) == 90
+    assert set(kept).isdisjoint(carved) and sorted([*kept, *carved]) == list(range(100))
+    assert (labels[carved] == 1).sum() == 3  # each class keeps its share
+    again_kept, again_carved = run_glue.carve_split(labels, 0.1, seed=0)
+    assert np.array_equal(again_carved, carved) and np.array_equal(again_kept, kept)
+    assert not np.array_equal(run_glue.carve_split(labels, 0.1, seed=1)[1], carved)
+    with pytest.raises(ValueError, match="fraction must be in \\(0, 1\\), got 1.0"):
+        run_glue.carve_split(labels, 1.0, seed=0)
+
+
+def test_carve_validation_out_of_range_is_rejected_before_work(tmp_path):
+    with pytest.raises(ValueError, match="--carve_validation must be a fraction in \\(0, 1\\), got 0.0"):
+        run_glue.main(["--carve_validation", "0", "--output_dir", str(tmp_path)])
+    assert not any(tmp_path.iterdir())
+
+
+def test_carved_rows_leave_training_and_dev_untouched_on_real_mrpc():
+    from hf_dynamic.data.glue import GLUE_TASKS, load_glue
+
+    raw = load_glue("mrpc", data_dir=SHARED_GLUE)
+    train_idx, dev_idx = list(raw["train"]["idx"]), list(raw["validation"]["idx"])
+    carve = run_glue.carve_raw(raw, GLUE_TASKS["mrpc"], 0.1, seed=0)
+    assert set(raw) == {"train", "carved"}  # dev is not evaluated under a carve
+    carved, kept = list(raw["carved"]["idx"]), list(raw["train"]["idx"])
+    assert set(carved).isdisjoint(kept) and sorted(carved + kept) == sorted(train_idx)
+    assert carve["num_carved"] == len(carved) == 367 and carve["num_train"] == 3668 - 367
+    # the unmodified dev split still loads whole (the carve never writes into the data)
+    assert list(load_glue("mrpc", data_dir=SHARED_GLUE)["validation"]["idx"]) == dev_idx
+
+
+def test_carved_run_evaluates_only_the_carved_rows_the_same_for_every_variant_and_seed(tmp_path):
+    common = ["--task", "mrpc", "--data_dir", SHARED_GLUE, "--carve_validation", "0.1", "--carve_seed", "0",
+              "--max_train_samples", "8", "--max_eval_samples", "16", "--max_steps", "1",
+              "--per_device_train_batch_size", "8", "--save_model", "false", "--disable_tqdm", "true"]
+    dense = run_glue.main(common + ["--seed", "4", "--output_dir", str(tmp_path / "dense")])
+    other = run_glue.main(common + ["--seed", "5", "--variant", "joint_exit", "--exit_layers", "3,6",
+                                    "--output_dir", str(tmp_path / "exit")])
+    assert list(dense["metrics"]) == ["carved"] and list(other["metrics"]) == ["carved"]
+    assert dense["carve"] == other["carve"]
+    assert dense["carve"]["fraction"] == 0.1 and dense["carve"]["num_carved"] == 367
+    assert "carved" in other["exits"] and "validation" not in other["exits"]
