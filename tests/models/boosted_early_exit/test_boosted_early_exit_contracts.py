@@ -90,36 +90,6 @@ def test_hidden_states_and_attentions_are_the_backbones(anytime):
     assert len(model(**batch, output_hidden_states=True, return_dict=False)) >= 2
 
 
-def test_dynamic_mode_hidden_states_are_padded_up_to_each_exit():
-    model = make_model()
-    model.set_attn_implementation("eager")
-    with torch.no_grad():
-        for head in model.exit_heads:
-            head.classifier.weight.mul_(80)
-    batch = make_batch(batch=12, seed=3)
-    with torch.no_grad():
-        full = model(**batch, output_all_exits=True, output_hidden_states=True, output_attentions=True)
-        confidence = torch.softmax(full.all_exit_logits, -1).amax(-1)
-        model.config.exit_thresholds = [float(torch.quantile(confidence[:, k], 0.5)) for k in range(4)]
-        out = model(**batch, output_hidden_states=True, output_attentions=True)
-    assert len(set(out.exit_layer.tolist())) >= 2
-    assert len(out.hidden_states) == 5 and len(out.attentions) == 4
-    lengths = batch["attention_mask"].sum(1)
-    for layer in range(5):  # hidden_states[layer] is the output of backbone layer `layer` (0: the embeddings)
-        ran = out.exit_layer >= layer
-        assert out.hidden_states[layer].shape == full.hidden_states[layer].shape
-        assert not out.hidden_states[layer][~ran].any()  # never computed for the samples that had left
-        for i in ran.nonzero().flatten().tolist():
-            n = int(lengths[i])
-            torch.testing.assert_close(out.hidden_states[layer][i, :n], full.hidden_states[layer][i, :n],
-                                       atol=1e-5, rtol=1e-5)
-            if layer:
-                torch.testing.assert_close(out.attentions[layer - 1][i, :, :n, :n],
-                                           full.attentions[layer - 1][i, :, :n, :n], atol=1e-5, rtol=1e-5)
-        if layer:
-            assert not out.attentions[layer - 1][~ran].any()
-
-
 def test_dynamic_mode_hidden_states_when_every_sample_leaves_early():
     model = make_model()
     model.set_attn_implementation("eager")

@@ -260,14 +260,20 @@ def _quantile_thresholds(model, batch, q=0.5):
 
 
 @pytest.mark.parametrize("backbone", sorted(BACKBONES))
-def test_dynamic_logits_equal_anytime_logits_of_taken_exit(backbone):
+def test_dynamic_mode_equals_anytime_mode_at_the_exit_each_sample_takes(backbone):
+    """Each adapter's layer-by-layer run (dynamic mode) against the backbone's own forward (anytime mode): a sample
+    leaves at the first exit whose confidence passes its threshold, with that exit's anytime prediction; its hidden
+    states and attention weights (from the module the adapter names) are the anytime ones up to that exit and zero
+    after it."""
     model = make_model(backbone).eval()
+    model.set_attn_implementation("eager")
     spread_heads(model)
     batch = make_batch(batch=12, seed=3)
     model.config.exit_thresholds = _quantile_thresholds(model, batch, 0.6)
     with torch.no_grad():
-        anytime = model(**batch, output_all_exits=True).all_exit_logits
-        out = model(**batch)
+        full = model(**batch, output_all_exits=True, output_hidden_states=True, output_attentions=True)
+        out = model(**batch, output_hidden_states=True, output_attentions=True)
+    anytime, layers = full.all_exit_logits, model.config.num_backbone_layers
     exit_index = torch.tensor([model.config.exit_layers.index(int(l)) for l in out.exit_layer])
     assert len(set(exit_index.tolist())) >= 2, "thresholds should split the batch across exits"
     torch.testing.assert_close(out.logits, anytime[torch.arange(12), exit_index], atol=1e-5, rtol=1e-5)
@@ -275,6 +281,22 @@ def test_dynamic_logits_equal_anytime_logits_of_taken_exit(backbone):
     for i, k in enumerate(exit_index.tolist()):  # each sample left at the first exit whose confidence passed
         fired = [j for j in range(model.config.num_exits - 1) if conf[i, j] >= model.config.exit_thresholds[j]]
         assert k == (fired[0] if fired else model.config.num_exits - 1)
+    assert len(out.hidden_states) == len(full.hidden_states) == layers + 1
+    assert len(out.attentions) == len(full.attentions) == layers
+    lengths = batch["attention_mask"].sum(1)
+    for layer in range(layers + 1):  # hidden_states[layer]: the output of layer `layer` (0: the embeddings)
+        ran = out.exit_layer >= layer
+        assert out.hidden_states[layer].shape == full.hidden_states[layer].shape
+        assert not out.hidden_states[layer][~ran].any()  # never computed for the samples that had left
+        if layer:
+            assert not out.attentions[layer - 1][~ran].any()
+        for i in ran.nonzero().flatten().tolist():
+            n = int(lengths[i])
+            torch.testing.assert_close(out.hidden_states[layer][i, :n], full.hidden_states[layer][i, :n],
+                                       atol=1e-5, rtol=1e-5)
+            if layer:
+                torch.testing.assert_close(out.attentions[layer - 1][i, :, :n, :n],
+                                           full.attentions[layer - 1][i, :, :n, :n], atol=1e-5, rtol=1e-5)
 
 
 def test_dynamic_with_thresholds_that_never_fire_equals_full_model():
@@ -531,34 +553,6 @@ def test_mean_pooling_exits_anytime_and_dynamic():
     torch.testing.assert_close(out.logits, anytime[torch.arange(12), exit_index], atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="exit_pooling must be one of"):
         BoostedEarlyExitConfig(backbone=tiny_bert(), exit_pooling="max")
-
-
-@pytest.mark.parametrize("backbone", sorted(BACKBONES))
-def test_dynamic_mode_attentions_and_hidden_states_of_every_adapter(backbone):
-    """Each adapter's attention module (``attention_path``) gives the weights the backbone's own forward returns,
-    for the samples still in the batch at that layer; hidden states likewise."""
-    model = make_model(backbone).eval()
-    model.set_attn_implementation("eager")
-    spread_heads(model)
-    batch = make_batch(batch=12, seed=3)
-    model.config.exit_thresholds = _quantile_thresholds(model, batch, 0.5)
-    with torch.no_grad():
-        full = model(**batch, output_all_exits=True, output_hidden_states=True, output_attentions=True)
-        out = model(**batch, output_hidden_states=True, output_attentions=True)
-    layers = model.config.num_backbone_layers
-    assert len(set(out.exit_layer.tolist())) >= 2
-    assert len(out.hidden_states) == len(full.hidden_states) == layers + 1
-    assert len(out.attentions) == len(full.attentions) == layers
-    lengths = batch["attention_mask"].sum(1)
-    for layer in range(1, layers + 1):
-        ran = out.exit_layer >= layer
-        assert not out.attentions[layer - 1][~ran].any() and not out.hidden_states[layer][~ran].any()
-        for i in ran.nonzero().flatten().tolist():
-            n = int(lengths[i])
-            torch.testing.assert_close(out.attentions[layer - 1][i, :, :n, :n], full.attentions[layer - 1][i, :, :n, :n],
-                                       atol=1e-5, rtol=1e-5)
-            torch.testing.assert_close(out.hidden_states[layer][i, :n], full.hidden_states[layer][i, :n],
-                                       atol=1e-5, rtol=1e-5)
 
 
 def test_from_backbone_unknown_keyword_is_a_type_error():
