@@ -126,10 +126,11 @@ def tiny_llama(**overrides):
     return randomize(LlamaForCausalLM(LlamaConfig(**{**TINY, **overrides})))
 
 
-def tiny_dms_llama():
+def tiny_dms_llama(**overrides):
     """6 layers with uneven widths and head_dim (24) != hidden / heads (16): layer 0 without attention, layer 1
     without MLP, layer 3 without either, layer 5 (the last) without MLP."""
-    config = DMSLlamaConfig(**{**TINY, "num_hidden_layers": 6, "head_dim": 24, "tie_word_embeddings": False},
+    config = DMSLlamaConfig(**{**TINY, "num_hidden_layers": 6, "head_dim": 24, "tie_word_embeddings": False,
+                               **overrides},
                             layer_num_attention_heads=[0, 4, 2, 0, 3, 2],
                             layer_num_key_value_heads=[0, 2, 1, 0, 1, 2],
                             layer_intermediate_sizes=[96, 0, 40, 0, 64, 0])
@@ -223,6 +224,15 @@ def test_dms_llama_matches_pytorch_in_llama_cpp(tokenizer, tmp_path, dtype):
     assert reader.fields["deci.feed_forward_length"].contents() == [96, 1, 40, 0, 64, 1]
     assert reader.fields["deci.attention.key_length"].contents() == 24
     assert not any(t.name.startswith("blk.3.") for t in reader.tensors)
+
+
+@needs_llama_cpp
+def test_dms_llama_output_projection_biases_in_llama_cpp(tokenizer, tmp_path):
+    """``output_proj_bias`` (the bias compensation of a FLAP-pruned dms_llama) is written as llama.cpp's o_proj /
+    down_proj biases."""
+    model = tiny_dms_llama(output_proj_bias=True)
+    assert model.model.layers[2].mlp.down_proj.bias is not None
+    check_in_llama_cpp(model, tokenizer, tmp_path / "dms.gguf", "f32")
 
 
 @needs_llama_cpp
