@@ -291,13 +291,18 @@ def test_early_exit_in_onnxruntime_equals_pytorch_dynamic_mode(folders, exporter
     assert_close(full.logits, last)
 
 
-def test_early_exit_settings_follow_the_config(tmp_path):
-    """Entropy criterion, joint exits (no boosting): the runtime reads both from the manifest."""
+@pytest.mark.parametrize("criterion", ["entropy", "patience"])
+def test_early_exit_settings_follow_the_config(tmp_path, criterion):
+    """Entropy criterion with joint exits (no boosting), patience with boosted ones: the runtime reads the
+    criterion, its settings and the ensemble from the manifest."""
     model = boosted_model()
-    model.config.boosting = False
-    model.config.exit_criterion = "entropy"
     model.config.exit_thresholds = None
-    calibrate_thresholds(model, [text_batch(16, 9, vocab=30522, seed=s) for s in range(3)], budget=0.6)
+    model.config.exit_criterion = criterion
+    if criterion == "entropy":
+        model.config.boosting = False
+        calibrate_thresholds(model, [text_batch(16, 9, vocab=30522, seed=s) for s in range(3)], budget=0.6)
+    else:
+        model.config.exit_patience = 1
     export_onnx(model, tmp_path, exporter="torchscript")
     session = load_runtime(tmp_path).EarlyExitSession(tmp_path)
     inputs = text_batch(24, 10, vocab=30522, seed=22)
