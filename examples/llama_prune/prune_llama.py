@@ -1134,7 +1134,7 @@ def collect_rows(pipe, args, path):
         if key == source or base is None:
             continue
         r = {k: v for k, v in base.items() if k not in ("ppl", "recovery_s")}
-        r.update(model=f"{base['model']}, next-token recovery (ablation)", key=key, ablation=True)
+        r.update(model=f"{base['model']}, ablation: next-token loss only", key=key, ablation=True)
         if pipe.done(f"recover_{key}"):
             r["recovery_s"] = pipe.load(f"recover_{key}")["seconds"]
         if pipe.done(f"eval_{key}_recovered"):
@@ -1319,7 +1319,7 @@ def plot_ppl_vs_params(rows, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+    fig, ax = plt.subplots(figsize=(11, 5.5))
     for i, r in enumerate(rows):
         color = f"C{i % 10}"
         points = [] if r.get("ablation") else [(r.get("ppl_before_recovery"), "none", "pruning only")]
@@ -1332,7 +1332,7 @@ def plot_ppl_vs_params(rows, path: str) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("parameters (M)")
     ax.set_ylabel("WikiText-2 perplexity")
-    ax.legend(fontsize=6, loc="upper right")
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
