@@ -43,9 +43,8 @@ def last_loss(trainer):
 
 @pytest.mark.parametrize("route", ["from_static", "from_pretrained"])
 @pytest.mark.parametrize("finalize_at,granularity,checkpoint_state", [
-    ("train_begin", "element", "finalized"),
-    ("train_begin", "filter", "finalized"),
-    ("train_end", "filter", "partitioned"),
+    ("train_begin", "element", "finalized"),   # after finalisation (filter mode: the adopt test below)
+    ("train_end", "filter", "partitioned"),    # between IMP and finalisation
 ])
 def test_resume_after_imp_reproduces_the_uninterrupted_run(tmp_path, route, finalize_at, granularity,
                                                              checkpoint_state):
@@ -70,19 +69,20 @@ def test_resume_after_imp_reproduces_the_uninterrupted_run(tmp_path, route, fina
     assert last_loss(resumed) == pytest.approx(last_loss(full_trainer), rel=1e-5)
 
 
-def test_parameter_order_is_the_same_after_adopting_a_layout():
+@pytest.mark.parametrize("granularity", ["element", "filter"])
+def test_parameter_order_is_the_same_after_adopting_a_layout(granularity):
     """The optimizer state is restored by position: a layer that adopted the finalised layout while loading lists
     its parameters as the layer finalised in place does."""
     from hf_dynamic import finalize_partition
     from hf_dynamic.pad.imp import pad_layers
 
-    source = upcycled("element")
+    source = upcycled(granularity)
     g = torch.Generator().manual_seed(2)
     for layer in pad_layers(source):
         layer.set_partition_mask(torch.rand(layer.num_partition_entries, generator=g) < 0.5)
     source.config.pad_state = "partitioned"
     finalize_partition(source)
-    target = upcycled("element")
+    target = upcycled(granularity)
     target.load_state_dict(source.state_dict())
     assert [(n, tuple(p.shape)) for n, p in target.named_parameters()] == \
         [(n, tuple(p.shape)) for n, p in source.named_parameters()]
