@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import glob
 import json
 import os
@@ -64,6 +65,8 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(REPO, "bench"))
 
 from _results import cpu_model  # noqa: E402  (bench/_results.py: the machine's CPU name, as the benchmarks write it)
+
+from hf_dynamic.data.statistics import paired_by_seed  # noqa: E402
 
 # run name -> (run_glue --variant, extra flags)
 RUNS = {
@@ -171,6 +174,40 @@ RECIPES["sst2_short"] = {
 MAIN_METRIC = {"cola": "matthews_correlation", "sst2": "accuracy", "mrpc": "f1", "qqp": "f1", "stsb": "pearson",
                "mnli": "accuracy", "qnli": "accuracy", "rte": "accuracy", "wnli": "accuracy"}
 
+# The fresh-seed protocol (issue #32; module docstring, "Fresh-seed protocol"; results/cpu/PROTOCOL.md). Each grid
+# point is a recipe of its own twice over: ``grid_<point>`` trains on the carved training rows and reports the carved
+# rows (seed CHOICE_SEED, the choice), ``fresh_<point>`` trains on the full training set and reports dev (FRESH_SEEDS).
+PROTOCOL_TASKS = ("rte", "mrpc", "cola")
+CARVE = ["--carve_validation", "0.1", "--carve_seed", "0"]
+CHOICE_SEED = 1
+FRESH_SEEDS = (4, 5, 6)
+# point -> (sampler, lr), in tie-break order: the first point of a tie is chosen
+GRID = {"lr1e-4_gbl": ("group_by_length", "1e-4"), "lr1e-4_random": ("random", "1e-4"),
+        "lr5e-5_gbl": ("group_by_length", "5e-5"), "lr5e-5_random": ("random", "5e-5")}
+PROTOCOL_EXIT_FLAGS = (EXIT_RUNS, EXIT_STUDY["exit_mean"][0],
+                       "protocol: mean-pooled exit heads (both exit runs; not a grid axis)")
+CHOICE_RULE = ("per task and run, the grid point with the highest metric on the carved rows (seed "
+               f"{CHOICE_SEED}): the main metric, for the exit runs the anytime metric averaged over every exit; "
+               "a tie goes to the point listed first in the grid (" + ", ".join(GRID) + ")")
+# Random batches pad every batch to its longest row: the MoE on RTE took ≈ 4.8 s/step against ≈ 3.5 s with
+# length-grouped batches (the timing this docstring's epochs come from); the estimate scales every gbl run by it.
+RANDOM_SAMPLER_SLOWDOWN = 4.8 / 3.5
+for _point, (_sampler, _lr) in GRID.items():
+    for _prefix, _extra in (("grid", CARVE), ("fresh", [])):
+        RECIPES[f"{_prefix}_{_point}"] = {
+            task: (["--train_sampling_strategy", _sampler, "--max_seq_length", "128", "--learning_rate", _lr,
+                    "--num_train_epochs", "3", *_extra],
+                   f"protocol {_prefix} point {_point}: 3 epochs as `tuned`, {_sampler} batches, lr {_lr}"
+                   + ("; trained on 90 % of train, evaluated on the carved 10 %" if _extra else
+                      "; full train, dev"))
+            for task in PROTOCOL_TASKS}
+        ADDED_FLAGS[f"{_prefix}_{_point}"] = [PROTOCOL_EXIT_FLAGS]
+
+
+def is_protocol(recipe: str) -> bool:
+    """True for the fresh-seed protocol's recipes (``grid_*``, ``fresh_*``)."""
+    return recipe.startswith(("grid_", "fresh_"))
+
 
 def parse_args(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -231,9 +268,12 @@ def run_reason(recipe: str, task: str, run: str) -> str:
 def home_recipe(recipe: str, task: str, run: str) -> str:
     """The recipe whose folder holds this run: the first recipe (in :data:`RECIPES` order) that runs ``task`` with
     exactly the same flags. A derived recipe's dense and early-exit runs are the naive ones (its flags reach only
-    the MoE runs), so they are run once and every table that needs them reads the same files."""
+    the MoE runs), so they are run once and every table that needs them reads the same files. The fresh-seed
+    protocol's recipes (:func:`is_protocol`) share only among themselves: its runs stay in their own folders, so the
+    seeds 1-3 tables never take in a fresh seed."""
     flags = run_flags(recipe, task, run)
-    return next(name for name in RECIPES if task in RECIPES[name] and run_flags(name, task, run) == flags)
+    return next(name for name in RECIPES if task in RECIPES[name] and is_protocol(name) == is_protocol(recipe)
+                and run_flags(name, task, run) == flags)
 
 
 def command(args, task, run, seed, passthrough) -> list[str]:
@@ -345,6 +385,115 @@ def _cell(stats: dict | None, digits: int = 1) -> str:
     return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f} (n={stats['n']})" if stats else "–"
 
 
+# (a, b): "a > b", the claims of the PAD-Net table (a paired comparison per task and on the per-seed task average)
+PAD_CLAIMS = (("pad_element", "dense"), ("pad_neuron", "dense"), ("pad_element", "moe"), ("pad_neuron", "moe"),
+              ("moe", "dense"))
+
+
+@functools.lru_cache(maxsize=None)
+def majority_baseline(task: str) -> float:
+    """The dev metric × 100 of predicting the dev set's most frequent class for every row (MRPC F1 81.2, RTE 52.7,
+    CoLA MCC 0): the best a constant can do on the reported rows, printed beside every row and exit."""
+    import numpy as np
+
+    from hf_dynamic.data.glue import load_glue
+    from hf_dynamic.data.metrics import compute_glue_metrics
+
+    labels = np.asarray(load_glue(task)["validation"]["label"])
+    constant = np.full_like(labels, np.bincount(labels).argmax())
+    return 100 * compute_glue_metrics(task, constant, labels)[MAIN_METRIC[task]]
+
+
+def by_seed(runs: list[dict], task: str, run: str, value=None) -> dict[int, float]:
+    """``{seed: value(run file)}`` of ``run`` on ``task`` (default value: the main metric)."""
+    value = value or (lambda r: r["main_metric"])
+    return {r["seed"]: value(r) for r in runs if r["task"] == task and r["run"] == run}
+
+
+def task_average_by_seed(runs: list[dict], tasks, run: str) -> dict[int, float]:
+    """``{seed: mean over tasks of the main metric}`` for the seeds that have ``run`` on every task."""
+    cells = [by_seed(runs, task, run) for task in tasks]
+    seeds = set.intersection(*(set(c) for c in cells)) if cells else set()
+    return {seed: statistics.mean(c[seed] for c in cells) for seed in sorted(seeds)}
+
+
+def compare_by_seed(a: dict[int, float], b: dict[int, float]) -> dict | None:
+    """``hf_dynamic.data.statistics.paired_by_seed(a, b).to_dict()`` (paired t-test, 95 % interval) over the seeds
+    both have, or None with fewer than two such seeds."""
+    if len(set(a) & set(b)) < 2:
+        return None
+    return paired_by_seed(a, b).to_dict()
+
+
+def pad_claims(runs: list[dict], tasks) -> dict:
+    """``{"a > b": {task: comparison, ..., "average": comparison}}`` for :data:`PAD_CLAIMS` (see
+    :func:`compare_by_seed`); the average pairs the per-seed means over every task."""
+    claims = {}
+    for a, b in PAD_CLAIMS:
+        cell = {task: compare_by_seed(by_seed(runs, task, a), by_seed(runs, task, b)) for task in tasks}
+        cell["average"] = compare_by_seed(task_average_by_seed(runs, tasks, a), task_average_by_seed(runs, tasks, b))
+        claims[f"{a} > {b}"] = cell
+    return claims
+
+
+def exit_claims(runs: list[dict], tasks) -> dict:
+    """``{task or "average": {exit layer: comparison}}`` of "boosted > joint" per exit (the anytime metric), paired
+    over seeds; the average pairs the per-seed means over the tasks that have both runs on that seed."""
+    def at_exit(layer):
+        return lambda r: next(e["metric"] for e in r["exit_anytime"] if e["exit_layer"] == layer)
+
+    exit_runs = [r for r in runs if "exit_anytime" in r]
+    layers = sorted({e["exit_layer"] for r in exit_runs for e in r["exit_anytime"]})
+    claims, average = {}, {}
+    for layer in layers:
+        holding = [r for r in exit_runs if any(e["exit_layer"] == layer for e in r["exit_anytime"])]
+        per_task = {task: {name: by_seed(holding, task, name, at_exit(layer)) for name in ("boosted", "joint")}
+                    for task in tasks}
+        for task in tasks:
+            claims.setdefault(task, {})[layer] = compare_by_seed(per_task[task]["boosted"], per_task[task]["joint"])
+        seeds = set.intersection(*(set(per_task[t][name]) for t in tasks for name in ("boosted", "joint")))
+        average[layer] = compare_by_seed(
+            *({seed: statistics.mean(per_task[t][name][seed] for t in tasks) for seed in seeds}
+              for name in ("boosted", "joint")))
+    claims["average"] = average
+    return claims
+
+
+def _claim_cell(comparison: dict | None) -> str:
+    """``+0.99 [-0.51, +2.49] p = 0.1, n = 3: not shown`` × 100, or "– (n < 2)"."""
+    if comparison is None:
+        return "– (n < 2)"
+    c = comparison
+    return (f"{100 * c['mean_diff']:+.2f} [{100 * c['ci_low']:+.2f}, {100 * c['ci_high']:+.2f}] "
+            f"p = {c['p_value']:.2g}, n = {c['n']}: **{c['verdict']}**" if c["verdict"] == "holds" else
+            f"{100 * c['mean_diff']:+.2f} [{100 * c['ci_low']:+.2f}, {100 * c['ci_high']:+.2f}] "
+            f"p = {c['p_value']:.2g}, n = {c['n']}: {c['verdict']}")
+
+
+CLAIMS_NOTE = ("Paired difference a − b over the seeds both runs have (× 100), its 95 % confidence interval "
+               "(Student's t, n − 1 degrees of freedom) and the two-sided paired t-test's p "
+               "(`hf_dynamic.data.statistics`, docs/data.md \"Paired comparisons\"). A claim *holds* only where the "
+               "interval lies above zero (*reversed*: below zero; *not shown*: it contains zero).")
+
+
+def markdown_pad_claims(claims: dict, tasks) -> str:
+    lines = ["", "## Claims (paired over seeds)", "", CLAIMS_NOTE, "",
+             "| claim | " + " | ".join(tasks) + " | average over tasks |", "|---|" + "---|" * (len(tasks) + 1)]
+    for name, cell in claims.items():
+        lines.append(f"| {name} | " + " | ".join(_claim_cell(cell[k]) for k in (*tasks, "average")) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def markdown_exit_claims(claims: dict, tasks) -> str:
+    layers = sorted({layer for cell in claims.values() for layer in cell})
+    lines = ["", "## Claim boosted > joint per exit (paired over seeds)", "", CLAIMS_NOTE, "",
+             "| exit layer | " + " | ".join(tasks) + " | average over tasks |", "|---|" + "---|" * (len(tasks) + 1)]
+    for layer in layers:
+        lines.append(f"| {layer} | " + " | ".join(_claim_cell(claims[k].get(layer)) for k in (*tasks, "average"))
+                     + " |")
+    return "\n".join(lines) + "\n"
+
+
 def summarise_pad(runs: list[dict], run_names, tasks) -> dict:
     """Per run: per task mean ± std of the main metric (MRPC accuracy too), average over tasks that all have
     results, parameters (total, active per token) and mean train time."""
@@ -371,7 +520,10 @@ def summarise_pad(runs: list[dict], run_names, tasks) -> dict:
     return table
 
 
-def markdown_pad(table: dict, tasks, recipe: str, machine: str, title: str = "PAD-Net GLUE table") -> str:
+def markdown_pad(table: dict, tasks, recipe: str, machine: str, title: str = "PAD-Net GLUE table",
+                 baselines: dict | None = None) -> str:
+    """The table of :func:`summarise_pad`, with a last row for the majority class (``baselines``: task -> dev
+    metric × 100, :func:`majority_baseline`)."""
     head = ["run", *[f"{t} ({MAIN_METRIC[t]})" for t in tasks]]
     if "mrpc" in tasks:
         head.insert(head.index(f"mrpc ({MAIN_METRIC['mrpc']})") + 1, "mrpc (accuracy)")
@@ -389,6 +541,14 @@ def markdown_pad(table: dict, tasks, recipe: str, machine: str, title: str = "PA
         for key in ("num_parameters", "num_parameters_active"):
             cells.append(f"{row[key] / 1e6:.2f}" if row[key] else "–")
         cells.append(f"{row['train_min_per_run']:.1f}" if row["train_min_per_run"] is not None else "–")
+        lines.append("| " + " | ".join(cells) + " |")
+    if baselines:
+        cells = ["majority class (dev)"]
+        for task in tasks:
+            cells.append(f"{baselines[task]:.1f}")
+            if task == "mrpc":
+                cells.append("–")
+        cells += [f"{statistics.mean(baselines[t] for t in tasks):.1f}", "–", "–", "–"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -435,22 +595,31 @@ def summarise_exit(runs: list[dict], tasks) -> dict:
     return {"tasks": table, "average": average}
 
 
-def markdown_exit(summary: dict, tasks, recipe: str, machine: str) -> str:
+def markdown_exit(summary: dict, tasks, recipe: str, machine: str, baselines: dict | None = None) -> str:
+    """The tables of :func:`summarise_exit`; every exit row carries the task's majority-class dev metric
+    (``baselines``, :func:`majority_baseline`; the average table: its mean over tasks)."""
+    baselines = baselines or {}
     lines = [f"# Early-exit GLUE table (recipe `{recipe}`): anytime dev metric of every exit, mean ± std × 100 "
              "over seeds (n per cell)", "", f"Machine: {machine}. Metric: "
-             + ", ".join(f"{t} {MAIN_METRIC[t]}" for t in tasks) + "; diff = boosted − joint (of the means).", ""]
+             + ", ".join(f"{t} {MAIN_METRIC[t]}" for t in tasks) + "; diff = boosted − joint (of the means); "
+             "majority class: the dev metric of predicting the dev set's most frequent class for every row.", ""]
+    head = ["| exit layer | boosted | joint | boosted − joint | majority class (dev) |", "|---|---|---|---|---|"]
     for task in tasks:
         rows = summary["tasks"].get(task, {})
-        lines += [f"## {task}", "", "| exit layer | boosted | joint | boosted − joint |", "|---|---|---|---|"]
+        majority = f"{baselines[task]:.1f}" if task in baselines else "–"
+        lines += [f"## {task}", "", *head]
         for layer, cell in rows.items():
             diff = f"{cell['diff']:+.1f}" if "diff" in cell else "–"
-            lines.append(f"| {layer} | {_cell(cell.get('boosted'))} | {_cell(cell.get('joint'))} | {diff} |")
+            lines.append(f"| {layer} | {_cell(cell.get('boosted'))} | {_cell(cell.get('joint'))} | {diff} | "
+                         f"{majority} |")
         lines.append("")
-    lines += ["## average over tasks", "", "| exit layer | boosted | joint | boosted − joint |", "|---|---|---|---|"]
+    majority = (f"{statistics.mean(baselines[t] for t in tasks):.1f}" if tasks and all(t in baselines for t in tasks)
+                else "–")
+    lines += ["## average over tasks", "", *head]
     for layer, cell in summary["average"].items():
-        lines.append(f"| {layer} | {cell['boosted']:.1f} | {cell['joint']:.1f} | {cell['diff']:+.1f} |")
+        lines.append(f"| {layer} | {cell['boosted']:.1f} | {cell['joint']:.1f} | {cell['diff']:+.1f} | {majority} |")
     if not summary["average"]:
-        lines.append("| – | – | – | – |")
+        lines.append("| – | – | – | – | – |")
     return "\n".join(lines) + "\n"
 
 
@@ -586,6 +755,30 @@ def refresh_after_run(args, task: str, run: str) -> None:
         write_study_report(args.results_dir)
 
 
+def render_table(table: str, runs: list[dict], tasks, recipe: str, machine: str, base: str, note: str = ""):
+    """Markdown of ``table`` over ``runs`` (means ± std and n, the majority class, the paired claims; ``note``, a
+    paragraph under the title), and the exit plots beside ``base``; returns ``(text, summary, claims, baselines)``."""
+    baselines = {task: majority_baseline(task) for task in tasks}
+    if table in ("pad", "pemn"):
+        summary = summarise_pad(runs, TABLES[table], tasks)
+        text = markdown_pad(summary, tasks, recipe, machine, title=("PAD-Net GLUE table" if table == "pad" else
+                            "PEMN on the MiniLM encoder (masks over random weights), GLUE table"),
+                            baselines=baselines)
+        claims = pad_claims(runs, tasks) if table == "pad" else {}
+        text += markdown_pad_claims(claims, tasks) if table == "pad" else markdown_pemn_storage(runs)
+    else:
+        summary = summarise_exit(runs, tasks)
+        text = markdown_exit(summary, tasks, recipe, machine, baselines)
+        claims = exit_claims(runs, tasks)
+        text += markdown_exit_claims(claims, tasks)
+        for task in tasks:
+            plot_exit(summary, task, f"{base}_{task}.png")
+    if note:
+        title, rest = text.split("\n", 1)
+        text = f"{title}\n\n{note}\n{rest}"
+    return text, summary, claims, baselines
+
+
 def write_tables(args) -> tuple[dict, str]:
     """Regenerate the table of ``args.table`` from the run files; returns the summary and the Markdown path.
 
@@ -595,23 +788,17 @@ def write_tables(args) -> tuple[dict, str]:
     runs, shared = load_recipe_runs(args.results_dir, args.recipe, tasks, TABLES[args.table])
     machine = _machines(runs)
     base = table_base(args.results_dir, args.table, args.recipe)
-    if args.table in ("pad", "pemn"):
-        summary = summarise_pad(runs, TABLES[args.table], tasks)
-        text = markdown_pad(summary, tasks, args.recipe, machine, title="PAD-Net GLUE table" if
-                            args.table == "pad" else "PEMN on the MiniLM encoder (masks over random weights), GLUE table")
-        if args.table == "pemn":
-            text += markdown_pemn_storage(runs)
-    else:
-        summary = summarise_exit(runs, tasks)
-        text = markdown_exit(summary, tasks, args.recipe, machine)
-        for task in tasks:
-            plot_exit(summary, task, f"{base}_{task}.png")
+    note = ("Seeds 1–3. Seed 1's dev results chose this recipe (the study, study.md), so these claims are not on "
+            "untouched seeds; the fresh-seed protocol's table (`_fresh`, PROTOCOL.md) is the one to cite."
+            if args.recipe == DEFAULT_RECIPE else "")
+    text, summary, claims, baselines = render_table(args.table, runs, tasks, args.recipe, machine, base, note)
     if shared:
         text += "\nShared runs (the same command, so one run file serves both recipes): " + "; ".join(
             f"{run} ({', '.join(cell_tasks)}) from recipe `{home}`" for home, cells in shared.items()
             for run, cell_tasks in cells.items()) + ".\n"
     write_json_atomic(base + ".json", {"recipe": args.recipe, "tasks": tasks, "machine": machine,
-                                       "shared_runs": shared, "summary": summary})
+                                       "shared_runs": shared, "summary": summary, "claims": claims,
+                                       "majority_class": baselines})
     with open(base + ".md", "w") as f:
         f.write(text)
     return summary, base + ".md"
