@@ -11,7 +11,8 @@ per storage layout); :class:`PartiallyDynamicModule` holds what every layer has 
   interface :class:`~hf_dynamic.pad.interface.PartiallyDynamicLayer` that :mod:`hf_dynamic.pad.imp` uses;
 - finalisation (a masked layout returns the finalised one that replaces it), the shapes its tensors have
   (:meth:`~PartiallyDynamicModule.expected_shapes`) and loading a state dict written in another layout
-  (:meth:`~PartiallyDynamicModule._load_from_state_dict` adopts that layout and records it in the model config).
+  (:meth:`~PartiallyDynamicModule.prepare_to_load`, a ``load_state_dict`` pre-hook, adopts that layout and records
+  it in the model config).
 
 Decided here, once: :func:`is_plain_moe` (``dynamic_ratio == 1`` means a fully dynamic layer with nothing to
 partition) and :func:`upgrade_phi` (checkpoints written before φ became ``[1]`` store it 0-d).
@@ -225,6 +226,12 @@ def merge_masked(mask, dynamic, static, lambda_s, lambda_d):
     return lambda_d * mask * dynamic + lambda_s * (1 - mask) * static
 
 
+def _prepare_layer_to_load(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                           error_msgs) -> None:
+    """The load-state-dict pre-hook of every partially dynamic layer (:meth:`PartiallyDynamicModule.prepare_to_load`)."""
+    module.prepare_to_load(state_dict, prefix)
+
+
 class PartiallyDynamicModule(nn.Module):
     """The base of every partially dynamic layer: φ/λ, the flat mask, IMP's state machine, finalisation, expected
     shapes and adopt-on-load (module docstring). A subclass sets ``storage`` (a :class:`Layout`), ``layer_idx``,
@@ -233,6 +240,11 @@ class PartiallyDynamicModule(nn.Module):
 
     unit = "layer"
     config = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # torch's public load hook: it runs inside load_state_dict, before this layer's tensors are copied
+        self.register_load_state_dict_pre_hook(_prepare_layer_to_load)
 
     # ------------------------------------------------------------------------------------------- structure
     @property
@@ -387,12 +399,12 @@ class PartiallyDynamicModule(nn.Module):
             if param is not phi:
                 param.data = param.data.to(dtype)
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
-        """``nn.Module`` loading, plus: a 0-d ``phi`` is upgraded (:func:`upgrade_phi`), and a state dict of another
-        layout (a checkpoint written after IMP or after finalisation loaded into a freshly built model, as
-        ``Trainer(resume_from_checkpoint=...)`` does) makes this layer adopt that layout first, recording it in the
-        config (``pad_state``, ``pad_partition``): ``docs/pad.md``, "## Resume and distributed training"."""
+    def prepare_to_load(self, state_dict, prefix: str) -> None:
+        """Run by ``load_state_dict`` before this layer's tensors are copied: a 0-d ``phi`` is upgraded
+        (:func:`upgrade_phi`), and a state dict of another layout (a checkpoint written after IMP or after
+        finalisation loaded into a freshly built model, as ``Trainer(resume_from_checkpoint=...)`` does) makes this
+        layer adopt that layout first, recording it in the config (``pad_state``, ``pad_partition``):
+        ``docs/pad.md``, "## Resume and distributed training"."""
         phi = state_dict.get(prefix + "phi")
         if phi is not None:
             state_dict[prefix + "phi"] = upgrade_phi(phi)
@@ -404,8 +416,6 @@ class PartiallyDynamicModule(nn.Module):
                     self.adopt_layout_(storage, counts)
                 if self.config is not None:
                     record_layout_in_config(self.config, self.layer_idx, counts, pad_state)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
 
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
         """The whole shapes of this layer's own parameters and buffers (ZeRO-3 shards included: :func:`full_shape`),
