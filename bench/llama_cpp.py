@@ -114,7 +114,9 @@ def flops_per_token(model, context: float) -> float:
 # ------------------------------------------------------------------------------------------------ accuracy
 CHECK_TEXT = ("Small language models mostly run on laptops and phones, where memory and power are scarce. Pruning "
               "removes the attention heads, channels and layers a model needs least, so that the smaller model "
-              "answers faster while keeping most of what the larger one knew. The question is always how much")
+              "answers faster while keeping most of what the larger one knew. The question is always how much can "
+              "go before the answers get worse, and whether the engine that runs the model turns fewer weights "
+              "into less time.")
 
 
 @torch.no_grad()
