@@ -7,8 +7,8 @@ sdist, so the mixin's export tests (``ExportTesterMixin``: torch.export / ONNX /
 own tests.
 
 One test class per registered type, its tiny config and inputs taken from ``tests/models/test_common.py`` ``CASES``
-(the first case of the type, with :data:`TESTER_OVERRIDES`). Every skip we ask for is in :data:`SKIPS_ALL` /
-:data:`SKIPS` with its reason; a failure another engineer's pending fix removes is in :data:`XFAILS`
+(the first case of the type, with :data:`TESTER_OVERRIDES`). Every skip we ask for is in :data:`SKIPS` with its
+reason; a failure another engineer's pending fix removes is in :data:`XFAILS`
 (``xfail(strict=True)``). The rest of the skips are the mixin's own (GPU, flash-attention, multimodal, ...).
 """
 
@@ -77,9 +77,7 @@ def name_mappings(model_type: str) -> list:
 
 
 # -------------------------------------------------------------------------------------------------------- skips
-# test name -> reason, for every model type (each one line).
-SKIPS_ALL: dict[str, str] = {}
-# model type -> test name -> reason.
+# model type -> test name -> reason (one line each).
 SKIPS: dict[str, dict[str, str]] = {
     "partial_moe_bert": {
         "test_torch_save_load": "on a bool tensor (our PAD masks) transformers' test calls the state dict "
@@ -89,9 +87,10 @@ SKIPS: dict[str, dict[str, str]] = {
         "test_correct_missing_keys": "by design a bare backbone checkpoint is refused with a ValueError naming "
                                      "from_backbone, which picks the exits (test_base_model_checkpoint_points_to_"
                                      "from_backbone)",
-        "test_load_with_mismatched_shapes": "it ends by loading the checkpoint with AutoModel, which boosted_early_exit "
-                                            "does not register (its base is the backbone's own type); the head part "
-                                            "is test_from_pretrained_reheads_with_ignore_mismatched_sizes",
+        "test_load_with_mismatched_shapes": "it ends by loading the checkpoint with AutoModel, which "
+                                            "boosted_early_exit does not register (its base is the backbone's own "
+                                            "type); the head part is test_from_pretrained_reheads_with_ignore_"
+                                            "mismatched_sizes",
         "test_problem_types": "boosted exits are a softmax ensemble: multi_label_classification is refused with a "
                               "ValueError (test_multi_label_is_refused_at_the_forward_too)",
     },
@@ -100,7 +99,7 @@ SKIPS: dict[str, dict[str, str]] = {
     },
     "dms_llama": {
         "test_generation_tester_mixin_inheritance": "GenerationTesterMixin (tests/generation/) is not in the "
-                                                    "transformers sdist; generation is tested in tests/models/dms_llama",
+                                                    "transformers sdist; tests/models/dms_llama tests generation",
     },
 }
 # model type -> test name -> reason: a failure that another engineer's pending fix removes. Marked
@@ -132,7 +131,7 @@ class CommonTests(ModelTesterMixin):
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        for name, reason in {**SKIPS_ALL, **SKIPS[cls.model_type]}.items():
+        for name, reason in SKIPS[cls.model_type].items():
             _marked_copy(cls, name, pytest.mark.skip(reason=reason))
         for name, reason in XFAILS.get(cls.model_type, {}).items():
             _marked_copy(cls, name, pytest.mark.xfail(strict=True, reason=reason), plain_subtests=True)
