@@ -109,6 +109,12 @@ def spread_heads(model, scale=4.0):
             head.classifier.weight.mul_(scale * 20)
 
 
+def _quantile_thresholds(model, batch, q=0.5):
+    with torch.no_grad():
+        conf = torch.softmax(model(**batch, output_all_exits=True).all_exit_logits, -1).amax(-1)
+    return [float(torch.quantile(conf[:, k], q)) for k in range(conf.shape[1])]
+
+
 def layer_outputs(model, batch):
     """Hidden states after every backbone layer, from the backbone's own forward (the reference)."""
     out = model.backbone(**batch, output_hidden_states=True)
@@ -163,22 +169,51 @@ def test_backbone_without_an_adapter_is_rejected():
 # the wrapped layer loop is the backbone
 # ---------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("backbone", sorted(BACKBONES))
-def test_exit_predictions_match_backbone_hidden_states(backbone):
-    """Full / anytime mode = a reference computed from the backbone's own forward: exit n reads its
-    ``hidden_states[n]`` (ModernBERT's last one after its final norm, as ``last_hidden_state``)."""
+def test_every_backbone_full_anytime_and_dynamic_modes_agree_with_its_own_forward(backbone):
+    """Full / anytime mode equal a reference computed from the backbone's own forward. Dynamic mode (each adapter's
+    layer-by-layer run) against anytime mode: a sample leaves at the first exit whose confidence passes its
+    threshold, with that exit's anytime prediction; its hidden states and attention weights (from the module the
+    adapter names) are the anytime ones up to that exit and zero after it."""
     model = make_model(backbone).eval()
-    batch = make_batch()
+    model.set_attn_implementation("eager")
+    spread_heads(model)
+    batch = make_batch(batch=12, seed=3)
+    model.config.exit_thresholds = _quantile_thresholds(model, batch, 0.6)
     with torch.no_grad():
-        out = model(**batch, output_all_exits=True)
+        full = model(**batch, output_all_exits=True, output_hidden_states=True, output_attentions=True)
+        out = model(**batch, output_hidden_states=True, output_attentions=True)
+        # the reference: exit n reads the backbone's own hidden_states[n] (ModernBERT's last one after its final norm)
         hidden = layer_outputs(model, batch)
-        f = [head(hidden[i]) for i, head in enumerate(model.exit_heads)]
-    expected, previous = [], None
-    for f_n in f:
-        previous = f_n if previous is None else 0.5 * previous + f_n
-        expected.append(previous)
-    assert out.all_exit_logits.shape == (6, model.config.num_exits, 3)
-    torch.testing.assert_close(out.all_exit_logits, torch.stack(expected, 1), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(out.logits, expected[-1], atol=1e-5, rtol=1e-5)
+        f = [head(hidden[layer - 1]) for head, layer in zip(model.exit_heads, model.config.exit_layers)]
+    expected = [f[0]]
+    for f_n in f[1:]:
+        expected.append(0.5 * expected[-1] + f_n)
+    anytime, layers = full.all_exit_logits, model.config.num_backbone_layers
+    torch.testing.assert_close(anytime, torch.stack(expected, 1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(full.logits, expected[-1], atol=1e-5, rtol=1e-5)
+    exit_index = torch.tensor([model.config.exit_layers.index(int(l)) for l in out.exit_layer])
+    assert len(set(exit_index.tolist())) >= 2, "thresholds should split the batch across exits"
+    torch.testing.assert_close(out.logits, anytime[torch.arange(12), exit_index], atol=1e-5, rtol=1e-5)
+    conf = torch.softmax(anytime, -1).amax(-1)
+    for i, k in enumerate(exit_index.tolist()):  # each sample left at the first exit whose confidence passed
+        fired = [j for j in range(model.config.num_exits - 1) if conf[i, j] >= model.config.exit_thresholds[j]]
+        assert k == (fired[0] if fired else model.config.num_exits - 1)
+    assert len(out.hidden_states) == len(full.hidden_states) == layers + 1
+    assert len(out.attentions) == len(full.attentions) == layers
+    lengths = batch["attention_mask"].sum(1)
+    for layer in range(layers + 1):  # hidden_states[layer]: the output of layer `layer` (0: the embeddings)
+        ran = out.exit_layer >= layer
+        assert out.hidden_states[layer].shape == full.hidden_states[layer].shape
+        assert not out.hidden_states[layer][~ran].any()  # never computed for the samples that had left
+        if layer:
+            assert not out.attentions[layer - 1][~ran].any()
+        for i in ran.nonzero().flatten().tolist():
+            n = int(lengths[i])
+            torch.testing.assert_close(out.hidden_states[layer][i, :n], full.hidden_states[layer][i, :n],
+                                       atol=1e-5, rtol=1e-5)
+            if layer:
+                torch.testing.assert_close(out.attentions[layer - 1][i, :, :n, :n],
+                                           full.attentions[layer - 1][i, :, :n, :n], atol=1e-5, rtol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -253,52 +288,6 @@ def test_gradient_rescaling_scales_backbone_gradient_by_one_over_remaining_exits
 # ---------------------------------------------------------------------------------------------------------------
 # dynamic mode
 # ---------------------------------------------------------------------------------------------------------------
-def _quantile_thresholds(model, batch, q=0.5):
-    with torch.no_grad():
-        conf = torch.softmax(model(**batch, output_all_exits=True).all_exit_logits, -1).amax(-1)
-    return [float(torch.quantile(conf[:, k], q)) for k in range(conf.shape[1])]
-
-
-@pytest.mark.parametrize("backbone", sorted(BACKBONES))
-def test_dynamic_mode_equals_anytime_mode_at_the_exit_each_sample_takes(backbone):
-    """Each adapter's layer-by-layer run (dynamic mode) against the backbone's own forward (anytime mode): a sample
-    leaves at the first exit whose confidence passes its threshold, with that exit's anytime prediction; its hidden
-    states and attention weights (from the module the adapter names) are the anytime ones up to that exit and zero
-    after it."""
-    model = make_model(backbone).eval()
-    model.set_attn_implementation("eager")
-    spread_heads(model)
-    batch = make_batch(batch=12, seed=3)
-    model.config.exit_thresholds = _quantile_thresholds(model, batch, 0.6)
-    with torch.no_grad():
-        full = model(**batch, output_all_exits=True, output_hidden_states=True, output_attentions=True)
-        out = model(**batch, output_hidden_states=True, output_attentions=True)
-    anytime, layers = full.all_exit_logits, model.config.num_backbone_layers
-    exit_index = torch.tensor([model.config.exit_layers.index(int(l)) for l in out.exit_layer])
-    assert len(set(exit_index.tolist())) >= 2, "thresholds should split the batch across exits"
-    torch.testing.assert_close(out.logits, anytime[torch.arange(12), exit_index], atol=1e-5, rtol=1e-5)
-    conf = torch.softmax(anytime, -1).amax(-1)
-    for i, k in enumerate(exit_index.tolist()):  # each sample left at the first exit whose confidence passed
-        fired = [j for j in range(model.config.num_exits - 1) if conf[i, j] >= model.config.exit_thresholds[j]]
-        assert k == (fired[0] if fired else model.config.num_exits - 1)
-    assert len(out.hidden_states) == len(full.hidden_states) == layers + 1
-    assert len(out.attentions) == len(full.attentions) == layers
-    lengths = batch["attention_mask"].sum(1)
-    for layer in range(layers + 1):  # hidden_states[layer]: the output of layer `layer` (0: the embeddings)
-        ran = out.exit_layer >= layer
-        assert out.hidden_states[layer].shape == full.hidden_states[layer].shape
-        assert not out.hidden_states[layer][~ran].any()  # never computed for the samples that had left
-        if layer:
-            assert not out.attentions[layer - 1][~ran].any()
-        for i in ran.nonzero().flatten().tolist():
-            n = int(lengths[i])
-            torch.testing.assert_close(out.hidden_states[layer][i, :n], full.hidden_states[layer][i, :n],
-                                       atol=1e-5, rtol=1e-5)
-            if layer:
-                torch.testing.assert_close(out.attentions[layer - 1][i, :, :n, :n],
-                                           full.attentions[layer - 1][i, :, :n, :n], atol=1e-5, rtol=1e-5)
-
-
 def test_dynamic_with_thresholds_that_never_fire_equals_full_model():
     model = make_model(exit_criterion="entropy").eval()
     batch = make_batch()
