@@ -140,6 +140,10 @@ class DifferentiableTopK(nn.Module):
         self.register_buffer("num_skipped", torch.zeros((), dtype=torch.long), persistent=False)  # diagnostic
         self.loss_scale_source = None
 
+    # A private seam kept on purpose: torch has no public hook to exempt some tensors of a module from a dtype cast
+    # (``Module.to`` / ``.half()`` / ``.bfloat16()`` all funnel through ``Module._apply(fn, recurse)``, the method
+    # subclasses are expected to extend). tests/core/test_core_topk_mixed_precision.py fails loudly if torch renames
+    # it, changes its signature or stops routing ``.to`` through it.
     def _apply(self, fn, recurse=True):
         """Moves and casts like any module, except that the keep ratio and the importance stay fp32 (or fp64): a
         ``.to(torch.bfloat16)`` would quantise ``e`` and the Taylor EMA (``docs/dms.md``, "## Mixed precision")."""

@@ -93,3 +93,26 @@ def test_importance_and_keep_ratio_stay_fp32_and_mask_grad_is_fp32():
     exact = (2 * out.float() * x.float()).sum(0)
     assert mask.grad.dtype == torch.float32
     torch.testing.assert_close(mask.grad, exact, rtol=1e-6, atol=1e-6)
+
+
+def test_the_apply_seam_is_still_where_casts_go():
+    """``DifferentiableTopK._apply`` extends torch's ``Module._apply(fn, recurse)``: fail loudly if torch renames it,
+    changes its parameters, or stops routing ``Module.to`` / ``.bfloat16()`` through it."""
+    import inspect
+
+    assert list(inspect.signature(torch.nn.Module._apply).parameters)[:3] == ["self", "fn", "recurse"]
+    calls = []
+
+    class Probe(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(2))
+
+        def _apply(self, fn, recurse=True):
+            calls.append(recurse)
+            return super()._apply(fn, recurse)
+
+    probe = Probe()
+    probe.to(torch.bfloat16)
+    probe.bfloat16()
+    assert len(calls) == 2 and probe.w.dtype == torch.bfloat16
