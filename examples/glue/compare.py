@@ -11,6 +11,9 @@ RTE, MRPC and CoLA, 3 seeds, on the CPU. Each run is one `run_glue.py` process; 
     # the recipe study: one change at a time (STUDY), on RTE and MRPC, then the study table (results_dir/study.md)
     nice python examples/glue/compare.py --table pad --runs pad_neuron --seeds 1 --recipe study_router_lr10
     python examples/glue/compare.py --study_report
+    # the fresh-seed protocol (grid on the carved split, the choice, seeds 4-6 on dev), then its estimate only
+    nice python examples/glue/compare.py --table pad --protocol fresh
+    python examples/glue/compare.py --table pad --protocol fresh --estimate
     # on a GPU machine (bf16), into its own folder
     python examples/glue/compare.py --table pad --device cuda --bf16 --results_dir examples/glue/results/gpu
 
@@ -37,6 +40,28 @@ Protocol (fixed before any result was looked at; the same for every variant of a
   where the epochs were cut most (RTE). Group-by-length batching halves RTE's padded tokens; it is a sampler
   choice, identical for all variants. Dense CoLA at 3 epochs × 5e-5 stayed ≈ 6 MCC below the anchor (n = 3), so
   the dense anchor study (:data:`ANCHOR_STUDY`) tries CoLA's schedule at lr 1e-4 and at the anchor's 5 epochs.
+
+Fresh-seed protocol (issue #32; written down before any of its runs; ``results/cpu/PROTOCOL.md``): the recipes
+above were chosen on seed 1's dev results, and seed 1 is in their tables. ``--protocol fresh`` gives every variant
+its own recipe, chosen the same way on data no table reports, and reports seeds that no choice has seen:
+- The grid (:data:`GRID`), the same four points for dense, MoE, PAD element and PAD neuron, and for boosted and
+  joint exits: ``--train_sampling_strategy`` group_by_length / random × lr 1e-4 / 5e-5, on RTE, MRPC and CoLA
+  (3 epochs, batch 32, max length 128 as ``tuned``). Equal grid size is the fairness criterion: every run gets four
+  tries. Routers at 10 × the lr is *not* an axis and not applied: an axis only the MoE family has would give them
+  eight tries against dense's four, and its seed-1 study effect had both signs within one seed's noise (MoE +0.7
+  RTE / −0.9 MRPC, PAD element −1.4 RTE, PAD neuron +1.1 / +0.5). The exit heads pool the mean (both exit runs; a
+  design both share, not a tuned axis).
+- The choice (:data:`CHOICE_RULE`): one seed (:data:`CHOICE_SEED`), trained on 90 % of each task's training rows
+  and judged on the carved, label-stratified 10 % (``run_glue.py --carve_validation 0.1 --carve_seed 0``, the same
+  rows for every run); the highest main metric wins (exit runs: the anytime metric averaged over every exit); a tie
+  goes to the point listed first in :data:`GRID`. Written with every grid metric to
+  ``<results_dir>/protocol/choice_<table>.json``.
+- Fresh seeds :data:`FRESH_SEEDS` of every (task, run) with its chosen recipe, full training set, dev reported once:
+  ``<table>_table_fresh.{md,json}``, with per-cell mean ± std and n, the majority class, and for each claim the
+  paired difference over seeds with its 95 % interval and the paired t-test (:func:`pad_claims`,
+  :func:`exit_claims`); a claim holds only where the interval excludes zero. The protocol's runs live in their own
+  ``grid_<point>`` / ``fresh_<point>`` folders and never join the seeds 1-3 tables.
+- ``--protocol fresh --estimate`` prints the CPU hours from the tuned run files' wall times.
 
 Files: each run writes ``<results_dir>/<home recipe>/<task>/<run>-s<seed>.json`` (metrics, parameters, train time,
 the exact command, the machine with its torch threads, the code's commit); re-running skips runs whose file
@@ -229,12 +254,31 @@ def parse_args(argv=None):
     parser.add_argument("--study_report", action="store_true",
                         help="only write <results_dir>/study.md: every study recipe against the naive one")
     parser.add_argument("--dry_run", action="store_true", help="print the commands only")
+    parser.add_argument("--protocol", choices=["fresh"], default=None,
+                        help="the fresh-seed protocol (PROTOCOL.md): grid runs on the carved split (seed "
+                             f"{CHOICE_SEED}), the choice, then --seeds (default {list(FRESH_SEEDS)}) on dev")
+    parser.add_argument("--estimate", action="store_true",
+                        help="with --protocol: only print the CPU-hour estimate from the tuned run files")
     args = parser.parse_args(argv)
+    if args.protocol:
+        if args.table not in ("pad", "exit"):
+            raise ValueError(f"--protocol fresh: --table must be 'pad' or 'exit', got {args.table!r}")
+        if "--seeds" not in argv:
+            args.seeds = list(FRESH_SEEDS)
+        if CHOICE_SEED in args.seeds:
+            raise ValueError(f"--seeds: seed {CHOICE_SEED} chose the recipes; the fresh seeds must differ from it")
+        args.recipe = "fresh"
+        args.tasks = list(args.tasks or PROTOCOL_TASKS)
+        for task in args.tasks:
+            if task not in PROTOCOL_TASKS:
+                raise ValueError(f"--tasks: task {task!r} is not in the protocol; choose from {list(PROTOCOL_TASKS)}")
     args.runs = list(args.runs or TABLES[args.table])
     for run in args.runs:
         if run not in TABLES[args.table]:
             raise ValueError(f"--runs: {run!r} is not a run of table {args.table!r}; choose from "
                              f"{list(TABLES[args.table])}")
+    if args.protocol:
+        return args, passthrough
     if args.recipe not in RECIPES:
         raise ValueError(f"--recipe: unknown recipe {args.recipe!r}; choose from {sorted(RECIPES)}")
     args.tasks = list(args.tasks or RECIPES[args.recipe])
@@ -809,34 +853,182 @@ def launch(cmd: list[str], env: dict) -> None:
     subprocess.run(cmd, env=env, check=True)
 
 
+def ensure_run(args, task: str, run: str, seed: int, passthrough, env) -> bool:
+    """Launch the run of ``args.recipe`` unless its file exists (or print its command under ``--dry_run``), then
+    write its run file; True when it ran."""
+    path = run_file(args.results_dir, home_recipe(args.recipe, task, run), task, run, seed)
+    cmd = command(args, task, run, seed, passthrough)
+    if args.dry_run:
+        print(" ".join(cmd))
+        return False
+    if os.path.exists(path):
+        return False
+    print(f"[compare] {task} {run} seed {seed}: {' '.join(cmd)}", flush=True)
+    start = time.time()
+    launch(cmd, env)
+    wall = time.time() - start
+    out_dir = cmd[cmd.index("--output_dir") + 1]
+    with open(os.path.join(out_dir, "eval_results.json")) as f:
+        eval_results = json.load(f)
+    write_json_atomic(path, run_record(args, task, run, seed, cmd, eval_results, wall))
+    print(f"[compare] done in {wall:.0f} s -> {path}", flush=True)
+    return True
+
+
+def choice_metric(record: dict, path: str) -> float:
+    """The metric a grid run is judged by: its main metric, for an exit run the anytime metric averaged over every
+    exit. Refuses a run that did not report the carved rows (the choice never sees dev)."""
+    if record.get("split") != "carved":
+        raise ValueError(f"grid run {path} reports split {record.get('split')!r}, not the carved rows")
+    if record["run"] in EXIT_RUNS:
+        return statistics.mean(e["metric"] for e in record["exit_anytime"])
+    return record["main_metric"]
+
+
+def choice_path(results_dir: str, table: str) -> str:
+    return os.path.join(results_dir, "protocol", f"choice_{table}.json")
+
+
+def choose_recipes(results_dir: str, table: str, tasks, runs) -> dict:
+    """Apply :data:`CHOICE_RULE` to every (task, run) whose grid is complete; returns (and the caller writes) the
+    rule, the grid, every grid metric and the chosen point; ``missing`` names the grid runs not yet there."""
+    choice = {"rule": CHOICE_RULE, "seed": CHOICE_SEED, "carve": " ".join(CARVE),
+              "grid": {point: {"train_sampling_strategy": sampler, "learning_rate": lr}
+                       for point, (sampler, lr) in GRID.items()},
+              "choices": {}, "missing": []}
+    for task in tasks:
+        for run in runs:
+            metrics = {}
+            for point in GRID:
+                path = run_file(results_dir, home_recipe(f"grid_{point}", task, run), task, run, CHOICE_SEED)
+                if not os.path.exists(path):
+                    choice["missing"].append(os.path.relpath(path, results_dir))
+                    continue
+                with open(path) as f:
+                    metrics[point] = choice_metric(json.load(f), path)
+            if len(metrics) == len(GRID):
+                best = max(GRID, key=lambda point: metrics[point])  # max keeps the first of a tie: the grid order
+                choice["choices"].setdefault(task, {})[run] = {"point": best, "carved_metrics": metrics}
+    return choice
+
+
+def load_fresh_runs(results_dir: str, choice: dict, tasks, runs, seeds) -> list[dict]:
+    """The fresh-seed run files of the chosen recipes (``seeds`` only), one recipe per (task, run)."""
+    loaded = []
+    for task in tasks:
+        for run in runs:
+            point = choice["choices"].get(task, {}).get(run, {}).get("point")
+            if point is not None:
+                loaded += [r for r in load_runs(results_dir, home_recipe(f"fresh_{point}", task, run))
+                           if r["task"] == task and r["run"] == run and r["seed"] in seeds]
+    return loaded
+
+
+def write_fresh_tables(args, choice: dict) -> str:
+    """``<results_dir>/<table>_table_fresh.{md,json}``: the fresh seeds of each run's chosen recipe, with the
+    statistics and the chosen recipes; returns the Markdown path."""
+    tasks, runs_of_table = list(PROTOCOL_TASKS), TABLES[args.table]
+    runs = load_fresh_runs(args.results_dir, choice, tasks, runs_of_table, args.seeds)
+    machine = _machines(runs)
+    base = table_base(args.results_dir, args.table, "fresh")
+    note = (f"Fresh seeds {', '.join(map(str, args.seeds))}, full train, dev reported once; each run with its own "
+            f"recipe, chosen on the carved 10 % of train (seed {CHOICE_SEED}) by the rule: {CHOICE_RULE} "
+            "(PROTOCOL.md, `protocol/choice_" + args.table + ".json`).")
+    text, summary, claims, baselines = render_table(args.table, runs, tasks, "fresh", machine, base, note)
+    lines = ["", "## Chosen recipes (carved-split metric × 100 of every grid point, seed " f"{CHOICE_SEED})", "",
+             "| task | run | chosen | " + " | ".join(GRID) + " |", "|---|---|---|" + "---|" * len(GRID)]
+    for task, cells in choice["choices"].items():
+        for run, cell in cells.items():
+            if run in runs_of_table:
+                lines.append(f"| {task} | {run} | {cell['point']} | " + " | ".join(
+                    f"{100 * cell['carved_metrics'][p]:.1f}" for p in GRID) + " |")
+    text += "\n".join(lines) + "\n"
+    write_json_atomic(base + ".json", {"recipe": "fresh", "seeds": list(args.seeds), "tasks": tasks,
+                                       "machine": machine, "choice": choice, "summary": summary, "claims": claims,
+                                       "majority_class": baselines})
+    with open(base + ".md", "w") as f:
+        f.write(text)
+    return base + ".md"
+
+
+def run_protocol(args, passthrough, env) -> str | None:
+    """The fresh-seed protocol for ``args.table``: every grid run (seed :data:`CHOICE_SEED`, carved split), the
+    choice (``protocol/choice_<table>.json``), then ``args.seeds`` of each (task, run) with its chosen recipe on
+    the full data, the fresh table after every run. Resumable: finished run files are skipped."""
+    for task in args.tasks:
+        for point in GRID:
+            for run in args.runs:
+                grid_args = argparse.Namespace(**{**vars(args), "recipe": f"grid_{point}"})
+                ensure_run(grid_args, task, run, CHOICE_SEED, passthrough, env)
+    if args.dry_run:
+        print(f"[compare] then the choice, and seeds {args.seeds} of each (task, run) with its chosen recipe")
+        return None
+    choice = choose_recipes(args.results_dir, args.table, PROTOCOL_TASKS, TABLES[args.table])
+    write_json_atomic(choice_path(args.results_dir, args.table), choice)
+    markdown_path = write_fresh_tables(args, choice)
+    for seed in args.seeds:
+        for task in args.tasks:
+            for run in args.runs:
+                cell = choice["choices"].get(task, {}).get(run)
+                if cell is None:
+                    continue  # its grid is incomplete (only where --runs / --tasks cut the grid short)
+                fresh_args = argparse.Namespace(**{**vars(args), "recipe": f"fresh_{cell['point']}"})
+                if ensure_run(fresh_args, task, run, seed, passthrough, env):
+                    write_fresh_tables(args, choice)
+    with open(markdown_path) as f:
+        print(f.read())
+    return markdown_path
+
+
+def protocol_estimate(results_dir: str, table: str, tasks) -> dict:
+    """CPU minutes of the protocol from the wall times of the `tuned` run files (seeds 1-3, length-grouped
+    batches, full train): a grid run at ``0.9 ×`` (it trains on 90 %), × :data:`RANDOM_SAMPLER_SLOWDOWN` with
+    random batches; the fresh seeds between all-grouped (low) and all-random (high) choices."""
+    runs, _ = load_recipe_runs(results_dir, DEFAULT_RECIPE, tasks, TABLES[table])
+    minutes = {}
+    for task in tasks:
+        for run in TABLES[table]:
+            walls = [r["wall_s"] for r in runs if r["task"] == task and r["run"] == run and r.get("wall_s")]
+            if not walls:
+                raise ValueError(f"no `{DEFAULT_RECIPE}` run file with a wall time for {run} on {task}")
+            minutes[f"{task}/{run}"] = statistics.mean(walls) / 60
+    per_point = {point: RANDOM_SAMPLER_SLOWDOWN if sampler == "random" else 1.0
+                 for point, (sampler, _) in GRID.items()}
+    grid = sum(0.9 * m * factor for m in minutes.values() for factor in per_point.values())
+    fresh_low = len(FRESH_SEEDS) * sum(minutes.values())
+    return {"table": table, "minutes_per_run_tuned": minutes, "grid_runs": len(minutes) * len(GRID),
+            "fresh_runs": len(minutes) * len(FRESH_SEEDS), "grid_min": grid, "fresh_min_low": fresh_low,
+            "fresh_min_high": fresh_low * RANDOM_SAMPLER_SLOWDOWN}
+
+
+def markdown_estimate(estimate: dict) -> str:
+    low = (estimate["grid_min"] + estimate["fresh_min_low"]) / 60
+    high = (estimate["grid_min"] + estimate["fresh_min_high"]) / 60
+    return (f"{estimate['table']}: {estimate['grid_runs']} grid runs ≈ {estimate['grid_min'] / 60:.1f} h, "
+            f"{estimate['fresh_runs']} fresh runs ≈ {estimate['fresh_min_low'] / 60:.1f}–"
+            f"{estimate['fresh_min_high'] / 60:.1f} h; total ≈ {low:.1f}–{high:.1f} h of one process "
+            f"(tuned wall minutes per run: " + ", ".join(f"{k} {v:.1f}" for k, v in
+                                                         estimate["minutes_per_run_tuned"].items()) + ")")
+
+
 def main(argv=None):
     args, passthrough = parse_args(argv)
     env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
     if args.study_report:
         print(write_study_report(args.results_dir))
         return None
+    if args.protocol:
+        if args.estimate:
+            print(markdown_estimate(protocol_estimate(args.results_dir, args.table, args.tasks)))
+            return None
+        return run_protocol(args, passthrough, env)
     if not args.tables_only:
         # seed-major: the first seed of every cell first, so a partial table is as wide as possible
         for seed in args.seeds:
             for task in args.tasks:
                 for run in args.runs:
-                    path = run_file(args.results_dir, home_recipe(args.recipe, task, run), task, run, seed)
-                    cmd = command(args, task, run, seed, passthrough)
-                    if args.dry_run:
-                        print(" ".join(cmd))
-                        continue
-                    if os.path.exists(path):
-                        continue
-                    print(f"[compare] {task} {run} seed {seed}: {' '.join(cmd)}", flush=True)
-                    start = time.time()
-                    launch(cmd, env)
-                    wall = time.time() - start
-                    out_dir = cmd[cmd.index("--output_dir") + 1]
-                    with open(os.path.join(out_dir, "eval_results.json")) as f:
-                        eval_results = json.load(f)
-                    write_json_atomic(path, run_record(args, task, run, seed, cmd, eval_results, wall))
-                    print(f"[compare] done in {wall:.0f} s -> {path}", flush=True)
-                    refresh_after_run(args, task, run)
+                    if ensure_run(args, task, run, seed, passthrough, env):
+                        refresh_after_run(args, task, run)
     if args.dry_run:
         return None
     summary, markdown_path = write_tables(args)

@@ -27,9 +27,9 @@ def fake_eval_results(task, value, exits=None, params=1000):
     return result
 
 
-def write_run(results_dir, task, run, seed, value, exits=None, recipe="naive"):
-    record = {"task": task, "run": run, "seed": seed, "recipe": recipe, "split": "validation",
-              "main_metric": value, "metrics": {"validation": {compare.MAIN_METRIC[task]: value, "accuracy": value}},
+def write_run(results_dir, task, run, seed, value, exits=None, recipe="naive", split="validation"):
+    record = {"task": task, "run": run, "seed": seed, "recipe": recipe, "split": split,
+              "main_metric": value, "metrics": {split: {compare.MAIN_METRIC[task]: value, "accuracy": value}},
               "num_parameters": 1000, "num_parameters_active": 500, "train_runtime_s": 120.0, "machine": MACHINE}
     if exits is not None:
         record["exit_anytime"] = [{"exit_layer": i + 1, "metric": v} for i, v in enumerate(exits)]
@@ -288,3 +288,187 @@ def test_a_shared_run_refreshes_every_existing_table_that_shows_it(tmp_path, mon
     assert not (results_dir / "pad_table_study_snip.md").exists()
     assert "| router_lr10 | " + compare.STUDY["router_lr10"][1] + " | moe | 60.0 (+5.0, n=1) | – | +5.0 |" in \
         (results_dir / "study.md").read_text()
+
+
+def reference_comparison(a, b):
+    """The paired t interval and test written out with scipy, to check the tables against."""
+    from scipy import stats
+
+    d = [100 * (x - y) for x, y in zip(a, b)]
+    n, mean, sd = len(d), statistics.mean(d), statistics.stdev(d)
+    half = stats.t.ppf(0.975, n - 1) * sd / n ** 0.5
+    return mean, mean - half, mean + half, stats.ttest_rel(a, b).pvalue
+
+
+def test_pad_claims_pair_seeds_and_hold_only_where_the_interval_excludes_zero(tmp_path, monkeypatch):
+    monkeypatch.setattr(compare, "majority_baseline", lambda task: {"rte": 52.7, "mrpc": 81.2, "cola": 0.0}[task])
+    results_dir = str(tmp_path)
+    dense = {"rte": [0.55, 0.58, 0.53], "mrpc": [0.86, 0.87, 0.85], "cola": [0.26, 0.30, 0.22]}
+    # PAD element: dense + 1.0, 1.5, 2.0 points on every task (holds); MoE: ± around dense (not shown)
+    element = {t: [v + g for v, g in zip(vs, (0.010, 0.015, 0.020))] for t, vs in dense.items()}
+    moe = {t: [v + g for v, g in zip(vs, (0.02, -0.03, 0.005))] for t, vs in dense.items()}
+    for name, values in (("dense", dense), ("pad_element", element), ("moe", moe)):
+        for task, vs in values.items():
+            for seed, v in zip((4, 5, 6), vs):
+                write_run(results_dir, task, name, seed, v)
+    write_run(results_dir, "rte", "pad_neuron", 4, 0.9)  # one seed: no interval
+    args, _ = compare.parse_args(["--table", "pad", "--recipe", "naive", "--results_dir", results_dir])
+    compare.write_tables(args)
+    written = json.load(open(os.path.join(results_dir, "pad_table_naive.json")))
+    claims = written["claims"]
+    rte = claims["pad_element > dense"]["rte"]
+    mean, low, high, p = reference_comparison(element["rte"], dense["rte"])
+    assert (100 * rte["mean_diff"], 100 * rte["ci_low"], 100 * rte["ci_high"]) == pytest.approx((mean, low, high))
+    assert rte["p_value"] == pytest.approx(p) and rte["n"] == 3 and rte["verdict"] == "holds"
+    average = claims["pad_element > dense"]["average"]
+    per_seed = [statistics.mean(element[t][i] for t in dense) for i in range(3)]
+    base = [statistics.mean(dense[t][i] for t in dense) for i in range(3)]
+    assert 100 * average["mean_diff"] == pytest.approx(reference_comparison(per_seed, base)[0])
+    assert claims["moe > dense"]["mrpc"]["verdict"] == "not shown" and not claims["moe > dense"]["mrpc"]["holds"]
+    assert claims["pad_element > moe"]["rte"]["verdict"] == "not shown"
+    assert claims["pad_neuron > dense"]["rte"] is None  # n = 1
+    assert written["majority_class"] == {"rte": 52.7, "mrpc": 81.2, "cola": 0.0}
+    text = open(os.path.join(results_dir, "pad_table_naive.md")).read()
+    assert f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]" in text and ": **holds**" in text
+    assert "| majority class (dev) | 52.7 | 81.2 | – | 0.0 | 44.6 |" in text
+    assert "– (n < 2)" in text
+
+
+def test_exit_claims_per_exit_and_the_majority_class_beside_every_exit_row(tmp_path, monkeypatch):
+    monkeypatch.setattr(compare, "majority_baseline", lambda task: {"rte": 52.7, "mrpc": 81.2, "cola": 0.0}[task])
+    results_dir = str(tmp_path)
+    boosted = {4: [0.30, 0.50], 5: [0.32, 0.52], 6: [0.31, 0.49]}
+    joint = {4: [0.20, 0.50], 5: [0.21, 0.51], 6: [0.23, 0.50]}
+    for task in ("rte", "mrpc", "cola"):
+        for seed in (4, 5, 6):
+            write_run(results_dir, task, "boosted", seed, boosted[seed][-1], exits=boosted[seed])
+            write_run(results_dir, task, "joint", seed, joint[seed][-1], exits=joint[seed])
+    args, _ = compare.parse_args(["--table", "exit", "--recipe", "naive", "--results_dir", results_dir])
+    compare.write_tables(args)
+    claims = json.load(open(os.path.join(results_dir, "exit_table_naive.json")))["claims"]
+    first = claims["mrpc"]["1"]
+    mean, low, high, p = reference_comparison([boosted[s][0] for s in (4, 5, 6)], [joint[s][0] for s in (4, 5, 6)])
+    assert 100 * first["mean_diff"] == pytest.approx(mean) and 100 * first["ci_low"] == pytest.approx(low)
+    assert first["verdict"] == "holds" and claims["average"]["1"]["verdict"] == "holds"
+    assert claims["cola"]["2"]["verdict"] == "not shown"  # 0, +1, -1 points: mean 0
+    text = open(os.path.join(results_dir, "exit_table_naive.md")).read()
+    assert "| 1 | 31.0 ± 1.0 (n=3) | 21.3 ± 1.5 (n=3) | +9.7 | 81.2 |" in text
+    assert "| 2 | 50.3 | 50.3 | +0.0 | 44.6 |" in text  # the average table
+
+
+def test_majority_baseline_is_the_constant_majority_prediction_on_dev():
+    # MRPC dev: 279 of 408 positive; predicting positive everywhere: precision 279/408, recall 1
+    precision = 279 / 408
+    assert compare.majority_baseline("mrpc") == pytest.approx(100 * 2 * precision / (1 + precision))
+    assert compare.majority_baseline("rte") == pytest.approx(100 * 146 / 277)  # not_entailment: 146 of 277
+    assert compare.majority_baseline("cola") == 0.0
+
+
+def fake_protocol_launch(metric_of):
+    """A launch that writes run_glue's eval_results.json; ``metric_of(task, run, cmd)`` gives the value, the split
+    is `carved` exactly when the command carves."""
+    launched = []
+
+    def launch(cmd, env):
+        task, run_name = cmd[cmd.index("--task") + 1], cmd[cmd.index("--output_dir") + 1].split(os.sep)[-2]
+        split = "carved" if "--carve_validation" in cmd else "validation"
+        launched.append((task, run_name, cmd[cmd.index("--seed") + 1], split, cmd))
+        value = metric_of(task, run_name, cmd)
+        result = fake_eval_results(task, value, exits=[value - 0.1, value] if run_name in compare.EXIT_RUNS else None)
+        result["metrics"] = {split: result["metrics"]["validation"]}
+        if "exits" in result:
+            result["exits"] = {split: result["exits"]["validation"]}
+        out = cmd[cmd.index("--output_dir") + 1]
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, "eval_results.json"), "w") as f:
+            json.dump(result, f)
+
+    return launch, launched
+
+
+def test_fresh_protocol_runs_the_grid_then_chooses_then_runs_the_fresh_seeds(tmp_path, monkeypatch):
+    monkeypatch.setattr(compare, "machine_info", lambda device: MACHINE)
+    monkeypatch.setattr(compare, "majority_baseline", lambda task: 50.0)
+
+    def metric_of(task, run, cmd):
+        lr, sampler = cmd[cmd.index("--learning_rate") + 1], cmd[cmd.index("--train_sampling_strategy") + 1]
+        if "--carve_validation" in cmd:  # dense likes 5e-5 random; moe: a tie between two points
+            if run == "dense":
+                return 0.7 if (lr, sampler) == ("5e-5", "random") else 0.6
+            return 0.65 if sampler == "random" else 0.6
+        return 0.8 + 0.01 * int(cmd[cmd.index("--seed") + 1])
+
+    launch, launched = fake_protocol_launch(metric_of)
+    monkeypatch.setattr(compare, "launch", launch)
+    argv = ["--table", "pad", "--protocol", "fresh", "--tasks", "rte", "--runs", "dense", "moe",
+            "--results_dir", str(tmp_path / "results"), "--work_dir", str(tmp_path / "work")]
+    compare.main(argv)
+    grid = [x for x in launched if x[3] == "carved"]
+    fresh = [x for x in launched if x[3] == "validation"]
+    assert len(grid) == 2 * len(compare.GRID) and {x[2] for x in grid} == {str(compare.CHOICE_SEED)}
+    assert launched.index(grid[-1]) < launched.index(fresh[0])  # the whole grid before any fresh seed
+    assert sorted((x[1], x[2]) for x in fresh) == [(r, s) for r in ("dense", "moe") for s in ("4", "5", "6")]
+    choice = json.load(open(tmp_path / "results" / "protocol" / "choice_pad.json"))
+    assert choice["rule"] == compare.CHOICE_RULE and choice["seed"] == compare.CHOICE_SEED
+    assert choice["choices"]["rte"]["dense"]["point"] == "lr5e-5_random"
+    assert choice["choices"]["rte"]["moe"]["point"] == "lr1e-4_random"  # the tie: the first in grid order
+    dense_cmd = next(x[4] for x in fresh if x[1] == "dense")
+    assert dense_cmd[dense_cmd.index("--learning_rate") + 1] == "5e-5" and "random" in dense_cmd
+    assert "--carve_validation" not in dense_cmd
+    assert os.path.isfile(tmp_path / "results" / "fresh_lr5e-5_random" / "rte" / "dense-s4.json")
+    table = json.load(open(tmp_path / "results" / "pad_table_fresh.json"))
+    assert table["summary"]["dense"]["tasks"]["rte"]["n"] == 3
+    assert table["summary"]["dense"]["tasks"]["rte"]["mean"] == pytest.approx(85.0)
+    text = open(tmp_path / "results" / "pad_table_fresh.md").read()
+    assert "| rte | dense | lr5e-5_random | 60.0 | 60.0 | 60.0 | 70.0 |" in text
+    launched.clear()
+    compare.main(argv)  # resumable: everything is there
+    assert launched == []
+
+
+def test_protocol_refuses_a_grid_run_on_dev_and_the_choice_seed_as_a_fresh_seed(tmp_path):
+    with pytest.raises(ValueError, match="--seeds: seed 1 chose the recipes"):
+        compare.parse_args(["--protocol", "fresh", "--seeds", "1", "4"])
+    with pytest.raises(ValueError, match="--tasks: task 'sst2' is not in the protocol"):
+        compare.parse_args(["--protocol", "fresh", "--tasks", "sst2"])
+    results_dir = str(tmp_path)
+    for point in compare.GRID:
+        write_run(results_dir, "rte", "dense", compare.CHOICE_SEED, 0.6, recipe=f"grid_{point}",
+                  split="carved" if point != "lr5e-5_gbl" else "validation")
+    with pytest.raises(ValueError, match="dense-s1.json reports split 'validation', not the carved rows"):
+        compare.choose_recipes(results_dir, "pad", ["rte"], ["dense"])
+
+
+def test_protocol_runs_live_in_their_own_folders_and_never_join_the_seed_1_3_tables():
+    # fresh_lr1e-4_gbl's dense RTE command is the naive one; it must still have its own folder
+    assert compare.run_flags("fresh_lr1e-4_gbl", "rte", "dense") == compare.run_flags("naive", "rte", "dense")
+    assert compare.home_recipe("fresh_lr1e-4_gbl", "rte", "dense") == "fresh_lr1e-4_gbl"
+    assert compare.home_recipe("tuned", "rte", "dense") == "naive"
+    for point in compare.GRID:  # the same grid for every run: MoE-family runs get no router-lr axis
+        for run in ("dense", "moe", "pad_element", "pad_neuron"):
+            assert "--router_lr_scale" not in compare.run_flags(f"grid_{point}", "mrpc", run)
+        assert "--exit_pooling" in compare.run_flags(f"grid_{point}", "mrpc", "joint")
+
+
+def test_fresh_seed_path_smoke_on_the_real_model(tmp_path, monkeypatch):
+    """The whole protocol with run_glue.py itself (in-process): 4 grid runs on the carved rows, the choice, 2 fresh
+    seeds on dev, one step each on a tiny slice of MRPC."""
+    import run_glue
+
+    monkeypatch.setattr(compare, "launch", lambda cmd, env: run_glue.main(cmd[2:]))
+    shared_glue = os.path.normpath(os.path.join(compare.REPO, "..", "shared", "data", "glue"))
+    compare.main(["--table", "pad", "--protocol", "fresh", "--tasks", "mrpc", "--runs", "dense", "--seeds", "4", "5",
+                  "--results_dir", str(tmp_path / "results"), "--work_dir", str(tmp_path / "work"), "--",
+                  "--data_dir", shared_glue, "--max_train_samples", "8", "--max_eval_samples", "8", "--max_steps",
+                  "1", "--per_device_train_batch_size", "8", "--disable_tqdm", "true"])
+    choice = json.load(open(tmp_path / "results" / "protocol" / "choice_pad.json"))
+    point = choice["choices"]["mrpc"]["dense"]["point"]
+    for p in compare.GRID:
+        record = json.load(open(compare.run_file(str(tmp_path / "results"), f"grid_{p}", "mrpc", "dense", 1)))
+        assert record["split"] == "carved" and "--carve_validation 0.1" in record["command"]
+        assert choice["choices"]["mrpc"]["dense"]["carved_metrics"][p] == record["main_metric"]
+    for seed in (4, 5):
+        record = json.load(open(compare.run_file(str(tmp_path / "results"), f"fresh_{point}", "mrpc", "dense", seed)))
+        assert record["split"] == "validation" and "--carve_validation" not in record["command"]
+    table = json.load(open(tmp_path / "results" / "pad_table_fresh.json"))
+    assert table["summary"]["dense"]["tasks"]["mrpc"]["n"] == 2
