@@ -177,6 +177,31 @@ def do_run(dataset, row, seed, data) -> dict:
     return result
 
 
+def paired_vs_static(results: list[dict]) -> list[str]:
+    """Markdown lines: every dynamic row against ``static`` of the same dataset, paired over the seeds both have
+    (test accuracy difference in points, its 95 % interval and the paired t-test; ``hf_dynamic.data.statistics``,
+    docs/data.md "## Paired comparisons"). A row "beats static" only where the interval excludes zero."""
+    from hf_dynamic.data.statistics import paired_by_seed
+
+    lines = ["", "Paired against `static` (same dataset, same seeds): test accuracy difference in points, 95 % "
+             "confidence interval (Student's t) and the two-sided paired t-test; *holds* only where the interval "
+             "lies above zero.", "", "| dataset | row | row − static [95 % CI] | p | n | row > static |",
+             "|---|---|---|---|---|---|"]
+    for dataset in DATASETS:
+        static = {r["seed"]: r["test_accuracy"] for r in results if r["dataset"] == dataset and r["row"] == "static"}
+        for row in ROWS:
+            other = {r["seed"]: r["test_accuracy"] for r in results if r["dataset"] == dataset and r["row"] == row}
+            if row == "static" or not other or not static:
+                continue
+            if len(set(other) & set(static)) < 2:
+                lines.append(f"| {dataset} | {row} | – | – | {len(set(other) & set(static))} | not shown (n < 2) |")
+                continue
+            c = paired_by_seed(other, static)
+            lines.append(f"| {dataset} | {row} | {100 * c.mean_diff:+.2f} [{100 * c.ci_low:+.2f}, "
+                         f"{100 * c.ci_high:+.2f}] | {c.p_value:.2g} | {c.n} | {c.verdict} |")
+    return lines
+
+
 def report() -> str:
     results = [json.loads(p.read_text()) for p in sorted(RUNS.glob("*.json"))] if RUNS.is_dir() else []
     lines = ["# Dynamic convolution and PAD-Net on MNIST / digits (CPU)", "",
@@ -201,6 +226,7 @@ def report() -> str:
                          f"{mean('parameters'):,.0f} | {mean('flops_per_image') / 1e6:.2f} M | "
                          f"{mean('images_per_s', '1'):,.0f} | {mean('images_per_s', '64'):,.0f} | "
                          f"{mean('seconds'):.0f} |")
+    lines += paired_vs_static(results)
     if results:
         first = results[0]
         lines += ["", f"Machine: {first['cpu']} ({first['cpu_count']} CPUs, {first['machine']}), torch "

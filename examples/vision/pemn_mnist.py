@@ -363,6 +363,7 @@ def report() -> None:
               "baselines of the trained x1 network at the same bytes): does PEMN beat both at every budget below "
               "10 % of the dense bytes?", ""]
     lines += dominance_lines(groups)
+    lines += paired_at_equal_bytes(groups)
     if results:
         first = results[-1]
         lines += ["", f"Machine: {first['machine']} ({first['cpu_count']} CPUs), torch {first['torch']}, "
@@ -402,6 +403,38 @@ def dominance_lines(groups: dict, limit: float = 0.10) -> list[str]:
             detail = "; ".join(f"{100 * f:.1f} % of dense: PEMN {p:.2f} vs best pruning {b:.2f}"
                                for f, p, b in sorted(points))
             lines.append(f"- {dataset} / {network}: {verdict} ({detail})")
+    return lines
+
+
+def paired_at_equal_bytes(groups: dict) -> list[str]:
+    """Markdown lines: at every curve width, PEMN against each pruning baseline at the same bytes, paired over the
+    seeds both have (test accuracy difference in points, its 95 % interval, the paired t-test;
+    ``hf_dynamic.data.statistics``, docs/data.md "## Paired comparisons"). PEMN "beats" a baseline only where the
+    interval excludes zero."""
+    from hf_dynamic.data.statistics import paired_by_seed
+
+    lines = ["", f"Paired at equal bytes ({CURVE_PEMN} against each pruning baseline of the same width's byte "
+             "budget, same seeds): test accuracy difference in points, 95 % confidence interval (Student's t) and "
+             "the two-sided paired t-test; *holds* only where the interval lies above zero.", "",
+             "| dataset | network | width | baseline | PEMN − baseline [95 % CI] | p | n | PEMN > baseline |",
+             "|---|---|---|---|---|---|---|---|"]
+    for dataset in DATASETS:
+        for network in NETWORKS:
+            for width in (1.0,) + CURVE_WIDTHS:
+                suffix = "" if width == 1.0 else f"-w{width:g}"
+                pemn = {r["seed"]: r["accuracy"] for r in groups.get((dataset, network, CURVE_PEMN + suffix), [])}
+                for kind in ("random", "magnitude"):
+                    base = {r["seed"]: r["accuracy"] for r in groups.get((dataset, network, f"{kind}-prune{suffix}"),
+                                                                         [])}
+                    if not pemn or not base:
+                        continue
+                    head = f"| {dataset} | {network} | x{width:g} | {kind} pruning |"
+                    if len(set(pemn) & set(base)) < 2:
+                        lines.append(f"{head} – | – | {len(set(pemn) & set(base))} | not shown (n < 2) |")
+                        continue
+                    c = paired_by_seed(pemn, base)
+                    lines.append(f"{head} {100 * c.mean_diff:+.2f} [{100 * c.ci_low:+.2f}, {100 * c.ci_high:+.2f}] | "
+                                 f"{c.p_value:.2g} | {c.n} | {c.verdict} |")
     return lines
 
 
