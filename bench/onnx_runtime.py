@@ -47,7 +47,8 @@ def parse_args():
     parser.add_argument("--time_samples", default="96,408", help="dev examples timed per batch size (0 = all)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max_seq_length", type=int, default=64)
-    parser.add_argument("--train_samples", type=int, default=2000, help="early exit: training rows (bench/early_exit.py)")
+    parser.add_argument("--train_samples", type=int, default=2000,
+                        help="early exit: training rows (as bench/early_exit.py)")
     parser.add_argument("--calib_samples", type=int, default=1000)
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--lr", type=float, default=1e-4)
@@ -196,7 +197,8 @@ def main():
     def export(name, model, **kwargs):
         start = time.perf_counter()
         manifest = export_onnx(model, os.path.join(work, name), exporter=args.exporter, **kwargs)
-        exports[name] = {"seconds": time.perf_counter() - start, "check_max_abs_diff": manifest["check"]["max_abs_diff"]}
+        exports[name] = {"seconds": time.perf_counter() - start,
+                         "check_max_abs_diff": manifest["check"]["max_abs_diff"]}
         print(f"exported {name} in {exports[name]['seconds']:.0f} s", flush=True)
         return os.path.join(work, name)
 
@@ -285,7 +287,8 @@ def main():
         "torch": torch.__version__,
         "onnxruntime": __import__("onnxruntime").__version__,
         "exporter": args.exporter,
-        "command": "python bench/onnx_runtime.py " + " ".join(sys.argv[1:]),
+        "command": "".join(f"{k}={os.environ[k]} " for k in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS") if k in os.environ)
+                   + "python bench/onnx_runtime.py " + " ".join(sys.argv[1:]),
         "max_seq_length": args.max_seq_length,
         "exports": exports,
         "early_exit": {**early, "agreement": agreement},
@@ -301,7 +304,8 @@ def main():
           f"Text: MRPC dev sentence pairs (max length {args.max_seq_length}, dynamic padding, dataset order). "
           f"Images: {args.images} random {args.image_size}×{args.image_size} images. Median of {args.repeats} "
           "interleaved passes (after 2 warm-up passes each).\n\n",
-          "| model | batch | examples | PyTorch s | onnxruntime s | PyTorch / onnxruntime |\n|---|---|---|---|---|---|\n"]
+          "| model | batch | examples | PyTorch s | onnxruntime s | PyTorch / onnxruntime |\n",
+          "|---|---|---|---|---|---|\n"]
     for row in rows:
         md.append(f"| {row['model']} | {row['batch_size']} | {row['examples']} | {row['torch_s']:.3f} | "
                   f"{row['onnxruntime_s']:.3f} | **{row['torch_over_onnxruntime']:.2f}x** |\n")
