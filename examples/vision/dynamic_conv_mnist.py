@@ -181,24 +181,19 @@ def paired_vs_static(results: list[dict]) -> list[str]:
     """Markdown lines: every dynamic row against ``static`` of the same dataset, paired over the seeds both have
     (test accuracy difference in points, its 95 % interval and the paired t-test; ``hf_dynamic.data.statistics``,
     docs/data.md "## Paired comparisons"). A row "beats static" only where the interval excludes zero."""
-    from hf_dynamic.data.statistics import paired_by_seed
+    from _paired import paired_cell  # beside this script
 
     lines = ["", "Paired against `static` (same dataset, same seeds): test accuracy difference in points, 95 % "
              "confidence interval (Student's t) and the two-sided paired t-test; *holds* only where the interval "
-             "lies above zero.", "", "| dataset | row | row − static [95 % CI] | p | n | row > static |",
-             "|---|---|---|---|---|---|"]
+             "lies above zero.", "", "| dataset | row | row − static [95 % CI] (p, n) | row > static |",
+             "|---|---|---|---|"]
     for dataset in DATASETS:
         static = {r["seed"]: r["test_accuracy"] for r in results if r["dataset"] == dataset and r["row"] == "static"}
         for row in ROWS:
             other = {r["seed"]: r["test_accuracy"] for r in results if r["dataset"] == dataset and r["row"] == row}
             if row == "static" or not other or not static:
                 continue
-            if len(set(other) & set(static)) < 2:
-                lines.append(f"| {dataset} | {row} | – | – | {len(set(other) & set(static))} | not shown (n < 2) |")
-                continue
-            c = paired_by_seed(other, static)
-            lines.append(f"| {dataset} | {row} | {100 * c.mean_diff:+.2f} [{100 * c.ci_low:+.2f}, "
-                         f"{100 * c.ci_high:+.2f}] | {c.p_value:.2g} | {c.n} | {c.verdict} |")
+            lines.append(f"| {dataset} | {row} | {paired_cell(other, static)} |")
     return lines
 
 

@@ -411,13 +411,13 @@ def paired_at_equal_bytes(groups: dict) -> list[str]:
     seeds both have (test accuracy difference in points, its 95 % interval, the paired t-test;
     ``hf_dynamic.data.statistics``, docs/data.md "## Paired comparisons"). PEMN "beats" a baseline only where the
     interval excludes zero."""
-    from hf_dynamic.data.statistics import paired_by_seed
+    from _paired import paired_cell  # beside this script
 
     lines = ["", f"Paired at equal bytes ({CURVE_PEMN} against each pruning baseline of the same width's byte "
              "budget, same seeds): test accuracy difference in points, 95 % confidence interval (Student's t) and "
              "the two-sided paired t-test; *holds* only where the interval lies above zero.", "",
-             "| dataset | network | width | baseline | PEMN − baseline [95 % CI] | p | n | PEMN > baseline |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| dataset | network | width | baseline | PEMN − baseline [95 % CI] (p, n) | PEMN > baseline |",
+             "|---|---|---|---|---|---|"]
     for dataset in DATASETS:
         for network in NETWORKS:
             for width in (1.0,) + CURVE_WIDTHS:
@@ -428,13 +428,7 @@ def paired_at_equal_bytes(groups: dict) -> list[str]:
                                                                          [])}
                     if not pemn or not base:
                         continue
-                    head = f"| {dataset} | {network} | x{width:g} | {kind} pruning |"
-                    if len(set(pemn) & set(base)) < 2:
-                        lines.append(f"{head} – | – | {len(set(pemn) & set(base))} | not shown (n < 2) |")
-                        continue
-                    c = paired_by_seed(pemn, base)
-                    lines.append(f"{head} {100 * c.mean_diff:+.2f} [{100 * c.ci_low:+.2f}, {100 * c.ci_high:+.2f}] | "
-                                 f"{c.p_value:.2g} | {c.n} | {c.verdict} |")
+                    lines.append(f"| {dataset} | {network} | x{width:g} | {kind} pruning | {paired_cell(pemn, base)} |")
     return lines
 
 

@@ -32,11 +32,11 @@ def test_dynamic_conv_rows_are_paired_with_static_by_seed():
     text = "\n".join(dynamic_conv_mnist.paired_vs_static(results))
     mean, low, high = interval(dyconv, static)
     p = stats.ttest_rel(dyconv, static).pvalue
-    assert f"| mnist | dyconv | {mean:+.2f} [{low:+.2f}, {high:+.2f}] | {p:.2g} | 5 | holds |" in text
+    assert f"| mnist | dyconv | {mean:+.2f} [{low:+.2f}, {high:+.2f}] (p = {p:.3g}, n = 5) | holds |" in text
     mean, low, high = interval(condconv, static)
     assert low < 0 < high and f"| mnist | condconv | {mean:+.2f} [{low:+.2f}, {high:+.2f}]" in text
     assert "| mnist | condconv |" in text and text.count("not shown") == 2  # condconv, and digits with n = 1
-    assert "| digits | dyconv | – | – | 1 | not shown (n < 2) |" in text
+    assert "| digits | dyconv | – (n = 1) | not shown |" in text
 
 
 def test_pemn_is_paired_with_each_pruning_baseline_at_the_same_bytes():
@@ -50,9 +50,9 @@ def test_pemn_is_paired_with_each_pruning_baseline_at_the_same_bytes():
                                                     for s, a in enumerate(magnitude_prune)]}
     text = "\n".join(pemn_mnist.paired_at_equal_bytes(groups))
     mean, low, high = interval(pemn, random_prune)
-    assert f"| mnist | mlp | x1 | random pruning | {mean:+.2f} [{low:+.2f}, {high:+.2f}] |" in text
-    assert text.splitlines()[-2].endswith("| 3 | holds |")
+    assert f"| mnist | mlp | x1 | random pruning | {mean:+.2f} [{low:+.2f}, {high:+.2f}] (p = " in text
+    assert text.splitlines()[-2].endswith("n = 3) | holds |")
     mean, low, high = interval(pemn, magnitude_prune)
-    assert low < 0 < high and text.splitlines()[-1].endswith("| 3 | not shown |")
+    assert low < 0 < high and text.splitlines()[-1].endswith("n = 3) | not shown |")
     assert "x0.5" not in text  # widths without runs are left out
     assert mean == pytest.approx(100 * statistics.mean(a - b for a, b in zip(pemn, magnitude_prune)))
