@@ -326,7 +326,8 @@ def command(args, task, run, seed, passthrough) -> list[str]:
     cmd = [sys.executable, os.path.join(HERE, "run_glue.py"), "--task", task, "--variant", variant,
            "--seed", str(seed), "--output_dir", os.path.join(args.work_dir, home, task, run, f"s{seed}"),
            *run_flags(args.recipe, task, run)]
-    if run not in TABLES["exit"]:  # the early-exit models are kept for the speed benchmark; the others are not
+    # the early-exit models are kept for the speed benchmark (not the protocol's grid runs); the others are not
+    if run not in TABLES["exit"] or args.recipe.startswith("grid_"):
         cmd += ["--save_model", "false"]
     if args.device == "cpu":
         cmd.append("--use_cpu")

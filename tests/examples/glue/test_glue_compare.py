@@ -1,6 +1,7 @@
 """Bookkeeping of examples/glue/compare.py on fabricated run files: resume (finished runs skipped), tables
 regenerated from partial runs, mean / sample std / n per cell, the boosted − joint difference per exit."""
 
+import argparse
 import json
 import os
 import statistics
@@ -448,6 +449,10 @@ def test_protocol_runs_live_in_their_own_folders_and_never_join_the_seed_1_3_tab
         for run in ("dense", "moe", "pad_element", "pad_neuron"):
             assert "--router_lr_scale" not in compare.run_flags(f"grid_{point}", "mrpc", run)
         assert "--exit_pooling" in compare.run_flags(f"grid_{point}", "mrpc", "joint")
+    args, _ = compare.parse_args(["--table", "exit", "--protocol", "fresh"])
+    grid = compare.command(argparse.Namespace(**{**vars(args), "recipe": "grid_lr1e-4_gbl"}), "rte", "joint", 1, [])
+    fresh = compare.command(argparse.Namespace(**{**vars(args), "recipe": "fresh_lr1e-4_gbl"}), "rte", "joint", 4, [])
+    assert "--save_model" in grid and "--save_model" not in fresh  # fresh exit models are kept for the speed bench
 
 
 def test_fresh_seed_path_smoke_on_the_real_model(tmp_path, monkeypatch):
