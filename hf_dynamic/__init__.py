@@ -46,6 +46,12 @@ _LAZY = {
     "DistillationTrainer": "hf_dynamic.distill.trainer",
     "DistillationTrainerMixin": "hf_dynamic.distill.trainer",
     "distillation_kl_loss": "hf_dynamic.core.distillation",
+    # slimmable networks (docs/slim.md)
+    "make_slimmable": "hf_dynamic.slim.modeling",
+    "set_width": "hf_dynamic.slim.modeling",
+    "export_width": "hf_dynamic.slim.export",
+    "SlimmableTrainer": "hf_dynamic.slim.trainer",
+    "SlimmableTrainerMixin": "hf_dynamic.slim.trainer",
     # deploy (exports to other engines)
     "save_gguf": "hf_dynamic.deploy.gguf",
     "export_onnx": "hf_dynamic.deploy.onnx",

@@ -43,7 +43,7 @@ import pytest
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1] / "hf_dynamic"
 ROOT = "hf_dynamic"
-METHOD_PACKAGES = ("pad", "boost", "dms", "pemn", "distill")
+METHOD_PACKAGES = ("pad", "boost", "dms", "pemn", "distill", "slim")
 LEAF_PACKAGES = ("data", "assets")
 OUTSIDE_LIBRARY = ("examples", "bench", "tests")
 

@@ -7,6 +7,26 @@
 - :mod:`hf_dynamic.slim.trainer`: ``SlimmableTrainerMixin`` / ``SlimmableTrainer`` (the sandwich rule with in-place
   distillation).
 
-Nothing is imported here (``import hf_dynamic`` stays cheap); the public names are resolved lazily by the package
-root.
+Nothing is imported eagerly (``import hf_dynamic`` stays cheap): ``from hf_dynamic import slim`` then
+``slim.make_slimmable(model)``, ``with slim.width(model, 0.5): ...`` resolve the names below on first use.
 """
+
+from ..core.lazy import lazy_attributes
+
+_LAZY = {
+    "SlimmableLinear": "hf_dynamic.slim.modeling",
+    "make_slimmable": "hf_dynamic.slim.modeling",
+    "is_slimmable": "hf_dynamic.slim.modeling",
+    "set_width": "hf_dynamic.slim.modeling",
+    "get_width": "hf_dynamic.slim.modeling",
+    "width": "hf_dynamic.slim.modeling",
+    "resolve_widths": "hf_dynamic.slim.modeling",
+    "sliced_state_dict": "hf_dynamic.slim.export",
+    "export_width": "hf_dynamic.slim.export",
+    "SlimmableTrainer": "hf_dynamic.slim.trainer",
+    "SlimmableTrainerMixin": "hf_dynamic.slim.trainer",
+    "sandwich_widths": "hf_dynamic.slim.trainer",
+}
+
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())
+__all__ = sorted(_LAZY)
