@@ -1,6 +1,6 @@
 """Slimmable networks: one checkpoint that runs at any width (``docs/slim.md``).
 
-- :mod:`hf_dynamic.slim.modeling`: importance ordering (magnitude), :class:`SlimmableLinear`, ``make_slimmable``,
+- :mod:`hf_dynamic.slim.modeling`: importance ordering (magnitude or first-order Taylor), :class:`SlimmableLinear`, ``make_slimmable``,
   ``set_width`` / ``width`` (uniform or per-layer widths, run as sliced dense computations);
 - :mod:`hf_dynamic.slim.export`: a width as a real checkpoint (stock ``Bert*`` / ``Llama*`` at uniform widths,
   ``dms_llama`` at per-layer Llama widths);
@@ -21,6 +21,9 @@ _LAZY = {
     "get_width": "hf_dynamic.slim.modeling",
     "width": "hf_dynamic.slim.modeling",
     "resolve_widths": "hf_dynamic.slim.modeling",
+    "ffn_channel_importance": "hf_dynamic.slim.modeling",
+    "head_group_importance": "hf_dynamic.slim.modeling",
+    "taylor_importance": "hf_dynamic.slim.modeling",
     "sliced_state_dict": "hf_dynamic.slim.export",
     "export_width": "hf_dynamic.slim.export",
     "SlimmableTrainer": "hf_dynamic.slim.trainer",

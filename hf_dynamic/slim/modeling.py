@@ -2,8 +2,9 @@
 
 :func:`make_slimmable` turns a BERT-family encoder or a Llama-family decoder into a slimmable network in place:
 
-1. **order** every layer's FFN channels and attention heads (whole KV groups under GQA) by a magnitude importance
-   (:func:`ffn_channel_importance`, :func:`head_group_importance`), most important first, by permuting the weights
+1. **order** every layer's FFN channels and attention heads (whole KV groups under GQA) by importance (magnitude:
+   :func:`ffn_channel_importance`, :func:`head_group_importance`; or first-order Taylor from calibration batches:
+   :func:`taylor_importance`), most important first, by permuting the weights
    (a function-preserving reparametrisation: the rows of the input projections and the columns of the output
    projection move together), so that every width is a prefix;
 2. **swap** the projections for :class:`SlimmableLinear` modules that share the same ``Parameter`` objects (the
@@ -25,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.validation import check_number
+from ..core.importance import snip_score
+from ..core.validation import check_bool, check_choice, check_number
 
 __all__ = [
     "SlimmableLinear",
@@ -40,6 +42,7 @@ __all__ = [
     "units_at",
     "ffn_channel_importance",
     "head_group_importance",
+    "taylor_importance",
 ]
 
 
@@ -178,13 +181,47 @@ def _permute_cols_(linear: nn.Linear, order: torch.Tensor, block: int) -> None:
     linear.weight.copy_(linear.weight[:, index])
 
 
+def taylor_importance(model: nn.Module, calibration_batches) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """First-order Taylor importance per layer: ``(head-group scores, FFN-channel scores)`` (``docs/slim.md``).
+
+    A unit ``u`` (FFN channel, head / KV group) feeds the layer's output projection ``y = W_out h``; gating it with
+    ``m_u`` (1 when kept) gives ``∂L/∂m_u = Σ_{i, c ∈ u} W_out[i, c] · G[i, c]`` with ``G = ∂L/∂W_out`` summed over
+    the calibration batches, exactly. The score is its SNIP magnitude ``|∂L/∂m_u|``
+    (:func:`hf_dynamic.core.importance.snip_score`): the first-order loss change of removing the unit. ``L`` is the
+    model's own loss (each batch needs its ``labels``); gradients go through ``torch.autograd.grad`` only, so the
+    parameters' ``.grad`` are left untouched.
+    """
+    layers = slim_layers(model)
+    outs = [layer.linear(layer.head_out).weight for layer in layers] + [layer.linear(layer.ffn_out).weight
+                                                                         for layer in layers]
+    grads = [torch.zeros_like(w, dtype=torch.float32) for w in outs]
+    seen = 0
+    for batch in calibration_batches:
+        loss = model(**batch).loss
+        if loss is None:
+            raise ValueError("calibration_batches must give the model a loss (include 'labels' in each batch)")
+        for total, g in zip(grads, torch.autograd.grad(loss, outs, allow_unused=True)):
+            if g is not None:
+                total += g.float()
+        seen += 1
+    if seen == 0:
+        raise ValueError("calibration_batches is empty: the Taylor importance needs at least one batch")
+    n = len(layers)
+    scores = []
+    for i, layer in enumerate(layers):
+        head = (outs[i].detach().float() * grads[i]).reshape(-1, layer.num_groups, layer.cols_per_group).sum((0, 2))
+        ffn = (outs[n + i].detach().float() * grads[n + i]).sum(0)
+        scores.append((snip_score(head), snip_score(ffn)))
+    return scores
+
+
 @torch.no_grad()
-def _reorder_(layer: SlimLayer) -> None:
-    ffn_order = torch.argsort(ffn_channel_importance(layer), descending=True, stable=True)
+def _reorder_(layer: SlimLayer, head_scores: torch.Tensor, ffn_scores: torch.Tensor) -> None:
+    ffn_order = torch.argsort(ffn_scores, descending=True, stable=True)
     for slot in layer.ffn_in:
         _permute_rows_(layer.linear(slot), ffn_order, 1)
     _permute_cols_(layer.linear(layer.ffn_out), ffn_order, 1)
-    head_order = torch.argsort(head_group_importance(layer), descending=True, stable=True)
+    head_order = torch.argsort(head_scores, descending=True, stable=True)
     for module, attr, rows in layer.head_in:
         _permute_rows_(getattr(module, attr), head_order, rows)
     _permute_cols_(layer.linear(layer.head_out), head_order, layer.cols_per_group)
@@ -195,18 +232,30 @@ def is_slimmable(model: nn.Module) -> bool:
     return any(isinstance(m, SlimmableLinear) for m in model.modules())
 
 
-def make_slimmable(model: nn.Module, reorder: bool = True) -> nn.Module:
+def make_slimmable(model: nn.Module, reorder: bool = True, importance: str = "magnitude",
+                   calibration_batches=None) -> nn.Module:
     """Make ``model`` slimmable in place (module docstring) and return it, at full width.
 
-    ``reorder=False`` skips the importance ordering (for a checkpoint that was saved already ordered, e.g. after
-    slimmable training: the order is part of the weights). Applying it twice is an error.
+    ``importance``: ``"magnitude"`` (data-free: :func:`ffn_channel_importance`, :func:`head_group_importance`) or
+    ``"taylor"`` (:func:`taylor_importance` over ``calibration_batches``, an iterable of model-input dicts with
+    ``labels``). ``reorder=False`` skips the ordering (for a checkpoint saved already ordered, e.g. after slimmable
+    training: the order is part of the weights). Applying it twice is an error.
     """
+    check_bool("reorder", reorder)
+    check_choice("importance", importance, ("magnitude", "taylor"))
+    if importance == "taylor" and reorder and calibration_batches is None:
+        raise ValueError("importance='taylor' needs calibration_batches (model inputs with labels)")
     if is_slimmable(model):
         raise ValueError(f"{type(model).__name__} is already slimmable (make_slimmable was applied)")
     layers = slim_layers(model)
+    if reorder:
+        if importance == "taylor":
+            scores = taylor_importance(model, calibration_batches)
+        else:
+            scores = [(head_group_importance(layer), ffn_channel_importance(layer)) for layer in layers]
+        for layer, (head_scores, ffn_scores) in zip(layers, scores):
+            _reorder_(layer, head_scores, ffn_scores)
     for layer in layers:
-        if reorder:
-            _reorder_(layer)
         for module, attr, *_ in [*layer.head_in, layer.head_out, *layer.ffn_in, layer.ffn_out]:
             setattr(module, attr, SlimmableLinear.from_linear(getattr(module, attr)))
     return model
