@@ -79,3 +79,30 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
     trainer.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-2"))
     for k, v in model.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[k], v, atol=1e-6, rtol=1e-6, msg=k)
+
+
+def test_causal_lm_distills_on_attended_tokens(tmp_path):
+    from slim_testing import tiny_llama
+
+    model = make_slimmable(tiny_llama())
+    x = tokens(2, 8)
+    mask = torch.ones_like(x); mask[1, 5:] = 0
+    labels = x.masked_fill(mask == 0, -100)
+    data = [{"input_ids": x[i], "attention_mask": mask[i], "labels": labels[i]} for i in range(2)]
+    trainer = SlimmableTrainer(model=model, args=args(tmp_path), train_dataset=data, num_random_widths=1,
+                               min_width=0.5, temperature=1.5)
+    batch = {"input_ids": x, "attention_mask": mask, "labels": labels}
+    model.train()
+    loss = trainer.compute_loss(model, batch)
+    with torch.no_grad():
+        out = model(**batch)
+        expected = out.loss
+        keep = mask.bool()
+        for w in sandwich_widths(0.5, 1, seed=3, step=0)[1:]:
+            with width(model, w):
+                student = model(input_ids=x, attention_mask=mask).logits
+            # the KL on the attended tokens only, written out
+            p = torch.log_softmax(out.logits[keep] / 1.5, -1)
+            q = torch.log_softmax(student[keep] / 1.5, -1)
+            expected = expected + (p.exp() * (p - q)).sum(-1).mean() * 1.5**2
+    torch.testing.assert_close(loss.detach(), expected, atol=1e-5, rtol=1e-5)

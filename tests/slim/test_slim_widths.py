@@ -146,3 +146,12 @@ def test_not_slimmable_and_twice_are_errors():
         make_slimmable(model)
     with pytest.raises(TypeError, match="BERT-family"):
         make_slimmable(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+
+
+def test_trained_slimmable_model_round_trips_without_reordering(tmp_path):
+    model = make_slimmable(tiny_llama())
+    model.save_pretrained(tmp_path)
+    loaded = make_slimmable(LlamaForCausalLM.from_pretrained(tmp_path).eval(), reorder=False)
+    x = tokens()
+    with torch.no_grad(), width(model, 0.5), width(loaded, 0.5):
+        torch.testing.assert_close(loaded(x).logits, model(x).logits, atol=0, rtol=0)
