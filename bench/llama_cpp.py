@@ -57,7 +57,7 @@ def parse_args(argv=None):
     parser.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
     parser.add_argument("--machine", default="cpu", help="results file label")
     parser.add_argument("--work_dir", default=None, help="where the GGUF files go (default: a temporary folder)")
-    parser.add_argument("--check", nargs="*", default=["dms_per_layer_80"],
+    parser.add_argument("--check", nargs="*", default=["dense_100", "dms_per_layer_80"],
                         help="models (<key>_<target>) whose llama.cpp logits and greedy text are checked against "
                              "PyTorch, exported in f32 and each timed dtype")
     return parser.parse_args(argv)
@@ -250,6 +250,7 @@ def main(argv=None):
     for _ in range(args.repeats):
         for i, row in enumerate(rows):
             timings[i].append(time_model(llama_cpp, row["path"], args, rng))
+            print(f"repeat {len(timings[i])}: {row['model']} {row['dtype']}: {timings[i][-1]}", flush=True)
     for i, row in enumerate(rows):
         row["pp_tokens_per_s"] = max(t["pp"] for t in timings[i])
         row["tg_tokens_per_s"] = max(t["tg"] for t in timings[i])
