@@ -185,7 +185,13 @@ class ExitRule:
 
     def __init__(self, settings: ExitSettings, batch_size: int, device=None):
         if not isinstance(settings, ExitSettings):
-            raise TypeError(f"ExitRule needs an ExitSettings, got {type(settings).__name__}")
+            # A checkpoint loaded as remote code from a local folder gets the config file and the modeling file in
+            # two module packages of transformers' dynamic-module cache, each with its own copy of this module: the
+            # config's ExitSettings is then another class of the same fields. Rebuild it here (validated again).
+            if type(settings).__name__ == "ExitSettings" and dataclasses.is_dataclass(settings):
+                settings = ExitSettings(**dataclasses.asdict(settings))
+            else:
+                raise TypeError(f"ExitRule needs an ExitSettings, got {type(settings).__name__}")
         self.settings = settings
         self.criterion = get_criterion(settings.criterion)
         self.last = settings.num_exits - 1

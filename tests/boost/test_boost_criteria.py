@@ -95,3 +95,16 @@ def test_brentq_matches_the_former_bisection(budget):
     costs = [1 / 6, 2 / 6, 4 / 6, 1.0]
     p, _ = solve_exit_fractions(budget, costs)
     assert p == pytest.approx(_bisection(budget, costs), rel=1e-9)
+
+
+def test_exit_rule_takes_the_settings_of_another_copy_of_the_module():
+    """Remote code loaded from a local folder imports this module twice (config side, modeling side): the config's
+    ExitSettings is another class with the same fields, and the rule must take it (and validate it again)."""
+    import dataclasses
+
+    twin = dataclasses.make_dataclass("ExitSettings", [(f.name, f.type, dataclasses.field(default=f.default))
+                                                       for f in dataclasses.fields(ExitSettings)], frozen=True)
+    rule = ExitRule(twin("confidence", num_exits=2, thresholds=(0.9, 0.0)), 2)
+    assert type(rule.settings) is ExitSettings and rule.settings.thresholds == (0.9, 0.0)
+    with pytest.raises(ValueError, match="thresholds has 1 values"):
+        ExitRule(twin("confidence", num_exits=2, thresholds=(0.9,)), 2)
