@@ -1,7 +1,7 @@
 """Slimmable networks: one checkpoint that runs at any width (``docs/slim.md``).
 
-- :mod:`hf_dynamic.slim.modeling`: importance ordering (magnitude or first-order Taylor), :class:`SlimmableLinear`, ``make_slimmable``,
-  ``set_width`` / ``width`` (uniform or per-layer widths, run as sliced dense computations);
+- :mod:`hf_dynamic.slim.modeling`: importance ordering (magnitude or first-order Taylor), :class:`SlimmableLinear`,
+  ``make_slimmable``, ``set_width`` / ``width`` (uniform or per-layer widths, run as sliced dense computations);
 - :mod:`hf_dynamic.slim.export`: a width as a real checkpoint (stock ``Bert*`` / ``Llama*`` at uniform widths,
   ``dms_llama`` at per-layer Llama widths);
 - :mod:`hf_dynamic.slim.trainer`: ``SlimmableTrainerMixin`` / ``SlimmableTrainer`` (the sandwich rule with in-place

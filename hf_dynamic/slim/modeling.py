@@ -115,7 +115,7 @@ def _bert_layer(layer) -> SlimLayer | None:
     )
 
 
-def _llama_layer(layer, config) -> SlimLayer | None:
+def _llama_layer(layer) -> SlimLayer | None:
     attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
     if attn is None or mlp is None or not all(hasattr(attn, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj")):
         return None
@@ -140,7 +140,7 @@ def slim_layers(model: nn.Module) -> list[SlimLayer]:
     if encoder is not None and hasattr(encoder, "layer"):
         layers = [_bert_layer(layer) for layer in encoder.layer]
     elif hasattr(base, "layers"):
-        layers = [_llama_layer(layer, model.config) for layer in base.layers]
+        layers = [_llama_layer(layer) for layer in base.layers]
     else:
         layers = [None]
     if not layers or any(layer is None for layer in layers):
