@@ -8,7 +8,7 @@ own tests.
 
 One test class per registered type, its tiny config and inputs taken from ``tests/models/test_common.py`` ``CASES``
 (the first case of the type, with :data:`TESTER_OVERRIDES`). Every skip we ask for is in :data:`SKIPS` with its
-reason; a failure another engineer's pending fix removes is in :data:`XFAILS`
+reason; a known failure whose fix is pending goes in :data:`XFAILS`
 (``xfail(strict=True)``). The rest of the skips are the mixin's own (GPU, flash-attention, multimodal, ...).
 """
 
@@ -102,7 +102,7 @@ SKIPS: dict[str, dict[str, str]] = {
                                                     "transformers sdist; tests/models/dms_llama tests generation",
     },
 }
-# model type -> test name -> reason: a failure that another engineer's pending fix removes. Marked
+# model type -> test name -> reason: a known failure whose fix is pending (empty today). Marked
 # xfail(strict=True), so the run fails once the fix lands: then delete the entry.
 XFAILS: dict[str, dict[str, str]] = {}
 
