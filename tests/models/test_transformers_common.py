@@ -22,8 +22,9 @@ import unittest.mock
 import pytest
 import torch
 import transformers
+from transformers import ModernBertConfig
 
-from test_common import BATCH, CASES, LENGTH, PACKAGES, make_config, without_labels
+from test_common import BATCH, CASES, LENGTH, PACKAGES, VOCAB, Case, encoder_inputs, make_config, without_labels
 from transformers_upstream import load_model_tester_mixin
 
 ModelTesterMixin = load_model_tester_mixin().ModelTesterMixin
@@ -47,10 +48,10 @@ class TinyTester:
     """The ``model_tester`` the mixin expects: the first tiny case of ``model_type`` in ``test_common.CASES``
     with :data:`TESTER_OVERRIDES`."""
 
-    def __init__(self, parent, model_type: str):
+    def __init__(self, parent, model_type: str, case=None):
         self.parent = parent
         self.model_type = model_type
-        self.case = CASES[model_type][0]
+        self.case = CASES[model_type][0] if case is None else case
         self.batch_size, self.seq_length = BATCH, LENGTH
         self.is_training = True
         text = self.get_config().get_text_config()
@@ -128,6 +129,7 @@ class CommonTests(ModelTesterMixin):
     """The mixin plus our tester, the name mappings of our heads, :data:`SKIPS` and :data:`XFAILS`."""
 
     model_type: str = None
+    case = None  # a test_common.Case of model_type; None: the type's first case
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -137,7 +139,7 @@ class CommonTests(ModelTesterMixin):
             _marked_copy(cls, name, pytest.mark.xfail(strict=True, reason=reason), plain_subtests=True)
 
     def setUp(self):
-        self.model_tester = TinyTester(self, self.model_type)
+        self.model_tester = TinyTester(self, self.model_type, self.case)
         for names, class_name in name_mappings(self.model_type):
             patcher = unittest.mock.patch.dict(names, {self.model_type: class_name})
             patcher.start()
@@ -160,6 +162,27 @@ class TestPartialMoEBertCommon(CommonTests, unittest.TestCase):
 class TestBoostedEarlyExitCommon(CommonTests, unittest.TestCase):
     model_type = "boosted_early_exit"
     all_model_classes = classes("boosted_early_exit")
+
+
+def _modernbert_inputs() -> dict:
+    batch = encoder_inputs()
+    batch.pop("token_type_ids")  # ModernBERT has no token types
+    return batch
+
+
+class TestBoostedEarlyExitModernBertCommon(CommonTests, unittest.TestCase):
+    """The boosted model on a ModernBERT backbone, whose layers are not called the way BERT's are (rotary
+    embeddings, local/global attention masks, a final norm): the backbone adapter table of hf_dynamic/boost."""
+
+    model_type = "boosted_early_exit"
+    all_model_classes = classes("boosted_early_exit")
+    case = Case(
+        "modernbert",
+        lambda: dict(backbone=ModernBertConfig(
+            vocab_size=VOCAB, hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=2,
+            global_attn_every_n_layers=2, local_attention=4, max_position_embeddings=64, pad_token_id=0,
+            bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2), num_labels=2, classifier_dropout=0.0),
+        "AutoModelForSequenceClassification", _modernbert_inputs, ("ensemble_temperature", 0.0))
 
 
 class TestDynamicResNetCommon(CommonTests, unittest.TestCase):
