@@ -107,7 +107,7 @@ BASELINES = {
 SETTINGS_ADDED_LATER = {"export_rule": "paper", "recovery_loss": "ntp", "kd_alpha": 0.5, "kd_temperature": 1.0,
                         "kd_hidden_weight": 0.0, "search_seeds": None, "ablation_ntp": False,
                         "eval_window_choices": [64, 32, 16], "checkpoint_every": 0,
-                        "plan_clock": "wall"}
+                        "plan_clock": "wall", "gguf": []}
 FIXED_SIZES = {"max_search_steps": 300, "recovery_steps": 300, "eval_windows": 0}  # --budget_minutes 0
 DEVICE_BATCH = {"cpu": 1, "cuda": 8}
 TIMING_KEYS = ("seconds", "search_s", "prune_s", "recovery_s", "finished")
