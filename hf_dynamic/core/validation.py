@@ -54,3 +54,20 @@ def check_bool(name, value):
     ``bool``: ``"no"``, ``"yes"``, ``0`` or ``1`` are refused rather than read by their truth value."""
     if not isinstance(value, bool):
         raise ValueError(f"{name} must be a bool (True or False), got {value!r} ({type(value).__name__})")
+
+
+# Keywords a transformers config takes besides its dataclass fields (consumed by ``PretrainedConfig.__post_init__``,
+# or, for the legacy ``gradient_checkpointing``, by ``PreTrainedModel.post_init``); ``num_labels`` is a property.
+CONFIG_KEYWORDS = ("num_labels", "output_attentions", "attn_implementation", "experts_implementation",
+                   "gradient_checkpointing", "torch_dtype")
+
+
+def check_config_overrides(config_class, overrides: dict, method: str) -> None:
+    """``TypeError`` naming every key of ``overrides`` that ``config_class`` has no field for (a config would keep a
+    misspelt keyword as a stray attribute, so ``from_static(..., num_kernal=8)`` would silently build the default);
+    ``method`` names the caller in the message."""
+    known = set(config_class.__dataclass_fields__) | set(config_class.attribute_map) | set(CONFIG_KEYWORDS)
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise TypeError(f"{method}() got unknown keyword argument(s) {unknown}: not fields of "
+                        f"{config_class.__name__}")

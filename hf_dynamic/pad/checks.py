@@ -6,23 +6,6 @@ from __future__ import annotations
 import os
 
 
-# Keywords a transformers config takes besides its dataclass fields (consumed by ``PretrainedConfig.__post_init__``,
-# or, for the legacy ``gradient_checkpointing``, by ``PreTrainedModel.post_init``); ``num_labels`` is a property.
-CONFIG_KEYWORDS = ("num_labels", "output_attentions", "attn_implementation", "experts_implementation",
-                   "gradient_checkpointing", "torch_dtype")
-
-
-def check_config_overrides(config_class, overrides: dict, method: str) -> None:
-    """``TypeError`` naming every key of ``overrides`` that ``config_class`` has no field for (a config would keep a
-    misspelt keyword as a stray attribute, so ``from_static(..., num_kernal=8)`` would silently build the default);
-    ``method`` names the caller in the message."""
-    known = set(config_class.__dataclass_fields__) | set(config_class.attribute_map) | set(CONFIG_KEYWORDS)
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise TypeError(f"{method}() got unknown keyword argument(s) {unknown}: not fields of "
-                        f"{config_class.__name__}")
-
-
 def check_pad_state_fields(config, layer_indices, fully_dynamic: bool, unit: str) -> None:
     """``ValueError`` unless ``config.pad_state`` / ``config.pad_partition`` agree: a fully dynamic model
     (``dynamic_ratio = 1``) is unpartitioned, and a finalised one records one count entry per partially dynamic

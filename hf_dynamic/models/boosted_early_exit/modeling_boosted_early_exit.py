@@ -53,7 +53,7 @@ from ...boost.criteria import ExitRule, exit_confidence, exit_entropy, exit_scor
 from ...boost.heads import ExitHead
 from ...boost.loss import boosted_loss, boosted_prediction, rescale_trunk
 from ...core.checkpoints import checkpoint_tensor_shapes
-from ...pad.checks import check_config_overrides  # the generic unknown-keyword check of every builder
+from ...core.validation import check_config_overrides  # the generic unknown-keyword check of every builder
 from ...sharing import HubSharingMixin
 from .configuration_boosted_early_exit import BoostedEarlyExitConfig
 

@@ -25,7 +25,8 @@ from transformers.models.resnet.modeling_resnet import (
 from transformers.utils import logging
 
 from ...core.checkpoints import checkpoint_tensor_shapes
-from ...pad.checks import CheckedCheckpointMixin, check_config_overrides, check_layer_against_config
+from ...core.validation import check_config_overrides
+from ...pad.checks import CheckedCheckpointMixin, check_layer_against_config
 from ...pad.conv import DynamicConv2d, PartialDynamicConv2d
 from ...pad.partial import is_plain_moe, own_tensor_shapes
 from ...sharing import HubSharingMixin

@@ -50,8 +50,9 @@ from transformers.utils.output_capturing import OutputRecorder
 from ...core.checkpoints import checkpoint_tensor_shapes
 from ...core.routing import TopKRouter, load_balancing_loss
 from ...core.zero import gathered
+from ...core.validation import check_config_overrides
 from ...pad.experts import EXPERTS_IMPLEMENTATION, register_experts_implementation
-from ...pad.checks import CheckedCheckpointMixin, check_config_overrides, check_layer_against_config
+from ...pad.checks import CheckedCheckpointMixin, check_layer_against_config
 from ...pad.layers import PARTS, PartialDynamicFFN
 from ...pad.partial import is_legacy_phi, upgrade_phi
 from ...pad.upcycling import drop_upcycle_
