@@ -19,7 +19,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["llama_param_count", "llama_forward_flops", "measured_forward_flops", "count_parameters"]
+__all__ = [
+    "llama_param_count", "llama_forward_flops", "bert_forward_flops", "measured_forward_flops", "count_parameters",
+]
 
 
 def _t(value, num_layers: int | None = None) -> torch.Tensor:
@@ -115,6 +117,41 @@ def llama_forward_flops(
     attn_scores = 4.0 * nq * d * float(seq_len) ** 2 * batch_size
     per_layer = attn * (2 * tokens * attn_linear + attn_scores) + mlp * (2 * tokens * 3 * h * inter)
     return per_layer.sum() + 2 * tokens * vocab_size * h
+
+
+def bert_forward_flops(
+    *,
+    hidden_size,
+    head_dim: int,
+    num_attention_heads,
+    intermediate_size,
+    num_layers: int,
+    seq_len: int,
+    batch_size: int = 1,
+    pooler: bool = False,
+    num_labels: int = 0,
+) -> torch.Tensor:
+    """Matmul FLOPs of one BERT-family encoder forward over ``batch_size × seq_len`` tokens (the
+    ``FlopCounterMode`` convention of :func:`llama_forward_flops`: 2 per multiply-add; embeddings, LayerNorm,
+    softmax and biases not counted). Per layer with ``n`` heads of size ``d`` and ``I`` FFN channels:
+
+        2 · B·T · (4·H·n·d + 2·H·I)  +  2 · 2 · B · n · T² · d
+
+    (the query/key/value/output projections, the two FFN projections, then ``QKᵀ`` and ``AV``); ``pooler`` adds
+    the pooler's ``2·B·H²`` (one ``H×H`` dense on each sequence's first token) and ``num_labels`` a classifier on
+    the pooled output, ``2·B·H·num_labels`` (``BertForSequenceClassification``). Other task heads are not counted.
+    Per-layer ``num_attention_heads`` / ``intermediate_size`` (the widths of a slimmable or pruned encoder,
+    ``docs/slim.md``) are sequences or 1-D tensors; differentiable in tensor arguments like
+    :func:`llama_forward_flops`.
+    """
+    h, heads, inter = _widths(num_layers, hidden_size, num_attention_heads, intermediate_size)
+    d = float(head_dim)
+    tokens = float(batch_size * seq_len)
+    per_layer = 2 * tokens * (4 * h * heads * d + 2 * h * inter) + 4.0 * heads * d * float(seq_len) ** 2 * batch_size
+    total = per_layer.sum()
+    if pooler:
+        total = total + 2 * batch_size * h * h
+    return total + 2 * batch_size * h * num_labels
 
 
 def measured_forward_flops(model: nn.Module, *args, **kwargs) -> int:

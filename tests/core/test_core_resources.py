@@ -62,3 +62,29 @@ def test_formulas_are_differentiable_in_soft_widths():
     with pytest.raises(ValueError, match="per-layer"):
         llama_param_count(vocab_size=30, hidden_size=16, head_dim=4, num_attention_heads=[4, 4, 4],
                           num_key_value_heads=2, intermediate_size=8, num_layers=2)
+
+
+@pytest.mark.parametrize("widths", [1.0, 0.5, {0: {"attention": 0.25, "mlp": 1.0}, 1: {"attention": 0.75, "mlp": 0.1}}])
+def test_bert_flops_equal_flop_counter_at_slimmed_widths(widths):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from hf_dynamic import slim
+    from hf_dynamic.core.resources import bert_forward_flops
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=40, max_position_embeddings=16, num_labels=3)
+    config._attn_implementation = "eager"
+    model = slim.make_slimmable(BertForSequenceClassification(config).eval())
+    counts = slim.set_width(model, widths)
+    B, T = 2, 9
+    flops = bert_forward_flops(
+        hidden_size=32, head_dim=8, num_attention_heads=[a for a, _ in counts],
+        intermediate_size=[m for _, m in counts], num_layers=2, seq_len=T, batch_size=B, pooler=True, num_labels=3,
+    )
+    assert int(flops) == measured_forward_flops(model, input_ids=torch.ones(B, T, dtype=torch.long))
+    # the base BertModel (pooler, no classifier): the classifier term is booked separately
+    base = bert_forward_flops(hidden_size=32, head_dim=8, num_attention_heads=[a for a, _ in counts],
+                              intermediate_size=[m for _, m in counts], num_layers=2, seq_len=T, batch_size=B,
+                              pooler=True)
+    assert int(base) == measured_forward_flops(model.bert, input_ids=torch.ones(B, T, dtype=torch.long))
