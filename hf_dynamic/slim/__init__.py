@@ -5,7 +5,9 @@
 - :mod:`hf_dynamic.slim.export`: a width as a real checkpoint (stock ``Bert*`` / ``Llama*`` at uniform widths,
   ``dms_llama`` at per-layer Llama widths);
 - :mod:`hf_dynamic.slim.trainer`: ``SlimmableTrainerMixin`` / ``SlimmableTrainer`` (the sandwich rule with in-place
-  distillation).
+  distillation);
+- :mod:`hf_dynamic.slim.gate`: input-dependent width (``WidthGate``, ``DynamicWidthModel``: a gate picks each
+  input's width, grouped batched inference, gate training with the compute cost in the loss, budget calibration).
 
 Nothing is imported eagerly (``import hf_dynamic`` stays cheap): ``from hf_dynamic import slim`` then
 ``slim.make_slimmable(model)``, ``with slim.width(model, 0.5): ...`` resolve the names below on first use.
@@ -29,6 +31,18 @@ _LAZY = {
     "SlimmableTrainer": "hf_dynamic.slim.trainer",
     "SlimmableTrainerMixin": "hf_dynamic.slim.trainer",
     "sandwich_widths": "hf_dynamic.slim.trainer",
+    "WidthGate": "hf_dynamic.slim.gate",
+    "DynamicWidthModel": "hf_dynamic.slim.gate",
+    "DynamicWidthOutput": "hf_dynamic.slim.gate",
+    "GateData": "hf_dynamic.slim.gate",
+    "GateCalibration": "hf_dynamic.slim.gate",
+    "width_costs": "hf_dynamic.slim.gate",
+    "gate_loss": "hf_dynamic.slim.gate",
+    "collect_gate_data": "hf_dynamic.slim.gate",
+    "train_gate": "hf_dynamic.slim.gate",
+    "calibrate_gate": "hf_dynamic.slim.gate",
+    "save_gate": "hf_dynamic.slim.gate",
+    "load_gate": "hf_dynamic.slim.gate",
 }
 
 __getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())
