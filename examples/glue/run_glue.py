@@ -58,7 +58,7 @@ from hf_dynamic.sharing import HubSharingMixin, model_card as model_card_of  # n
 logger = logging.getLogger("run_glue")
 
 # Modules beside this script that provide further variants (see the module docstring).
-VARIANT_MODULES = ("variant_pad", "variant_exit", "variant_pemn")
+VARIANT_MODULES = ("variant_pad", "variant_exit", "variant_pemn", "variant_slim")
 
 
 def load_variant_modules():

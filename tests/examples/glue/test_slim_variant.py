@@ -1,0 +1,94 @@
+"""examples/glue/variant_slim.py (run_glue --variant slim / slim_alone) and examples/glue/slim_table.py."""
+
+import json
+import os
+import sys
+
+import pytest
+
+REPO = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
+SHARED_GLUE = os.path.normpath(os.path.join(REPO, "..", "shared", "data", "glue"))
+
+sys.path.insert(0, os.path.join(REPO, "examples", "glue"))
+
+import run_glue  # noqa: E402
+import slim_table  # noqa: E402
+
+HIDDEN, INTERMEDIATE, LAYERS, HEADS = 384, 1536, 6, 12
+COMMON = ["--task", "mrpc", "--data_dir", SHARED_GLUE, "--carve_validation", "0.1", "--max_train_samples", "8",
+          "--max_eval_samples", "12", "--max_steps", "1", "--per_device_train_batch_size", "8", "--save_model",
+          "false", "--disable_tqdm", "true"]
+
+
+def _encoder_params(heads, channels):
+    """Weights + biases of one MiniLM layer's projections at ``heads`` heads (of 32) and ``channels`` FFN channels."""
+    d = HIDDEN // HEADS
+    attention = 3 * (HIDDEN * heads * d + heads * d) + heads * d * HIDDEN + HIDDEN
+    ffn = HIDDEN * channels + channels + channels * HIDDEN + HIDDEN
+    return attention + ffn
+
+
+def test_slim_variant_reports_every_width_on_carved_and_dev_rows(tmp_path):
+    results = run_glue.main(COMMON + ["--variant", "slim", "--slim_eval_widths", "1.0,0.5",
+                                      "--output_dir", str(tmp_path)])
+    widths = results["slim"]["widths"]
+    assert set(widths) == {"1.0", "0.5"}
+    # full width: the carved metric is exactly what run_glue itself measured (the model is back at full width)
+    assert widths["1.0"]["carved"]["accuracy"] == pytest.approx(results["metrics"]["carved"]["accuracy"])
+    assert widths["1.0"]["units"] == [[HEADS, INTERMEDIATE]] * LAYERS
+    assert widths["0.5"]["units"] == [[HEADS // 2, INTERMEDIATE // 2]] * LAYERS
+    # dev is read again (12 rows) although the run carved
+    assert abs(widths["0.5"]["validation"]["accuracy"] * 12 - round(widths["0.5"]["validation"]["accuracy"] * 12)) \
+        < 1e-6
+    # active parameters: the sliced weights, exactly
+    saved = _encoder_params(HEADS, INTERMEDIATE) - _encoder_params(HEADS // 2, INTERMEDIATE // 2)
+    assert widths["1.0"]["active_parameters"] - widths["0.5"]["active_parameters"] == LAYERS * saved
+    assert widths["1.0"]["flop_fraction"] == 1.0
+    assert 0.49 < widths["0.5"]["flop_fraction"] < 0.51  # heads and channels halve; pooler/head stay
+
+
+def test_slim_alone_trains_only_its_width(tmp_path):
+    results = run_glue.main(COMMON + ["--variant", "slim_alone", "--slim_width", "0.25",
+                                      "--output_dir", str(tmp_path)])
+    assert list(results["slim"]["widths"]) == ["0.25"]
+    assert results["slim"]["widths"]["0.25"]["units"] == [[3, 384]] * LAYERS
+
+
+@pytest.mark.parametrize("flag,value", [("--slim_width", "0"), ("--slim_eval_widths", "1.0,1.5"),
+                                        ("--slim_importance", "random")])
+def test_bad_slim_flags_are_rejected_before_work(tmp_path, flag, value):
+    with pytest.raises(ValueError, match=flag.removeprefix("--")):
+        run_glue.main(COMMON + ["--variant", "slim", flag, value, "--output_dir", str(tmp_path)])
+
+
+def _fabricated_run(task, run, seed, metric_by_width):
+    widths = {str(w): {"validation": {"f1": m}, "flop_fraction": w, "active_parameters": int(w * 1e6)}
+              for w, m in metric_by_width.items()}
+    return {"task": task, "run": run, "seed": seed, "main_metric_name": "f1", "slim": {"widths": widths},
+            "machine": {"cpu": "test cpu", "cores": 2, "torch_threads": 2, "torch": "x"}}
+
+
+def test_table_claims_are_the_paired_differences_and_the_one_point_target(tmp_path):
+    slim_scores = {1: 0.85, 2: 0.86, 3: 0.84}
+    runs = []
+    for seed, base in slim_scores.items():
+        runs.append(_fabricated_run("mrpc", "slim", seed, {w: base - (1 - w) * 0.02 for w in slim_table.WIDTHS}))
+        for w in slim_table.WIDTHS:
+            # alone: 0.5 points above slim at every width but 0.25, where it is 3 points (+ seed noise) above
+            gap = 0.005 + 0.0005 * seed if w != 0.25 else 0.03 + 0.001 * seed
+            runs.append(_fabricated_run("mrpc", f"alone_{w}", seed, {w: base - (1 - w) * 0.02 + gap}))
+    for r in runs:
+        path = tmp_path / r["task"] / f"{r['run']}-s{r['seed']}.json"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps(r))
+    summary = slim_table.summarise(slim_table.load_runs(str(tmp_path)), ["mrpc"])
+    full = summary["claims"]["mrpc/1.0"]
+    assert full["mean_diff"] == pytest.approx(-0.006) and full["n"] == 3
+    assert full["within_target"]  # −0.6 points ± 0.12 (t interval): above −1
+    quarter = summary["claims"]["mrpc/0.25"]
+    assert quarter["mean_diff"] == pytest.approx(-0.032) and not quarter["within_target"]
+    rows = summary["tasks"]["mrpc"]["rows"]
+    assert rows[0]["slim"]["mean"] == pytest.approx(85.0) and rows[0]["slim"]["n"] == 3
+    text = slim_table.markdown(summary, runs, {})
+    assert "| 0.25 |" in text and "✗" in text and "✓" in text
+    assert f"{summary['tasks']['mrpc']['majority']:.1f}" in text
