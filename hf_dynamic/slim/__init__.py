@@ -8,6 +8,8 @@
   distillation);
 - :mod:`hf_dynamic.slim.gate`: input-dependent width (``WidthGate``, ``DynamicWidthModel``: a gate picks each
   input's width, grouped batched inference, gate training with the compute cost in the loss, budget calibration).
+- :mod:`hf_dynamic.slim.search`: AutoSlim-style greedy search of per-layer widths under a FLOP / latency budget
+  (``autoslim_search``, ``FlopCost`` / ``LatencyCost``, ``uniform_width_for_budget``).
 
 Nothing is imported eagerly (``import hf_dynamic`` stays cheap): ``from hf_dynamic import slim`` then
 ``slim.make_slimmable(model)``, ``with slim.width(model, 0.5): ...`` resolve the names below on first use.
@@ -31,6 +33,15 @@ _LAZY = {
     "SlimmableTrainer": "hf_dynamic.slim.trainer",
     "SlimmableTrainerMixin": "hf_dynamic.slim.trainer",
     "sandwich_widths": "hf_dynamic.slim.trainer",
+    "autoslim_search": "hf_dynamic.slim.search",
+    "SlimSearchResult": "hf_dynamic.slim.search",
+    "SearchStep": "hf_dynamic.slim.search",
+    "FlopCost": "hf_dynamic.slim.search",
+    "LatencyCost": "hf_dynamic.slim.search",
+    "width_flops": "hf_dynamic.slim.search",
+    "measure_latency": "hf_dynamic.slim.search",
+    "uniform_width_for_budget": "hf_dynamic.slim.search",
+    "widths_from_counts": "hf_dynamic.slim.search",
     "WidthGate": "hf_dynamic.slim.gate",
     "DynamicWidthModel": "hf_dynamic.slim.gate",
     "DynamicWidthOutput": "hf_dynamic.slim.gate",
