@@ -413,7 +413,7 @@ def train_gate(gate: WidthGate, data: GateData, cost_weight: float, epochs: int 
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
-                total += float(loss) * len(rows)
+                total += float(loss.detach()) * len(rows)
             history.append(total / len(features))
     finally:
         gate.train(was_training)
