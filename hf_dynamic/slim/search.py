@@ -241,8 +241,8 @@ def autoslim_search(model: nn.Module, evaluate: Callable[[nn.Module], float], bu
     ``evaluate(model)`` (higher is better; on a held-out split, not the test set) with that width applied through
     :func:`hf_dynamic.slim.width`, and keep the best move; ties go to the larger cost saving, then the lower layer
     index, then attention before FFN. Each step costs one ``evaluate`` per candidate (at most ``2 · L``), so
-    ``evaluate`` should be a small held-out batch set and ``mlp_step`` coarse enough (AutoSlim: a few hundred
-    images and 10 channel groups per layer).
+    ``evaluate`` should run on a small held-out set and ``mlp_step`` be a channel *group*, as in AutoSlim; one pass
+    answers every larger budget too (:meth:`SlimSearchResult.step_at`).
 
     Args:
         model: a slimmable model (:func:`make_slimmable`); run in eval mode during the search; its width and
