@@ -217,3 +217,20 @@ def test_save_and_load_are_exact(tmp_path):
 def test_bad_input_is_refused(build, error, message):
     with pytest.raises(error, match=message):
         build()
+
+
+def test_docs_example_runs(capsys):
+    """The input-dependent width example of docs/slim.md runs as written; its calibrated cost meets the budget."""
+    import os
+    import re
+
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    with open(os.path.join(repo, "docs", "slim.md")) as f:
+        blocks = [b for b in re.findall(r"```python\n(.*?)```", f.read(), flags=re.S) if "DynamicWidthModel" in b]
+    assert len(blocks) == 1
+    exec(compile(blocks[0], "docs/slim.md", "exec"), {"__name__": "__docs_example__"})
+    printed = capsys.readouterr().out.split("]")
+    widths = [float(w) for w in printed[0].strip("[ ").split(",")]
+    cost, calibration_cost = (float(v) for v in printed[1].split())
+    assert set(widths) <= {0.25, 0.5, 1.0} and len(widths) == 8
+    assert 0 < calibration_cost <= 0.6 and 0 < cost <= 1
