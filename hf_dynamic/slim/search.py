@@ -290,6 +290,9 @@ def autoslim_search(model: nn.Module, evaluate: Callable[[nn.Module], float], bu
         with logging.tqdm(desc="AutoSlim search", unit="step", disable=not progress) as bar:
             while current > target:
                 scored = [(metric_of(new), i, part, new) for i, part, new in _moves(counts, mlp_units)]
+                if not scored:  # only a cost that is not a function of the counts (noise) gets here
+                    raise ValueError(f"every layer is at one unit and cost(model, counts) = {current!r} is still "
+                                     f"above budget · full cost = {target!r}: the cost is not reproducible")
                 best = max(m for m, *_ in scored)
                 tied = [(cost_of(new), i, part, new) for m, i, part, new in scored if m == best]
                 # ties: the lowest cost (largest saving), then the lowest layer, then "attention" < "mlp"

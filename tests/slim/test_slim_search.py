@@ -121,7 +121,7 @@ def test_search_shrinks_the_useless_layer_first_then_matches_brute_force():
 
 def test_ties_go_to_the_larger_saving_then_the_lower_layer():
     model = slim_bert()
-    result = autoslim_search(model, lambda m: 0.0, 0.3, FlopCost(seq_len=16), progress=False)
+    result = autoslim_search(model, lambda m: torch.tensor(0.0), 0.3, FlopCost(seq_len=16), progress=False)
     moves = [(s.layer, s.part) for s in result.trajectory[1:]]
     # a head group saves 2·T·4·H·d + 4·d·T² = 40960 FLOPs, an FFN step (3 channels) 2·T·2·H·3 = 6144: the heads go
     # first, layer 0 before layer 1 (equal savings), down to one group each
@@ -192,5 +192,9 @@ def test_bad_inputs_fail_before_any_work():
     with pytest.raises(ValueError, match=r"evaluate\(model\) must be a finite number"):
         autoslim_search(model, lambda m: float("nan"), 0.5, cost, progress=False)
     assert get_width(model) == resolve_widths(model, 0.5)  # restored after the failure
+    flaky = iter([1.0, 0.1])  # the full width, then the one-unit floor fits once; every later cost is 1.0
+    with pytest.raises(ValueError, match="every layer is at one unit"):
+        autoslim_search(model, evaluate, 0.5, lambda m, counts: next(flaky, 1.0), mlp_step=1.0, progress=False)
+    assert get_width(model) == resolve_widths(model, 0.5)
     with pytest.raises(ValueError, match="not slimmable"):
         autoslim_search(tiny_bert(), evaluate, 0.5, cost)
