@@ -20,13 +20,20 @@ checkpoint's card says). Adding a model type means importing its package here an
 
 import transformers
 
-from .models import boosted_early_exit, dms_llama, dynamic_resnet, partial_moe_bert
+from .models import (
+    boosted_early_exit,
+    dms_llama,
+    dynamic_resnet,
+    partial_moe_bert,
+    slimmable_bert,
+    slimmable_llama,
+)
 from .pad.experts import register_experts_implementation
 from .pemn import install_peft_hook
 from .sharing import register_model_type
 
 # Imported above by name, so that tests/test_layering.py sees what the registry depends on.
-_PACKAGES = (boosted_early_exit, dms_llama, dynamic_resnet, partial_moe_bert)
+_PACKAGES = (boosted_early_exit, dms_llama, dynamic_resnet, partial_moe_bert, slimmable_bert, slimmable_llama)
 MODEL_PACKAGES = [package.__name__ for package in _PACKAGES]
 
 

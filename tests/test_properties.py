@@ -1,8 +1,9 @@
 """Property-based tests (hypothesis) of every argument a user hands our configs and builders.
 
 For each config class (``PartialMoEBertConfig``, ``DynamicResNetConfig``, ``BoostedEarlyExitConfig``,
-``DMSLlamaConfig``, ``PEMNConfig``), each builder (``PartialMoEBert*.from_dense``, ``DynamicResNet*.from_static``,
-``BoostedEarlyExit*.from_backbone``) and ``DMSPruner``, one argument at a time takes any value — a plausible one, an
+``DMSLlamaConfig``, ``SlimmableBertConfig``, ``SlimmableLlamaConfig``, ``PEMNConfig``), each builder
+(``PartialMoEBert*.from_dense``, ``DynamicResNet*.from_static``, ``BoostedEarlyExit*.from_backbone``,
+``SlimmableBert*.from_dense``) and ``DMSPruner``, one argument at a time takes any value — a plausible one, an
 edge number (0, negative, huge, ±inf, NaN) or a wrong type (``"no"``, ``2.0`` for an int or a bool, ``None``, a list,
 a dict). Then exactly one of:
 
@@ -36,6 +37,8 @@ from hf_dynamic.models.boosted_early_exit import BoostedEarlyExitConfig, Boosted
 from hf_dynamic.models.dms_llama import DMSLlamaConfig
 from hf_dynamic.models.dynamic_resnet import DynamicResNetConfig, DynamicResNetForImageClassification
 from hf_dynamic.models.partial_moe_bert import PartialMoEBertConfig, PartialMoEBertForSequenceClassification
+from hf_dynamic.models.slimmable_bert import SlimmableBertConfig, SlimmableBertForSequenceClassification
+from hf_dynamic.models.slimmable_llama import SlimmableLlamaConfig
 from hf_dynamic.pemn.config import PEMNConfig
 
 # Config-only properties run many examples; those that build a model per example fewer.
@@ -220,6 +223,10 @@ DMS_LLAMA_FIELDS = {
     "layer_intermediate_sizes": st.sampled_from([[48, 16], [0, 48]]),
     "output_proj_bias": st.booleans(),
 }
+SLIM_FIELDS = {
+    "slim_width": st.one_of(st.floats(0.25, 1), st.sampled_from(
+        [{0: 0.5}, {"1": {"mlp": 0.25}}, {1: {"attention": 0.5, "mlp": 1}}, {"0": 0.5, 1: 0.75}])),
+}
 PEMN_FIELDS = {
     "target_modules": st.sampled_from([["query"], "query|value", ["query", "key"]]),
     "exclude_modules": st.none() | st.sampled_from([["key"], "key"]),
@@ -253,12 +260,20 @@ CONFIGS = {
     "boosted_early_exit": (BoostedEarlyExitConfig,
                            lambda: dict(backbone=BertConfig(**tiny_bert_kwargs()), num_labels=2), BOOSTED_FIELDS),
     "dms_llama": (DMSLlamaConfig, tiny_llama_kwargs, DMS_LLAMA_FIELDS),
+    "slimmable_bert": (SlimmableBertConfig, tiny_bert_kwargs, SLIM_FIELDS),
+    "slimmable_llama": (SlimmableLlamaConfig, tiny_llama_kwargs, SLIM_FIELDS),
 }
 # Fields where None asks for the documented default, which the config then stores concretely.
 NONE_IS_DEFAULT = {"layer_num_attention_heads", "layer_num_key_value_heads", "layer_intermediate_sizes",
                    "exit_layers"}
 # A config field the property may not see kept exactly, with why.
+def _int_layer_keys(given, stored) -> bool:
+    """slim_width: config.json's string layer keys ("1") are read as the ints set_width takes."""
+    return isinstance(given, dict) and stored == {int(k) if isinstance(k, str) else k: v for k, v in given.items()}
+
+
 NORMALISED = {
+    **{(key, "slim_width"): _int_layer_keys for key in ("slimmable_bert", "slimmable_llama", "slimmable_from_dense")},
     # PEMN hands peft a set of module names, as peft's own configs do (LoraConfig turns a list into a set).
     ("pemn", "target_modules"): lambda given, stored: isinstance(given, str) and given == stored
     or isinstance(stored, set) and stored == set(given),
@@ -350,6 +365,8 @@ BUILDERS = {
                     DYNAMIC_RESNET_FIELDS),
     "from_backbone": (lambda **kw: BoostedEarlyExitForSequenceClassification.from_backbone(dense_bert(), **kw),
                       BOOSTED_FIELDS),
+    "slimmable_from_dense": (lambda **kw: SlimmableBertForSequenceClassification.from_dense(dense_bert(), **kw),
+                             SLIM_FIELDS),
 }
 
 

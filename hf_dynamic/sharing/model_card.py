@@ -68,9 +68,12 @@ model = {{ auto_name }}.from_pretrained("path/or/repo-id", trust_remote_code=Tru
 ```
 
 Without either, transformers asks for `trust_remote_code=True` (a prompt, or `ValueError: The repository ... contains
-custom code which must be executed ...`). Do not load this checkpoint into a stock transformers class (such as
+custom code which must be executed ...`).
+{%- if stock_loading %} {{ stock_loading }}
+{%- else %} Do not load this checkpoint into a stock transformers class (such as
 `BertForSequenceClassification` or `LlamaForCausalLM`): the weights that make it dynamic do not fit that class, which
 initialises the missing ones at random (its load report lists them as MISSING) and computes something else.
+{%- endif %}
 """
 
 
@@ -122,7 +125,9 @@ def build_model_card(config, folder=None, *, title: str | None = None, details: 
                      tags=(), pipeline_tag: str | None = None) -> ModelCard:
     """The ``ModelCard`` of an hf_dynamic checkpoint: the method, a config summary, how to load it with and without
     hf_dynamic, and the metrics of ``folder/eval_results.json`` when there is one. ``details`` (Markdown) is added
-    after the summary (how the model was trained, for example); ``tags`` follow ``hf_dynamic`` and the model type."""
+    after the summary (how the model was trained, for example); ``tags`` follow ``hf_dynamic`` and the model type.
+    The package's ``MODEL_CARD`` gives ``method``, ``docs``, the summary's ``fields`` and, for a type whose weights a
+    stock class loads as they are, ``stock_loading`` (said instead of the warning against stock classes)."""
     package = package_for_config(type(config))
     info = getattr(package, "MODEL_CARD", None) or {}
     data = ModelCardData(library_name="transformers", pipeline_tag=pipeline_tag,
@@ -132,7 +137,7 @@ def build_model_card(config, folder=None, *, title: str | None = None, details: 
         method=info.get("method", f"hf_dynamic model type `{config.model_type}`"),
         docs=info.get("docs", "docs/README.md"), summary=_summary(config, info.get("fields", ())),
         details=details.strip() if details else None, results=_results(folder), results_name=RESULTS_NAME,
-        auto_name=_auto_name_of(config, package))
+        auto_name=_auto_name_of(config, package), stock_loading=info.get("stock_loading"))
 
 
 def model_card(config, folder=None, **card_kwargs) -> str:

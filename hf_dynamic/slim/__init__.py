@@ -4,6 +4,8 @@
   ``make_slimmable``, ``set_width`` / ``width`` (uniform or per-layer widths, run as sliced dense computations);
 - :mod:`hf_dynamic.slim.export`: a width as a real checkpoint (stock ``Bert*`` / ``Llama*`` at uniform widths,
   ``dms_llama`` at per-layer Llama widths);
+- :mod:`hf_dynamic.slim.registered`: what the registered ``slimmable_bert`` / ``slimmable_llama`` model types share
+  (``SlimmableModelMixin``: slimmable after construction, ``from_dense``, the stock class a uniform width exports to);
 - :mod:`hf_dynamic.slim.trainer`: ``SlimmableTrainerMixin`` / ``SlimmableTrainer`` (the sandwich rule with in-place
   distillation);
 - :mod:`hf_dynamic.slim.gate`: input-dependent width (``WidthGate``, ``DynamicWidthModel``: a gate picks each
@@ -20,6 +22,9 @@ from ..core.lazy import lazy_attributes
 _LAZY = {
     "SlimmableLinear": "hf_dynamic.slim.modeling",
     "make_slimmable": "hf_dynamic.slim.modeling",
+    "order_by_importance_": "hf_dynamic.slim.modeling",
+    "width_counts": "hf_dynamic.slim.modeling",
+    "SlimmableModelMixin": "hf_dynamic.slim.registered",
     "is_slimmable": "hf_dynamic.slim.modeling",
     "set_width": "hf_dynamic.slim.modeling",
     "get_width": "hf_dynamic.slim.modeling",

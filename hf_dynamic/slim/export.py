@@ -21,6 +21,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from .modeling import SlimmableLinear, _require_slimmable, resolve_widths, slim_layers
+from .registered import SlimmableModelMixin
 
 __all__ = ["sliced_state_dict", "export_width"]
 
@@ -63,7 +64,9 @@ def export_width(model: nn.Module, widths) -> nn.Module:
     layers = slim_layers(model)
     state = sliced_state_dict(model, widths)
     uniform = len(set(counts)) == 1
-    config = copy.deepcopy(model.config)
+    # a registered slimmable type exports to the stock class it extends (docs/slim.md, "## Registered model types")
+    stock_class, config = (model.stock_counterpart() if isinstance(model, SlimmableModelMixin)
+                           else (type(model), copy.deepcopy(model.config)))
     groups, channels = counts[0]
     if _is_llama_family(model):
         rep = layers[0].head_in[0][2] // layers[0].head_in[1][2]
@@ -73,7 +76,7 @@ def export_width(model: nn.Module, widths) -> nn.Module:
             config.num_attention_heads = groups * rep
             config.intermediate_size = channels
             config.head_dim = head_dim
-            new = type(model)(config)
+            new = stock_class(config)
         else:
             kwargs = config.to_dict()
             for key in ("model_type", "architectures", "transformers_version", "auto_map"):
@@ -105,7 +108,7 @@ def export_width(model: nn.Module, widths) -> nn.Module:
                 f"{groups} of {layers[0].num_groups} heads: use {{i: {{'attention': 1.0, 'mlp': w}}}} per layer"
             )
         config.intermediate_size = channels
-        new = type(model)(config)
+        new = stock_class(config)
     missing, unexpected = new.load_state_dict(state, strict=False)
     tied = set(getattr(new, "all_tied_weights_keys", {}) or {})
     if unexpected or set(missing) - tied:

@@ -34,11 +34,13 @@ __all__ = [
     "SlimLayer",
     "slim_layers",
     "make_slimmable",
+    "order_by_importance_",
     "is_slimmable",
     "set_width",
     "get_width",
     "width",
     "resolve_widths",
+    "width_counts",
     "units_at",
     "ffn_channel_importance",
     "head_group_importance",
@@ -227,6 +229,27 @@ def _reorder_(layer: SlimLayer, head_scores: torch.Tensor, ffn_scores: torch.Ten
     _permute_cols_(layer.linear(layer.head_out), head_order, layer.cols_per_group)
 
 
+def order_by_importance_(model: nn.Module, importance: str = "magnitude", calibration_batches=None) -> nn.Module:
+    """Step 1 of :func:`make_slimmable` alone: permute every layer's FFN channels and head groups by descending
+    importance, in place (a function-preserving reparametrisation); returns ``model``.
+
+    Works on a plain model and on a slimmable one (``SlimmableLinear`` is an ``nn.Linear``), whose Taylor scores
+    are then taken at full width. ``importance`` / ``calibration_batches`` as in :func:`make_slimmable`.
+    """
+    check_choice("importance", importance, ("magnitude", "taylor"))
+    if importance == "taylor" and calibration_batches is None:
+        raise ValueError("importance='taylor' needs calibration_batches (model inputs with labels)")
+    layers = slim_layers(model)
+    if importance == "taylor":
+        with width(model, 1.0) if is_slimmable(model) else contextlib.nullcontext():
+            scores = taylor_importance(model, calibration_batches)
+    else:
+        scores = [(head_group_importance(layer), ffn_channel_importance(layer)) for layer in layers]
+    for layer, (head_scores, ffn_scores) in zip(layers, scores):
+        _reorder_(layer, head_scores, ffn_scores)
+    return model
+
+
 def is_slimmable(model: nn.Module) -> bool:
     """Whether :func:`make_slimmable` has been applied to ``model``."""
     return any(isinstance(m, SlimmableLinear) for m in model.modules())
@@ -249,12 +272,7 @@ def make_slimmable(model: nn.Module, reorder: bool = True, importance: str = "ma
         raise ValueError(f"{type(model).__name__} is already slimmable (make_slimmable was applied)")
     layers = slim_layers(model)
     if reorder:
-        if importance == "taylor":
-            scores = taylor_importance(model, calibration_batches)
-        else:
-            scores = [(head_group_importance(layer), ffn_channel_importance(layer)) for layer in layers]
-        for layer, (head_scores, ffn_scores) in zip(layers, scores):
-            _reorder_(layer, head_scores, ffn_scores)
+        order_by_importance_(model, importance, calibration_batches)
     for layer in layers:
         for module, attr, *_ in [*layer.head_in, layer.head_out, *layer.ffn_in, layer.ffn_out]:
             setattr(module, attr, SlimmableLinear.from_linear(getattr(module, attr)))
@@ -281,30 +299,38 @@ def resolve_widths(model: nn.Module, widths) -> list[tuple[int, int]]:
     ``widths``: a multiplier in (0, 1] for every layer and both sub-blocks; or a dict ``{layer index: multiplier}``
     or ``{layer index: {"attention": a, "mlp": m}}`` (unlisted layers stay at full width).
     """
-    layers = slim_layers(model)
-    per_layer: list = [(1.0, 1.0)] * len(layers)
+    return width_counts(widths, [(layer.num_groups, layer.intermediate_size) for layer in slim_layers(model)])
+
+
+def width_counts(widths, sizes: list[tuple[int, int]], field: str | None = None) -> list[tuple[int, int]]:
+    """:func:`resolve_widths` for layers of ``sizes`` (per layer ``(head groups, FFN channels)``), without a model
+    (a config checks its default width with it). ``field`` names ``widths`` in the errors (default: ``width`` for a
+    multiplier, ``widths`` for a dict)."""
+    per_layer: list = [(1.0, 1.0)] * len(sizes)
     if isinstance(widths, Mapping):
+        field = field or "widths"
         for key, value in widths.items():
-            if isinstance(key, bool) or not isinstance(key, int) or not 0 <= key < len(layers):
-                raise ValueError(f"widths has unknown layer {key!r} (the model has layers 0..{len(layers) - 1})")
+            if isinstance(key, bool) or not isinstance(key, int) or not 0 <= key < len(sizes):
+                raise ValueError(f"{field} has unknown layer {key!r} (the model has layers 0..{len(sizes) - 1})")
             if isinstance(value, Mapping):
                 unknown = set(value) - {"attention", "mlp"}
                 if unknown:
-                    raise ValueError(f"widths[{key}] has unknown keys {sorted(unknown)} (allowed: 'attention', 'mlp')")
-                a = _check_multiplier(f"widths[{key}]['attention']", value.get("attention", 1.0))
-                m = _check_multiplier(f"widths[{key}]['mlp']", value.get("mlp", 1.0))
+                    raise ValueError(f"{field}[{key}] has unknown keys {sorted(unknown, key=repr)} (allowed: "
+                                     "'attention', 'mlp')")
+                a = _check_multiplier(f"{field}[{key}]['attention']", value.get("attention", 1.0))
+                m = _check_multiplier(f"{field}[{key}]['mlp']", value.get("mlp", 1.0))
             else:
-                a = m = _check_multiplier(f"widths[{key}]", value)
+                a = m = _check_multiplier(f"{field}[{key}]", value)
             per_layer[key] = (a, m)
-        name = "widths[{i}]"
+        name = field + "[{i}]"
     else:
-        w = _check_multiplier("width", widths)
-        per_layer = [(w, w)] * len(layers)
-        name = "width"
+        name = field or "width"
+        w = _check_multiplier(name, widths)
+        per_layer = [(w, w)] * len(sizes)
     return [
-        (units_at(a, layer.num_groups, name.format(i=i), f"attention head groups of layer {i}"),
-         units_at(m, layer.intermediate_size, name.format(i=i), f"FFN channels of layer {i}"))
-        for i, (layer, (a, m)) in enumerate(zip(layers, per_layer))
+        (units_at(a, groups, name.format(i=i), f"attention head groups of layer {i}"),
+         units_at(m, channels, name.format(i=i), f"FFN channels of layer {i}"))
+        for i, ((groups, channels), (a, m)) in enumerate(zip(sizes, per_layer))
     ]
 
 

@@ -132,6 +132,22 @@ CASES: dict[str, list[Case]] = {
             "AutoModelForCausalLM", causal_lm_inputs, ("layer_intermediate_sizes", [4]),
         ),
     ],
+    "slimmable_bert": [
+        Case(
+            "per_layer",  # layer 1 at half its heads and a quarter of its FFN channels
+            lambda: dict(**tiny_bert_kwargs(), num_labels=2, slim_width={1: {"attention": 0.5, "mlp": 0.25}}),
+            "AutoModelForSequenceClassification", encoder_inputs, ("slim_width", 0.2),
+        ),
+    ],
+    "slimmable_llama": [
+        Case(
+            "half",  # 1 of 2 KV groups and 24 of 48 channels in every layer
+            lambda: dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=64,
+                         tie_word_embeddings=True, slim_width=0.5),
+            "AutoModelForCausalLM", causal_lm_inputs, ("slim_width", {"2": 0.5}),
+        ),
+    ],
 }
 
 

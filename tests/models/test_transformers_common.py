@@ -41,6 +41,9 @@ TESTER_OVERRIDES: dict[str, dict] = {
     # ResNet's init draws the bias from U(-1/sqrt(fan_in), 1/sqrt(fan_in)), so the last stage needs transformers'
     # own ResNet tester width (40) for that bound to hold rather than 8.
     "dynamic_resnet": dict(hidden_sizes=[4, 40]),
+    # The mixin checks the first layer's attention maps against config.num_attention_heads: layer 0 at full width,
+    # layer 1 at half (as the slimmable_bert case).
+    "slimmable_llama": dict(slim_width={1: 0.5}),
 }
 
 
@@ -101,6 +104,12 @@ SKIPS: dict[str, dict[str, str]] = {
     "dms_llama": {
         "test_generation_tester_mixin_inheritance": "GenerationTesterMixin (tests/generation/) is not in the "
                                                     "transformers sdist; tests/models/dms_llama tests generation",
+    },
+    "slimmable_bert": {},
+    "slimmable_llama": {
+        "test_generation_tester_mixin_inheritance": "GenerationTesterMixin (tests/generation/) is not in the "
+                                                    "transformers sdist; tests/models/slimmable_llama tests "
+                                                    "generation",
     },
 }
 # model type -> test name -> reason: a known failure whose fix is pending (empty today). Marked
@@ -218,6 +227,21 @@ class TestDMSLlamaCommon(CommonTests, unittest.TestCase):
     def test_bc_cache_name_forward(self):
         # The test passes the deprecated `past_key_values` and asserts its FutureWarning, which pytest.ini makes
         # an error.
+        super().test_bc_cache_name_forward()
+
+
+class TestSlimmableBertCommon(CommonTests, unittest.TestCase):
+    model_type = "slimmable_bert"
+    all_model_classes = classes("slimmable_bert")
+
+
+class TestSlimmableLlamaCommon(CommonTests, unittest.TestCase):
+    model_type = "slimmable_llama"
+    all_model_classes = classes("slimmable_llama")
+
+    @pytest.mark.filterwarnings("always::FutureWarning")
+    def test_bc_cache_name_forward(self):
+        # As for dms_llama: the test asserts the FutureWarning of the deprecated `past_key_values`.
         super().test_bc_cache_name_forward()
 
 
