@@ -12,11 +12,10 @@ For a slimmable BERT-family sequence classifier (:func:`hf_dynamic.slim.make_sli
    of each group at its width (a smaller dense computation, :func:`hf_dynamic.slim.width`), scattering the logits
    back into the batch order.
 
-Cost (:func:`width_costs`): the matmul FLOPs of the encoder layers, per layer and token
-``2·H·(g·Σ q/k/v rows per group + g·d_o) + 2·H·c·(n_in + 1) + 4·T·g·d_o`` for ``g`` kept head groups (``d_o``
-output columns each), ``c`` kept FFN channels (``n_in`` input projections) and sequence length ``T``; a width's
-cost is the sum over the layers (the first ``k`` at full width) over the full model's. Embeddings, pooler,
-classifier and the gate are the same at every width and not counted.
+Cost (:func:`width_costs`): ``c_w = F(w) / F(1)``, ``F`` the forward matmul FLOPs at sequence length ``T``
+(:func:`hf_dynamic.slim.search.width_flops`, i.e. :func:`hf_dynamic.core.resources.bert_forward_flops`: per layer
+``2·T·(4·H·n·d + 2·H·I) + 4·n·T²·d`` with the kept heads ``n`` and FFN channels ``I``, plus pooler and classifier)
+with the first ``k`` layers at full width and the others at ``w``. The gate's own ``H·W`` is not counted.
 
 Training (:func:`gate_loss`): ``p = softmax(s)``, ``L = mean_i Σ_w p_iw · (CE_iw + λ · c_w)``, the expected loss
 of a width drawn from the gate's policy, with the slimmable weights frozen (:func:`collect_gate_data` +
@@ -40,6 +39,7 @@ from transformers.utils import ModelOutput, logging
 
 from ..core.validation import check_number
 from .modeling import _require_slimmable, resolve_widths, slim_layers, width
+from .search import width_flops
 
 logger = logging.get_logger(__name__)
 
@@ -142,29 +142,16 @@ class WidthGate(nn.Module):
 
 
 # --- cost ---------------------------------------------------------------------------------------------------------
-def _layer_flops(layer, groups: int, channels: int, seq_len: int) -> float:
-    """Matmul FLOPs per token of one layer at ``groups`` head groups and ``channels`` FFN channels (module doc)."""
-    hidden = layer.linear(layer.head_out).out_features
-    head_rows = sum(rows for _, _, rows in layer.head_in)
-    attention = 2 * hidden * groups * (head_rows + layer.cols_per_group)
-    scores = 4 * seq_len * groups * layer.cols_per_group
-    ffn = 2 * hidden * channels * (len(layer.ffn_in) + 1)
-    return float(attention + scores + ffn)
-
-
 def width_costs(model: nn.Module, widths, gate_layers: int, seq_len: int) -> torch.Tensor:
-    """``c_w`` per candidate width: the encoder layers' matmul FLOPs with layers ``< gate_layers`` at full width
-    and the others at ``w``, over the full model's (module docstring; ``docs/slim.md``). float64 ``[len(widths)]``.
-    """
+    """``c_w`` per candidate width: the forward FLOPs with layers ``< gate_layers`` at full width and the others at
+    ``w``, over the full model's, both from :func:`hf_dynamic.slim.search.width_flops` (module docstring;
+    ``docs/slim.md``). float64 ``[len(widths)]``."""
     widths = _check_widths(widths)
     check_number("seq_len", seq_len, integer=True, ge=1)
-    layers = slim_layers(model)
-    full = sum(_layer_flops(layer, layer.num_groups, layer.intermediate_size, seq_len) for layer in layers)
-    costs = []
-    for w in widths:
-        counts = resolve_widths(model, {i: w for i in range(gate_layers, len(layers))})
-        costs.append(sum(_layer_flops(layer, g, c, seq_len) for layer, (g, c) in zip(layers, counts)) / full)
-    return torch.tensor(costs, dtype=torch.float64)
+    num_layers = len(slim_layers(model))
+    full = width_flops(model, resolve_widths(model, 1.0), seq_len=seq_len)
+    return torch.tensor([width_flops(model, resolve_widths(model, {i: w for i in range(gate_layers, num_layers)}),
+                                     seq_len=seq_len) / full for w in widths], dtype=torch.float64)
 
 
 # --- inference ----------------------------------------------------------------------------------------------------
