@@ -223,17 +223,18 @@ def _number(name: str, value) -> float:
     return float(value)
 
 
-def _moves(counts: Counts, mlp_units: list[int]):
-    """Every one-step shrink of ``counts``: ``(layer, part, new counts)``, never below one unit."""
+def _moves(counts: Counts, mlp_units: list[int], parts):
+    """Every one-step shrink of ``counts`` in ``parts``: ``(layer, part, new counts)``, never below one unit."""
     for i, (g, c) in enumerate(counts):
-        if g > 1:
+        if g > 1 and "attention" in parts:
             yield i, "attention", counts[:i] + [(g - 1, c)] + counts[i + 1:]
-        if c > 1:
+        if c > 1 and "mlp" in parts:
             yield i, "mlp", counts[:i] + [(g, max(1, c - mlp_units[i]))] + counts[i + 1:]
 
 
 def autoslim_search(model: nn.Module, evaluate: Callable[[nn.Module], float], budget: float, cost: Callable,
-                    *, mlp_step: float = 1 / 16, progress: bool = True) -> SlimSearchResult:
+                    *, mlp_step: float = 1 / 16, parts=("attention", "mlp"), progress: bool = True,
+                    ) -> SlimSearchResult:
     """Greedy per-layer width search (AutoSlim, Yu & Huang 2019; ``docs/slim.md``, "## AutoSlim search").
 
     From full width, while ``cost(model, counts) > budget · cost(model, full)``: for every layer ``i``, try
@@ -251,12 +252,16 @@ def autoslim_search(model: nn.Module, evaluate: Callable[[nn.Module], float], bu
         budget: the target cost as a fraction of the full-width cost, in ``(0, 1]``.
         cost: ``cost(model, counts) -> float``, e.g. :class:`FlopCost` or :class:`LatencyCost`.
         mlp_step: the FFN step as a fraction of each layer's intermediate size, in ``(0, 1]``.
+        parts: the sub-blocks the search may shrink, a non-empty subset of ``("attention", "mlp")``; ``("mlp",)``
+            keeps every head (an FFN-only search).
         progress: show a tqdm bar (``transformers.utils.logging``'s, so ``disable_progress_bar()`` silences it).
     """
     _check_callable("evaluate", evaluate, "evaluate(model) -> float")
     check_number("budget", budget, gt=0, le=1)
     _check_callable("cost", cost, "cost(model, counts) -> float")
     check_number("mlp_step", mlp_step, gt=0, le=1)
+    if not isinstance(parts, (tuple, list)) or not parts or not set(parts) <= {"attention", "mlp"}:
+        raise ValueError(f"parts must be a non-empty tuple of 'attention' / 'mlp', got {parts!r}")
     check_bool("progress", progress)
     _require_slimmable(model)
     full = _full_counts(model)
@@ -279,20 +284,22 @@ def autoslim_search(model: nn.Module, evaluate: Callable[[nn.Module], float], bu
         if full_cost <= 0:
             raise ValueError(f"cost(model, counts) at full width must be > 0, got {full_cost!r}")
         target = budget * full_cost
-        floor_fraction = cost_of([(1, 1)] * len(full)) / full_cost
+        floor = [(1 if "attention" in parts else g, 1 if "mlp" in parts else c) for g, c in full]
+        floor_fraction = cost_of(floor) / full_cost
         if floor_fraction > budget:
             raise ValueError(f"budget={budget!r} is below the smallest reachable cost fraction {floor_fraction:.4g} "
-                             "(one head group and one FFN channel in every layer)")
+                             f"(one unit of {' and '.join(parts)} in every layer)")
         counts, current = list(full), full_cost
         trajectory = [SearchStep(None, None, tuple(counts), current, 1.0, metric_of(counts))]
         logger.info(f"AutoSlim search: full cost {full_cost:.4g}, target {target:.4g} (budget {budget}), "
                     f"metric at full width {trajectory[0].metric:.4g}")
         with logging.tqdm(desc="AutoSlim search", unit="step", disable=not progress) as bar:
             while current > target:
-                scored = [(metric_of(new), i, part, new) for i, part, new in _moves(counts, mlp_units)]
+                scored = [(metric_of(new), i, part, new) for i, part, new in _moves(counts, mlp_units, parts)]
                 if not scored:  # only a cost that is not a function of the counts (noise) gets here
-                    raise ValueError(f"every layer is at one unit and cost(model, counts) = {current!r} is still "
-                                     f"above budget · full cost = {target!r}: the cost is not reproducible")
+                    raise ValueError(f"no move is left (every searched sub-block is at one unit) and cost(model, "
+                                     f"counts) = {current!r} is still above budget · full cost = {target!r}: the "
+                                     "cost is not reproducible")
                 best = max(m for m, *_ in scored)
                 tied = [(cost_of(new), i, part, new) for m, i, part, new in scored if m == best]
                 # ties: the lowest cost (largest saving), then the lowest layer, then "attention" < "mlp"

@@ -127,6 +127,10 @@ def test_ties_go_to_the_larger_saving_then_the_lower_layer():
     # first, layer 0 before layer 1 (equal savings), down to one group each
     assert moves[:6] == [(0, "attention")] * 3 + [(1, "attention")] * 3
     assert moves[6] == (0, "mlp")
+    # parts=("mlp",): every head kept (a BERT width a stock checkpoint can hold), the FFN alone meets the budget
+    mlp_only = autoslim_search(model, lambda m: 0.0, 0.7, FlopCost(seq_len=16), parts=("mlp",), progress=False)
+    assert {s.part for s in mlp_only.trajectory[1:]} == {"mlp"} and mlp_only.cost_fraction <= 0.7
+    assert all(g == 4 for g, _ in mlp_only.counts)
 
 
 def test_uniform_width_for_budget_is_the_largest_uniform_width_within_budget():
@@ -180,6 +184,8 @@ def test_bad_inputs_fail_before_any_work():
         (dict(evaluate="accuracy"), TypeError, "evaluate must be a callable"),
         (dict(cost="flops"), TypeError, "cost must be a callable"),
         (dict(progress="no"), ValueError, "progress"),
+        (dict(parts=("heads",)), ValueError, "parts"),
+        (dict(parts=()), ValueError, "parts"),
         (dict(budget=0.001), ValueError, "budget=0.001 is below the smallest reachable"),
     ]:
         args = dict(evaluate=evaluate, budget=0.5, cost=cost) | kwargs
@@ -193,7 +199,7 @@ def test_bad_inputs_fail_before_any_work():
         autoslim_search(model, lambda m: float("nan"), 0.5, cost, progress=False)
     assert get_width(model) == resolve_widths(model, 0.5)  # restored after the failure
     flaky = iter([1.0, 0.1])  # the full width, then the one-unit floor fits once; every later cost is 1.0
-    with pytest.raises(ValueError, match="every layer is at one unit"):
+    with pytest.raises(ValueError, match="no move is left"):
         autoslim_search(model, evaluate, 0.5, lambda m, counts: next(flaky, 1.0), mlp_step=1.0, progress=False)
     assert get_width(model) == resolve_widths(model, 0.5)
     with pytest.raises(ValueError, match="not slimmable"):
