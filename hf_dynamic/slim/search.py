@@ -187,8 +187,8 @@ class SearchStep:
 @dataclass
 class SlimSearchResult:
     """The searched width: ``widths`` (the dict :func:`set_width` takes, resolving to exactly ``counts``), its
-    ``cost``, ``cost_fraction`` (of ``full_cost``), ``metric``, the ``trajectory`` from full width and the number
-    of ``evaluate`` calls."""
+    ``cost``, ``cost_fraction`` (of ``full_cost``), ``metric``, the ``trajectory`` from full width, the number
+    of ``evaluate`` calls and the model's ``full_counts`` (per layer ``(head groups, FFN channels)``)."""
 
     widths: dict[int, dict[str, float]]
     counts: list[tuple[int, int]]
