@@ -313,7 +313,7 @@ class DynamicWidthModel(nn.Module):
         loss = None if labels is None else F.cross_entropy(logits, labels)
         batch_costs = width_costs(self.model, self.gate.widths, self.gate.gate_layers, input_ids.shape[1])
         return DynamicWidthOutput(loss=loss, logits=logits, width_index=index, widths=self._widths_tensor()[index],
-                                  cost=batch_costs[index].mean(), gate_scores=scores)
+                                  cost=batch_costs.to(index.device)[index].mean(), gate_scores=scores)
 
     def _widths_tensor(self) -> torch.Tensor:
         return torch.tensor(self.gate.widths, dtype=torch.float64, device=self.gate.costs.device)
