@@ -232,3 +232,23 @@ def test_docs_example_runs(capsys):
     cost, calibration_cost = (float(v) for v in printed[1].split())
     assert set(widths) <= {0.25, 0.5, 1.0} and len(widths) == 8
     assert 0 < calibration_cost <= 0.6 and 0 < cost <= 1
+
+
+def test_registered_slimmable_bert_keeps_its_configured_width():
+    """On the registered ``slimmable_bert`` type (configured at ``slim_width=0.5``) the grouped run equals each input
+    alone at its width, and the model's own width is left as configured."""
+    from hf_dynamic.models.slimmable_bert import SlimmableBertConfig, SlimmableBertForSequenceClassification
+    from hf_dynamic.slim.modeling import get_width
+
+    torch.manual_seed(0)
+    model = SlimmableBertForSequenceClassification(SlimmableBertConfig(**TINY_BERT, slim_width=0.5)).eval()
+    configured = get_width(model)
+    dyn = DynamicWidthModel(model).eval()
+    torch.nn.init.normal_(dyn.gate.scorer.weight, std=3.0)
+    x = tokens(6, 10)
+    with torch.no_grad():
+        out = dyn(x)
+        assert get_width(model) == configured == [(2, 20), (2, 20)]
+        for i in range(len(x)):
+            with width(model, {1: float(out.widths[i])}):
+                torch.testing.assert_close(out.logits[i], model(input_ids=x[i:i + 1]).logits[0], atol=1e-5, rtol=1e-5)
