@@ -5,8 +5,10 @@
 
   * **uniform** widths → the model's own stock class (``BertFor*``, ``LlamaForCausalLM``, ...) with a smaller
     ``intermediate_size`` (and, for Llama, fewer ``num_attention_heads`` / ``num_key_value_heads`` with
-    ``head_dim`` kept explicit). Stock BERT computes its head size as ``hidden_size / num_attention_heads`` and
-    transformers 5 has no ``prune_heads``, so a BERT export with fewer heads is refused;
+    ``head_dim`` kept explicit); for a registered slimmable type (``slimmable_bert``, ``slimmable_llama``), the
+    stock class it extends, with a stock config (``SlimmableModelMixin.stock_counterpart``). Stock BERT computes its
+    head size as ``hidden_size / num_attention_heads`` and transformers 5 has no ``prune_heads``, so a BERT export
+    with fewer heads is refused;
   * **per-layer** widths of a Llama-family decoder → the ``dms_llama`` model type (per-layer heads and channels),
     looked up through transformers' Auto classes (``AutoConfig.for_model("dms_llama", ...)``), which
     ``import hf_dynamic`` registers: a method package may not import a model package (``docs/architecture.md``).

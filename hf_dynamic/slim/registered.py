@@ -14,7 +14,8 @@ config field more, ``slim_width`` (the width the model runs at after constructio
 
 ``slim_width`` is a multiplier in (0, 1] or a per-layer dict in the form :func:`~hf_dynamic.slim.modeling.set_width`
 takes. ``config.json`` stores a dict's layer indices as strings (JSON keys are strings); :func:`layer_keys_to_int`
-turns them back, and :func:`check_slim_width` checks the value against the config's sizes.
+turns them back, and :func:`check_slim_width` checks the value against the config's sizes (both through
+:class:`SlimWidthConfigMixin`, the configs' mixin).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from collections.abc import Mapping
 from ..core.validation import check_choice, check_config_overrides
 from .modeling import is_slimmable, make_slimmable, order_by_importance_, set_width, width_counts
 
-__all__ = ["SLIM_WIDTH", "SlimmableModelMixin", "check_slim_width", "layer_keys_to_int"]
+__all__ = ["SLIM_WIDTH", "SlimWidthConfigMixin", "SlimmableModelMixin", "check_slim_width", "layer_keys_to_int"]
 
 SLIM_WIDTH = "slim_width"
 # Config keys that describe the checkpoint rather than the architecture: not carried from one config type to another.
@@ -57,6 +58,23 @@ def check_slim_width(value, num_layers: int, num_groups: int, intermediate_size:
         raise ValueError(f"{SLIM_WIDTH} must be a multiplier in (0, 1] or a per-layer dict, got {value!r} "
                          f"({type(value).__name__})")
     width_counts(value, [(num_groups, intermediate_size)] * num_layers, field=SLIM_WIDTH)
+
+
+class SlimWidthConfigMixin:
+    """Mixin of the registered slimmable configs (before the stock config in the bases); each config declares the
+    dataclass field ``slim_width: float | int | dict = 1.0`` itself (``@strict`` collects fields from dataclasses
+    only). ``__post_init__`` reads string layer keys as ints (:func:`layer_keys_to_int`); ``validate_slim_width``, one
+    of the class validators ``@strict`` runs when the config is built, checks the width against the config's sizes
+    (:func:`check_slim_width`; the head groups are the KV heads where the config has them, else the heads)."""
+
+    def __post_init__(self, **kwargs):
+        self.slim_width = layer_keys_to_int(self.slim_width)
+        super().__post_init__(**kwargs)
+
+    def validate_slim_width(self):
+        """Every width must keep at least one head group and one FFN channel of every layer."""
+        groups = getattr(self, "num_key_value_heads", None) or self.num_attention_heads
+        check_slim_width(self.slim_width, self.num_hidden_layers, groups, self.intermediate_size)
 
 
 class SlimmableModelMixin:

@@ -4,13 +4,13 @@ model types")."""
 from huggingface_hub.dataclasses import strict
 from transformers import LlamaConfig
 
-from ...slim.registered import check_slim_width, layer_keys_to_int
+from ...slim.registered import SlimWidthConfigMixin
 
 __all__ = ["SlimmableLlamaConfig"]
 
 
 @strict
-class SlimmableLlamaConfig(LlamaConfig):
+class SlimmableLlamaConfig(SlimWidthConfigMixin, LlamaConfig):
     r"""Llama configuration plus the width the model runs at.
 
     Args (beyond [`LlamaConfig`]'s):
@@ -19,19 +19,10 @@ class SlimmableLlamaConfig(LlamaConfig):
             attention heads and of its MLP channels), or a per-layer dict `{layer: w}` /
             `{layer: {"attention": a, "mlp": m}}` (unlisted layers at full width), as `hf_dynamic.slim.set_width`
             takes. `config.json` stores the layer indices as strings; they are read back as ints.
-            `set_width(model, ...)` changes the width at run time.
+            `set_width(model, ...)` changes the width at run time. A width that keeps no KV group or channel of
+            some layer is a `ValueError` naming `slim_width`.
     """
 
     model_type = "slimmable_llama"
 
     slim_width: float | int | dict = 1.0
-
-    def __post_init__(self, **kwargs):
-        self.slim_width = layer_keys_to_int(self.slim_width)
-        super().__post_init__(**kwargs)
-
-    def validate_slim_width(self):
-        """Every width must keep at least one KV group and one MLP channel of every layer (checked once the sizes
-        are)."""
-        groups = self.num_attention_heads if self.num_key_value_heads is None else self.num_key_value_heads
-        check_slim_width(self.slim_width, self.num_hidden_layers, groups, self.intermediate_size)

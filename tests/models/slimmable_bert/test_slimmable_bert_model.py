@@ -178,3 +178,19 @@ def test_docs_example_minilm_round_trip_is_exact_at_half_width(tmp_path, monkeyp
     dense.classifier.load_state_dict(model.classifier.state_dict())  # from_dense(folder) drew its own head
     with torch.no_grad():
         torch.testing.assert_close(scope["full"], dense(ids).logits, rtol=0, atol=1e-5)
+
+
+def test_slim_width_layer_keys():
+    """config.json's string layer keys are read as ints; a layer given twice, a non-canonical key or a key that is
+    no layer is refused by name; a string-keyed width set on the config after it is built is read too."""
+    config = SlimmableBertConfig(**TINY_BERT, slim_width={"1": 0.5, 0: {"mlp": 0.25}})
+    assert config.slim_width == {1: 0.5, 0: {"mlp": 0.25}}
+    for bad, message in (({0: 0.5, "0": 0.25}, "slim_width gives layer 0 twice"),
+                         ({"01": 0.5}, "slim_width has unknown layer '01'"),
+                         ({"x": 0.5}, "slim_width has unknown layer 'x'"),
+                         ({2: 0.5}, "slim_width has unknown layer 2")):
+        with pytest.raises(Exception) as info:
+            SlimmableBertConfig(**TINY_BERT, slim_width=bad)
+        assert message in str(info.value), (bad, info.value)
+    config.slim_width = {"1": {"attention": 0.25}}
+    assert slim.get_width(SlimmableBertForSequenceClassification(config)) == [(4, 40), (1, 40)]
