@@ -151,8 +151,8 @@ class SlimmableModelMixin:
         if dense is None:
             stock_overrides = {k: v for k, v in config_overrides.items() if k != SLIM_WIDTH}
             dense = cls.stock_class.from_pretrained(dense_model_or_path, **stock_overrides)
-        dtype = next(dense.parameters()).dtype
-        model = cls(config).to(dtype).train(dense.training)
+        reference = next(dense.parameters())
+        model = cls(config).to(device=reference.device, dtype=reference.dtype).train(dense.training)
         model.load_state_dict(dense.state_dict(), strict=True)
         if not ordered:
             order_by_importance_(model, importance, calibration_batches)

@@ -24,9 +24,9 @@ MODEL_CARD = {
               "ordered by importance, so that every width is a prefix of each layer and runs as a smaller dense "
               "computation; `slim_width` is the width it loads at, `hf_dynamic.slim.set_width` changes it",
     "docs": "docs/slim.md",
-    "stock_loading": "A stock `BertForSequenceClassification` loads these weights exactly too (the parameter names are "
-                     "the stock ones), but runs them at full width only: the narrower widths need "
-                     "hf_dynamic or the remote code.",
+    "stock_loading": "The stock BERT class with the same head (`BertForSequenceClassification`, ...) loads these "
+                     "weights exactly too (the parameter names are the stock ones), but runs them at full "
+                     "width only: the narrower widths need hf_dynamic or the remote code.",
     "fields": ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size", "slim_width"),
 }
 

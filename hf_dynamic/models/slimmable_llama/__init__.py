@@ -14,9 +14,9 @@ MODEL_CARD = {
               "smaller dense computation; `slim_width` is the width it loads at, `hf_dynamic.slim.set_width` "
               "changes it",
     "docs": "docs/slim.md",
-    "stock_loading": "A stock `LlamaForCausalLM` loads these weights exactly too (the parameter names are "
-                     "the stock ones), but runs them at full width only: the narrower widths need "
-                     "hf_dynamic or the remote code.",
+    "stock_loading": "The stock Llama class with the same head (`LlamaForCausalLM`, ...) loads these "
+                     "weights exactly too (the parameter names are the stock ones), but runs them at full "
+                     "width only: the narrower widths need hf_dynamic or the remote code.",
     "fields": ("num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads", "intermediate_size",
                "slim_width"),
 }

@@ -117,7 +117,7 @@ def test_checkpoint_loads_at_its_width_and_a_stock_class_loads_it_at_full_width(
     with torch.no_grad():
         torch.testing.assert_close(stock(x).logits, logits(model, x), **SAME)
     card = (tmp_path / "README.md").read_text()
-    assert "A stock `BertForSequenceClassification` loads these weights exactly too" in card
+    assert "The stock BERT class with the same head (`BertForSequenceClassification`, ...) loads these weights" in card
     assert "Do not load this checkpoint into a stock" not in card
 
 
