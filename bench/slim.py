@@ -10,7 +10,7 @@ gradients:
 
 The widths run round-robin (each timed repeat runs every width once, after a warm-up), so machine-load changes hit
 them alike; the figure is the median of ``--repeats``. Each row gives the speed-up over width 1.0 measured in the same
-run with the same threads, the FLOP reduction (``hf_dynamic.core.resources.bert_forward_flops`` at the rows' mean
+run with the same threads, the FLOP reduction (``hf_dynamic.slim.width_flops`` at the rows' mean
 length) and their ratio (target: ≥ 0.8). Writes bench/results/slim_<machine>.json and .md.
 
     python bench/slim.py --machine cpu
@@ -27,11 +27,9 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "glue"))
 
 from _layers import machine_name  # noqa: E402
 from _results import write_results  # noqa: E402
-from variant_slim import encoder_flops  # noqa: E402  (the FLOPs the slim table counts, examples/glue)
 
 WIDTHS = (1.0, 0.75, 0.5, 0.25)
 
@@ -73,7 +71,7 @@ def main(argv=None):
                                                                                     dtype=torch.float32)).eval()
     batches = {1: dev_batches(tokenizer, args.data_dir, 1, rows=args.rows_b1),
                32: dev_batches(tokenizer, args.data_dir, 32)}
-    mean_len = statistics.mean(int(b["attention_mask"].sum()) for b in batches[1])
+    mean_len = round(statistics.mean(int(b["attention_mask"].sum()) for b in batches[1]))
 
     def run(batch_size, w):
         with torch.inference_mode(), slim.width(model, w):
@@ -91,7 +89,7 @@ def main(argv=None):
                 run(b, w)
                 times[(b, w)].append(time.perf_counter() - start)
 
-    full_flops = encoder_flops(model.config, None, mean_len)
+    full_flops = slim.width_flops(model, slim.resolve_widths(model, 1.0), seq_len=mean_len)
     rows = []
     for b in batches:
         per = len(batches[b][0]["input_ids"]) if b == 1 else 1  # b1: per row; b32: per batch of 32
@@ -99,7 +97,7 @@ def main(argv=None):
         base = statistics.median(times[(b, 1.0)]) / divisor if 1.0 in args.widths else None
         for w in args.widths:
             counts = slim.resolve_widths(model, w)
-            flops = encoder_flops(model.config, counts, mean_len)
+            flops = slim.width_flops(model, counts, seq_len=mean_len)
             seconds = statistics.median(times[(b, w)]) / divisor
             row = {"batch_size": b, "width": w, "ms": 1000 * seconds, "times_s": times[(b, w)],
                    "flop_fraction": flops / full_flops, "units": [list(c) for c in counts]}
@@ -117,7 +115,7 @@ def main(argv=None):
     lines = [f"# Slimmable MiniLM: latency at each width ({machine_name(device)})", "",
              f"MRPC dev rows, eval mode, no gradients: batch 1 over the first {len(batches[1])} rows (ms per row), "
              f"batch 32 over all {result['rows_b32']} rows (ms per batch); median of {args.repeats} round-robin "
-             f"repeats; FLOPs analytic at the batch-1 rows' mean length ({mean_len:.1f} tokens). Speed-up against "
+             f"repeats; FLOPs analytic at the batch-1 rows' mean length ({mean_len} tokens). Speed-up against "
              f"width 1.0 in the same run. Command: `{command}`.", "",
              "| batch | width | ms | speed-up | FLOP reduction | speed-up ÷ FLOP reduction |",
              "|---|---|---|---|---|---|"]

@@ -156,6 +156,40 @@ def load_latency(path: str = LATENCY_FILE) -> dict:
     return {(row["batch_size"], row["width"]): row for row in bench["rows"]}
 
 
+def part_metric(part: str):
+    """``value(record, width)``: the dev main metric of the run's ``part`` ("search" / "gate") at the budget of
+    uniform width ``width`` (None where the run has no such entry)."""
+
+    def value(record, width):
+        entry = record["slim"].get(part, {}).get("budgets", {}).get(str(width))
+        return None if entry is None else entry["validation"][record["main_metric_name"]]
+
+    return value
+
+
+def part_cost(runs, task, part, width) -> list[float]:
+    """The FLOP fractions the ``part`` reached at uniform width ``width``'s budget, one per run."""
+    return [r["slim"][part]["budgets"][str(width)]["flop_fraction"] for r in runs
+            if r["task"] == task and r["run"] == "slim" and str(width) in r["slim"].get(part, {}).get("budgets", {})]
+
+
+def budget_rows(runs, task) -> list[dict]:
+    """Per budget (the FLOPs of a uniform width < 1): the searched and the gated widths against the uniform width of
+    the same slimmable model, paired over seeds (searched / gated − uniform)."""
+    rows = []
+    for w in WIDTHS[1:]:
+        uniform = width_values(runs, task, "slim", w)
+        row = {"width": w, "uniform": compare.mean_std(list(uniform.values())) if uniform else None}
+        for part in ("search", "gate"):
+            values = width_values(runs, task, "slim", w, key=part_metric(part))
+            cost = part_cost(runs, task, part, w)
+            row[part] = compare.mean_std(list(values.values())) if values else None
+            row[f"{part}_cost"] = sum(cost) / len(cost) if cost else None
+            row[f"{part}_vs_uniform"] = compare.compare_by_seed(values, uniform)
+        rows.append(row)
+    return rows
+
+
 def claims(runs, tasks) -> dict:
     """Per task and width: slim − alone paired over seeds (× 100), its 95 % interval, p, and whether the target
     (the interval's lower end above −``WITHIN``) holds."""
@@ -179,15 +213,18 @@ def summarise(runs, tasks) -> dict:
             rows.append({"width": w, **width_cost(runs, task, w),
                          "slim": compare.mean_std(slim_v) if slim_v else None,
                          "alone": compare.mean_std(alone_v) if alone_v else None})
-        table[task] = {"rows": rows, "majority": compare.majority_baseline(task)}
+        table[task] = {"rows": rows, "budgets": budget_rows(runs, task), "majority": compare.majority_baseline(task)}
     return {"tasks": table, "claims": claims(runs, tasks)}
 
 
-def _claim_cell(c: dict | None) -> str:
+def _diff_cell(c: dict | None) -> str:
     if c is None:
         return "–"
-    return (f"{c['mean_diff'] * 100:+.2f} [{c['ci_low'] * 100:+.2f}, {c['ci_high'] * 100:+.2f}], p = {c['p_value']:.3g}"
-            + (" ✓" if c["within_target"] else " ✗"))
+    return f"{c['mean_diff'] * 100:+.2f} [{c['ci_low'] * 100:+.2f}, {c['ci_high'] * 100:+.2f}], p = {c['p_value']:.3g}"
+
+
+def _claim_cell(c: dict | None) -> str:
+    return "–" if c is None else _diff_cell(c) + (" ✓" if c["within_target"] else " ✗")
 
 
 def markdown(summary: dict, runs, latency: dict) -> str:
@@ -213,33 +250,55 @@ def markdown(summary: dict, runs, latency: dict) -> str:
             claim = _claim_cell(summary["claims"].get(f"{task}/{row['width']}"))
             lines.append(f"| {row['width']:g} | {flops} | {params} | {lat_cell} | {compare._cell(row['slim'])} | "
                          f"{compare._cell(row['alone'])} | {claim} | {t['majority']:.1f} |")
+        lines += ["", f"Searched (AutoSlim on the carved rows) and gated (input-dependent width) against the uniform "
+                  f"width of the same slimmable model, at the uniform width's FLOPs (the searched / gated FLOP "
+                  f"fraction reached in brackets; a claim holds where the interval excludes zero):", "",
+                  "| budget = FLOPs of width | uniform | searched | searched − uniform | gated | gated − uniform | "
+                  "majority class |", "|---|---|---|---|---|---|---|"]
+        for b in t["budgets"]:
+            def part(name, b=b):
+                cost = b[f"{name}_cost"]
+                return compare._cell(b[name]) + (f" ({cost:.3f})" if cost is not None else "")
+            lines.append(f"| {b['width']:g} | {compare._cell(b['uniform'])} | {part('search')} | "
+                         f"{_diff_cell(b['search_vs_uniform'])} | {part('gate')} | {_diff_cell(b['gate_vs_uniform'])} "
+                         f"| {t['majority']:.1f} |")
         lines.append("")
     return "\n".join(lines) + "\n"
 
 
 def plot(summary: dict, runs, latency: dict, task: str, path: str) -> bool:
-    """Dev metric against cost (latency at batch 1 where measured, FLOP fraction otherwise) for ``task``."""
+    """Dev metric against measured latency at batch 1 (left, where ``bench/slim.py`` has run) and against FLOPs
+    (right, with the searched and gated widths) for ``task``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = summary["tasks"][task]["rows"]
-    use_latency = all(latency.get((1, r["width"])) for r in rows)
-    xs = [latency[(1, r["width"])]["ms"] if use_latency else r.get("flop_fraction") for r in rows]
-    if any(x is None for x in xs):
+    t = summary["tasks"][task]
+    rows = t["rows"]
+    if not any(r["slim"] or r["alone"] for r in rows):
         return False
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    for key, style in (("slim", "o-"), ("alone", "s--")):
-        pts = [(x, r[key]["mean"], r[key]["std"]) for x, r in zip(xs, rows) if r[key]]
-        if pts:
-            ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], fmt=style,
-                        label="slimmable (one model)" if key == "slim" else "each width trained alone", capsize=3)
-    ax.axhline(summary["tasks"][task]["majority"], color="grey", lw=0.8, ls=":", label="majority class")
-    ax.set_xlabel("latency, batch 1 (ms)" if use_latency else "FLOPs (fraction of full width)")
-    ax.set_ylabel(f"dev {compare.MAIN_METRIC[task]} × 100")
-    ax.set_title(f"Slimmable MiniLM, {task.upper()}")
-    ax.legend(fontsize=8)
+    use_latency = all(latency.get((1, r["width"])) for r in rows)
+    fig, axes = plt.subplots(1, 2 if use_latency else 1, figsize=(10 if use_latency else 5.5, 4), squeeze=False)
+    panels = ([("latency", axes[0][0])] if use_latency else []) + [("flops", axes[0][-1])]
+    for kind, ax in panels:
+        xs = [latency[(1, r["width"])]["ms"] if kind == "latency" else r.get("flop_fraction", r["width"])
+              for r in rows]
+        for key, style, label in (("slim", "o-", "slimmable (one model)"), ("alone", "s--", "each width alone")):
+            pts = [(x, r[key]["mean"], r[key]["std"]) for x, r in zip(xs, rows) if r[key]]
+            if pts:
+                ax.errorbar(*zip(*[(p[0], p[1]) for p in pts]), yerr=[p[2] for p in pts], fmt=style, label=label,
+                            capsize=3)
+        if kind == "flops":
+            for part, marker, label in (("search", "^", "searched (AutoSlim)"), ("gate", "D", "gated (per input)")):
+                pts = [(b[f"{part}_cost"], b[part]["mean"]) for b in t["budgets"] if b[part]]
+                if pts:
+                    ax.plot(*zip(*pts), marker, label=label)
+        ax.axhline(t["majority"], color="grey", lw=0.8, ls=":", label="majority class")
+        ax.set_xlabel("latency, batch 1 (ms)" if kind == "latency" else "FLOPs (fraction of full width)")
+        ax.set_ylabel(f"dev {compare.MAIN_METRIC[task]} × 100")
+        ax.legend(fontsize=7)
+    fig.suptitle(f"Slimmable MiniLM, {task.upper()}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -30,6 +30,7 @@ def _encoder_params(heads, channels):
 
 def test_slim_variant_reports_every_width_on_carved_and_dev_rows(tmp_path):
     results = run_glue.main(COMMON + ["--variant", "slim", "--slim_eval_widths", "1.0,0.5",
+                                      "--slim_search", "false", "--slim_gate", "false",
                                       "--output_dir", str(tmp_path)])
     widths = results["slim"]["widths"]
     assert set(widths) == {"1.0", "0.5"}
@@ -47,6 +48,27 @@ def test_slim_variant_reports_every_width_on_carved_and_dev_rows(tmp_path):
     assert 0.49 < widths["0.5"]["flop_fraction"] < 0.51  # heads and channels halve; pooler/head stay
 
 
+def test_search_and_gate_meet_the_uniform_widths_budgets_on_carved_rows(tmp_path):
+    results = run_glue.main(COMMON + ["--variant", "slim", "--slim_eval_widths", "1.0,0.9,0.7", "--slim_search_rows",
+                                      "8", "--slim_search_mlp_step", "0.5", "--slim_gate_train_rows", "8",
+                                      "--slim_gate_cost_weights", "0,1", "--output_dir", str(tmp_path)])
+    out = results["slim"]
+    for w in ("0.9", "0.7"):  # one search down to width 0.7's FLOPs answers both budgets
+        budget = out["widths"][w]["flop_fraction"]
+        searched = out["search"]["budgets"][w]
+        assert searched["budget"] == budget and budget - 0.1 < searched["flop_fraction"] <= budget
+    assert out["search"]["trajectory"][0]["cost_fraction"] == 1.0 and out["search"]["rows"] == 8
+    # the gate's narrowest choice keeps layer 0 at full width: 1/6 + 5/6 · 0.7 of the encoder > width 0.7's FLOPs
+    costs = out["gate"]["costs"]
+    assert costs[0] > out["widths"]["0.7"]["flop_fraction"] and "0.7" not in out["gate"]["budgets"]
+    gate = out["gate"]["budgets"]["0.9"]
+    assert gate["cost_weight"] in (0.0, 1.0) and gate["carved_cost"] <= gate["budget"] + 1e-9
+    counts = gate["width_counts"]
+    assert sum(counts) == 12  # every dev row took one of the widths
+    assert gate["flop_fraction"] == pytest.approx(sum(n * c for n, c in zip(counts, costs)) / 12)
+    assert 0.0 <= gate["validation"]["accuracy"] <= 1.0
+
+
 def test_slim_alone_trains_only_its_width(tmp_path):
     results = run_glue.main(COMMON + ["--variant", "slim_alone", "--slim_width", "0.25",
                                       "--output_dir", str(tmp_path)])
@@ -61,10 +83,14 @@ def test_bad_slim_flags_are_rejected_before_work(tmp_path, flag, value):
         run_glue.main(COMMON + ["--variant", "slim", flag, value, "--output_dir", str(tmp_path)])
 
 
-def _fabricated_run(task, run, seed, metric_by_width):
+def _fabricated_run(task, run, seed, metric_by_width, searched=None):
     widths = {str(w): {"validation": {"f1": m}, "flop_fraction": w, "active_parameters": int(w * 1e6)}
               for w, m in metric_by_width.items()}
-    return {"task": task, "run": run, "seed": seed, "main_metric_name": "f1", "slim": {"widths": widths},
+    slim = {"widths": widths}
+    if searched is not None:
+        slim["search"] = {"budgets": {str(w): {"validation": {"f1": m}, "flop_fraction": w - 0.01}
+                                      for w, m in searched.items()}}
+    return {"task": task, "run": run, "seed": seed, "main_metric_name": "f1", "slim": slim,
             "machine": {"cpu": "test cpu", "cores": 2, "torch_threads": 2, "torch": "x"}}
 
 
@@ -72,7 +98,9 @@ def test_table_claims_are_the_paired_differences_and_the_one_point_target(tmp_pa
     slim_scores = {1: 0.85, 2: 0.86, 3: 0.84}
     runs = []
     for seed, base in slim_scores.items():
-        runs.append(_fabricated_run("mrpc", "slim", seed, {w: base - (1 - w) * 0.02 for w in slim_table.WIDTHS}))
+        uniform = {w: base - (1 - w) * 0.02 for w in slim_table.WIDTHS}
+        searched = {w: uniform[w] + 0.01 + 0.001 * seed for w in slim_table.WIDTHS[1:]}  # ~1 point above uniform
+        runs.append(_fabricated_run("mrpc", "slim", seed, uniform, searched))
         for w in slim_table.WIDTHS:
             # alone: 0.5 points above slim at every width but 0.25, where it is 3 points (+ seed noise) above
             gap = 0.005 + 0.0005 * seed if w != 0.25 else 0.03 + 0.001 * seed
@@ -89,6 +117,10 @@ def test_table_claims_are_the_paired_differences_and_the_one_point_target(tmp_pa
     assert quarter["mean_diff"] == pytest.approx(-0.032) and not quarter["within_target"]
     rows = summary["tasks"]["mrpc"]["rows"]
     assert rows[0]["slim"]["mean"] == pytest.approx(85.0) and rows[0]["slim"]["n"] == 3
+    half = next(b for b in summary["tasks"]["mrpc"]["budgets"] if b["width"] == 0.5)
+    assert half["search_vs_uniform"]["mean_diff"] == pytest.approx(0.012) and half["search_vs_uniform"]["holds"]
+    assert half["search_cost"] == pytest.approx(0.49) and half["gate"] is None
     text = slim_table.markdown(summary, runs, {})
+    assert slim_table.plot(summary, runs, {}, "mrpc", str(tmp_path / "plot.png"))
     assert "| 0.25 |" in text and "✗" in text and "✓" in text
     assert f"{summary['tasks']['mrpc']['majority']:.1f}" in text
