@@ -51,6 +51,7 @@ bench: setup
 	$(PY) bench/dynamic_conv.py --machine $(BENCH_MACHINE)
 	$(PY) bench/onnx_runtime.py --machine $(BENCH_MACHINE)
 	$(PY) bench/llama_cpp.py --machine $(BENCH_MACHINE)
+	$(PY) bench/slim.py --machine $(BENCH_MACHINE)
 
 clean:
 	rm -rf $(VENV) outputs *.egg-info
