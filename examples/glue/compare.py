@@ -854,26 +854,33 @@ def launch(cmd: list[str], env: dict) -> None:
     subprocess.run(cmd, env=env, check=True)
 
 
-def ensure_run(args, task: str, run: str, seed: int, passthrough, env) -> bool:
-    """Launch the run of ``args.recipe`` unless its file exists (or print its command under ``--dry_run``), then
-    write its run file; True when it ran."""
-    path = run_file(args.results_dir, home_recipe(args.recipe, task, run), task, run, seed)
-    cmd = command(args, task, run, seed, passthrough)
-    if args.dry_run:
+def run_once(path: str, cmd: list[str], env: dict, record, dry_run: bool = False, label: str = "compare") -> bool:
+    """Launch the ``run_glue.py`` command ``cmd`` unless the run file ``path`` exists (or print it under
+    ``dry_run``), then write ``record(eval_results, wall_s)`` to ``path`` atomically; True when it ran."""
+    if dry_run:
         print(" ".join(cmd))
         return False
     if os.path.exists(path):
         return False
-    print(f"[compare] {task} {run} seed {seed}: {' '.join(cmd)}", flush=True)
+    print(f"[{label}] {' '.join(cmd)}", flush=True)
     start = time.time()
     launch(cmd, env)
     wall = time.time() - start
     out_dir = cmd[cmd.index("--output_dir") + 1]
     with open(os.path.join(out_dir, "eval_results.json")) as f:
         eval_results = json.load(f)
-    write_json_atomic(path, run_record(args, task, run, seed, cmd, eval_results, wall))
-    print(f"[compare] done in {wall:.0f} s -> {path}", flush=True)
+    write_json_atomic(path, record(eval_results, wall))
+    print(f"[{label}] done in {wall:.0f} s -> {path}", flush=True)
     return True
+
+
+def ensure_run(args, task: str, run: str, seed: int, passthrough, env) -> bool:
+    """Launch the run of ``args.recipe`` unless its file exists (or print its command under ``--dry_run``), then
+    write its run file; True when it ran."""
+    path = run_file(args.results_dir, home_recipe(args.recipe, task, run), task, run, seed)
+    cmd = command(args, task, run, seed, passthrough)
+    return run_once(path, cmd, env, lambda results, wall: run_record(args, task, run, seed, cmd, results, wall),
+                    args.dry_run)
 
 
 def choice_metric(record: dict, path: str) -> float:

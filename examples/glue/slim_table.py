@@ -35,7 +35,6 @@ import datetime
 import json
 import os
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -93,22 +92,12 @@ def run_record(args, task, run, seed, cmd, eval_results: dict, wall_s: float) ->
 
 
 def ensure_run(args, task, run, seed, passthrough) -> bool:
+    """Run one (task, run, seed) unless its file exists (``compare.run_once``); True when it ran."""
     path = run_file(args.results_dir, task, run, seed)
     cmd = command(args, task, run, seed, passthrough)
-    if args.dry_run:
-        print(" ".join(cmd))
-        return False
-    if os.path.exists(path):
-        return False
-    print(f"[slim_table] {task} {run} seed {seed}: {' '.join(cmd)}", flush=True)
-    start = time.time()
-    compare.launch(cmd, dict(os.environ))
-    wall = time.time() - start
-    with open(os.path.join(cmd[cmd.index("--output_dir") + 1], "eval_results.json")) as f:
-        eval_results = json.load(f)
-    compare.write_json_atomic(path, run_record(args, task, run, seed, cmd, eval_results, wall))
-    print(f"[slim_table] done in {wall:.0f} s -> {path}", flush=True)
-    return True
+    return compare.run_once(path, cmd, dict(os.environ),
+                            lambda results, wall: run_record(args, task, run, seed, cmd, results, wall),
+                            args.dry_run, label="slim_table")
 
 
 # --- the table ---------------------------------------------------------------------------------------------------

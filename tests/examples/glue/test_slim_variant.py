@@ -124,3 +124,25 @@ def test_table_claims_are_the_paired_differences_and_the_one_point_target(tmp_pa
     assert slim_table.plot(summary, runs, {}, "mrpc", str(tmp_path / "plot.png"))
     assert "| 0.25 |" in text and "✗" in text and "✓" in text
     assert f"{summary['tasks']['mrpc']['majority']:.1f}" in text
+
+
+def test_driver_writes_one_run_file_and_skips_it_on_restart(tmp_path, monkeypatch):
+    launched = []
+
+    def fake_launch(cmd, env):  # stands in for the run_glue.py process: writes its eval_results.json
+        launched.append(cmd)
+        out = cmd[cmd.index("--output_dir") + 1]
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, "eval_results.json"), "w") as f:
+            json.dump({"slim": {"widths": {}}, "metrics": {"carved": {"f1": 0.8}}, "train_runtime_s": 1.0}, f)
+
+    monkeypatch.setattr(slim_table.compare, "launch", fake_launch)
+    argv = ["--tasks", "mrpc", "--seeds", "4", "--runs", "alone_0.5", "--results_dir", str(tmp_path / "results"),
+            "--work_dir", str(tmp_path / "work")]
+    args, passthrough = slim_table.parse_args(argv)
+    assert slim_table.ensure_run(args, "mrpc", "alone_0.5", 4, passthrough)
+    record = json.loads((tmp_path / "results" / "mrpc" / "alone_0.5-s4.json").read_text())
+    assert record["run"] == "alone_0.5" and record["seed"] == 4 and "--slim_width 0.5" in record["command"]
+    assert "--carve_validation 0.1" in record["command"] and record["metrics"]["carved"]["f1"] == 0.8
+    assert not slim_table.ensure_run(args, "mrpc", "alone_0.5", 4, passthrough)  # finished: skipped
+    assert len(launched) == 1
