@@ -274,7 +274,10 @@ def test_early_exit_in_onnxruntime_equals_pytorch_dynamic_mode(folders, exporter
     assert exits["exit_layers"] == [1, 2, 3] and exits["criterion"] == "confidence"
     assert exits["thresholds"] == pytest.approx(model.config.exit_thresholds)
     assert exits["stages"] == ["stage_0.onnx", "stage_1.onnx", "stage_2.onnx"]
-    session = load_runtime(folder).EarlyExitSession(folder, threads=1)
+    runtime = load_runtime(folder)
+    session = runtime.EarlyExitSession(folder, threads=1)
+    # the stage sessions' thread pools do not spin between stages (they would slow the next stage 2-5x)
+    assert session.session_options.get_session_config_entry(runtime.ALLOW_SPINNING) == "0"
     inputs = text_batch(24, 10, vocab=30522, seed=21)
     with torch.no_grad():
         expected = model(**inputs)
