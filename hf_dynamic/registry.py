@@ -25,6 +25,7 @@ from .models import (
     dms_llama,
     dynamic_resnet,
     partial_moe_bert,
+    pruned_bert,
     slimmable_bert,
     slimmable_llama,
 )
@@ -33,7 +34,8 @@ from .pemn import install_peft_hook
 from .sharing import register_model_type
 
 # Imported above by name, so that tests/test_layering.py sees what the registry depends on.
-_PACKAGES = (boosted_early_exit, dms_llama, dynamic_resnet, partial_moe_bert, slimmable_bert, slimmable_llama)
+_PACKAGES = (boosted_early_exit, dms_llama, dynamic_resnet, partial_moe_bert, pruned_bert, slimmable_bert,
+             slimmable_llama)
 MODEL_PACKAGES = [package.__name__ for package in _PACKAGES]
 
 

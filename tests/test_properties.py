@@ -1,8 +1,8 @@
 """Property-based tests (hypothesis) of every argument a user hands our configs and builders.
 
 For each config class (``PartialMoEBertConfig``, ``DynamicResNetConfig``, ``BoostedEarlyExitConfig``,
-``DMSLlamaConfig``, ``SlimmableBertConfig``, ``SlimmableLlamaConfig``, ``PEMNConfig``), each builder
-(``PartialMoEBert*.from_dense``, ``DynamicResNet*.from_static``, ``BoostedEarlyExit*.from_backbone``,
+``DMSLlamaConfig``, ``PrunedBertConfig``, ``SlimmableBertConfig``, ``SlimmableLlamaConfig``, ``PEMNConfig``),
+each builder (``PartialMoEBert*.from_dense``, ``DynamicResNet*.from_static``, ``BoostedEarlyExit*.from_backbone``,
 ``SlimmableBert*.from_dense``) and ``DMSPruner``, one argument at a time takes any value — a plausible one, an
 edge number (0, negative, huge, ±inf, NaN) or a wrong type (``"no"``, ``2.0`` for an int or a bool, ``None``, a list,
 a dict). Then exactly one of:
@@ -37,6 +37,7 @@ from hf_dynamic.models.boosted_early_exit import BoostedEarlyExitConfig, Boosted
 from hf_dynamic.models.dms_llama import DMSLlamaConfig
 from hf_dynamic.models.dynamic_resnet import DynamicResNetConfig, DynamicResNetForImageClassification
 from hf_dynamic.models.partial_moe_bert import PartialMoEBertConfig, PartialMoEBertForSequenceClassification
+from hf_dynamic.models.pruned_bert import PrunedBertConfig
 from hf_dynamic.models.slimmable_bert import SlimmableBertConfig, SlimmableBertForSequenceClassification
 from hf_dynamic.models.slimmable_llama import SlimmableLlamaConfig
 from hf_dynamic.pemn.config import PEMNConfig
@@ -223,6 +224,11 @@ DMS_LLAMA_FIELDS = {
     "layer_intermediate_sizes": st.sampled_from([[48, 16], [0, 48]]),
     "output_proj_bias": st.booleans(),
 }
+PRUNED_BERT_FIELDS = {
+    "head_dim": st.sampled_from([8, 4, 16]),
+    "layer_num_attention_heads": st.sampled_from([[1, 2], [2, 2], [0, 2], [2]]),
+    "layer_intermediate_sizes": st.sampled_from([[8, 24], [1, 1], [24, 0], [24]]),
+}
 SLIM_FIELDS = {
     "slim_width": st.one_of(st.floats(0.25, 1), st.sampled_from(
         [{0: 0.5}, {"1": {"mlp": 0.25}}, {1: {"attention": 0.5, "mlp": 1}}, {"0": 0.5, 1: 0.75}])),
@@ -260,12 +266,13 @@ CONFIGS = {
     "boosted_early_exit": (BoostedEarlyExitConfig,
                            lambda: dict(backbone=BertConfig(**tiny_bert_kwargs()), num_labels=2), BOOSTED_FIELDS),
     "dms_llama": (DMSLlamaConfig, tiny_llama_kwargs, DMS_LLAMA_FIELDS),
+    "pruned_bert": (PrunedBertConfig, tiny_bert_kwargs, PRUNED_BERT_FIELDS),
     "slimmable_bert": (SlimmableBertConfig, tiny_bert_kwargs, SLIM_FIELDS),
     "slimmable_llama": (SlimmableLlamaConfig, tiny_llama_kwargs, SLIM_FIELDS),
 }
 # Fields where None asks for the documented default, which the config then stores concretely.
 NONE_IS_DEFAULT = {"layer_num_attention_heads", "layer_num_key_value_heads", "layer_intermediate_sizes",
-                   "exit_layers"}
+                   "exit_layers", "head_dim"}
 # A config field the property may not see kept exactly, with why.
 def _int_layer_keys(given, stored) -> bool:
     """slim_width: config.json's string layer keys ("1") are read as the ints set_width takes."""

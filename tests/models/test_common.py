@@ -132,6 +132,14 @@ CASES: dict[str, list[Case]] = {
             "AutoModelForCausalLM", causal_lm_inputs, ("layer_intermediate_sizes", [4]),
         ),
     ],
+    "pruned_bert": [
+        Case(
+            "per_layer",  # layer 0 keeps 1 of 2 heads and 8 of 24 FFN channels, layer 1 its full widths
+            lambda: dict(**tiny_bert_kwargs(), num_labels=2, layer_num_attention_heads=[1, 2],
+                         layer_intermediate_sizes=[8, 24]),
+            "AutoModelForSequenceClassification", encoder_inputs, ("layer_num_attention_heads", [1, 0]),
+        ),
+    ],
     "slimmable_bert": [
         Case(
             "per_layer",  # layer 1 at half its heads and a quarter of its FFN channels

@@ -42,6 +42,9 @@ TESTER_OVERRIDES: dict[str, dict] = {
     # own ResNet tester width (40) for that bound to hold rather than 8.
     "dynamic_resnet": dict(hidden_sizes=[4, 40]),
     # The mixin checks the first layer's attention maps against config.num_attention_heads: layer 0 at full width,
+    # layer 1 with 1 of 2 heads and 8 of 24 FFN channels.
+    "pruned_bert": dict(layer_num_attention_heads=[2, 1], layer_intermediate_sizes=[24, 8]),
+    # The mixin checks the first layer's attention maps against config.num_attention_heads: layer 0 at full width,
     # layer 1 at half (as the slimmable_bert case).
     "slimmable_llama": dict(slim_width={1: 0.5}),
 }
@@ -105,6 +108,7 @@ SKIPS: dict[str, dict[str, str]] = {
         "test_generation_tester_mixin_inheritance": "GenerationTesterMixin (tests/generation/) is not in the "
                                                     "transformers sdist; tests/models/dms_llama tests generation",
     },
+    "pruned_bert": {},
     "slimmable_bert": {},
     "slimmable_llama": {
         "test_generation_tester_mixin_inheritance": "GenerationTesterMixin (tests/generation/) is not in the "
@@ -228,6 +232,11 @@ class TestDMSLlamaCommon(CommonTests, unittest.TestCase):
         # The test passes the deprecated `past_key_values` and asserts its FutureWarning, which pytest.ini makes
         # an error.
         super().test_bc_cache_name_forward()
+
+
+class TestPrunedBertCommon(CommonTests, unittest.TestCase):
+    model_type = "pruned_bert"
+    all_model_classes = classes("pruned_bert")
 
 
 class TestSlimmableBertCommon(CommonTests, unittest.TestCase):
