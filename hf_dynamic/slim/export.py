@@ -6,12 +6,14 @@
   * **uniform** widths → the model's own stock class (``BertFor*``, ``LlamaForCausalLM``, ...) with a smaller
     ``intermediate_size`` (and, for Llama, fewer ``num_attention_heads`` / ``num_key_value_heads`` with
     ``head_dim`` kept explicit); for a registered slimmable type (``slimmable_bert``, ``slimmable_llama``), the
-    stock class it extends, with a stock config (``SlimmableModelMixin.stock_counterpart``). Stock BERT computes its
-    head size as ``hidden_size / num_attention_heads`` and transformers 5 has no ``prune_heads``, so a BERT export
-    with fewer heads is refused;
-  * **per-layer** widths of a Llama-family decoder → the ``dms_llama`` model type (per-layer heads and channels),
-    looked up through transformers' Auto classes (``AutoConfig.for_model("dms_llama", ...)``), which
-    ``import hf_dynamic`` registers: a method package may not import a model package (``docs/architecture.md``).
+    stock class it extends, with a stock config (``SlimmableModelMixin.stock_counterpart``). A uniform BERT width
+    exports to the stock class only where it keeps every head: stock BERT computes its head size as
+    ``hidden_size / num_attention_heads`` and transformers 5 has no ``prune_heads``;
+  * **per-layer** widths of a Llama-family decoder → the ``dms_llama`` model type (per-layer heads and channels);
+    per-layer widths of a BERT model, or a uniform one with fewer heads → the ``pruned_bert`` model type (per-layer
+    heads of the full model's head size, per-layer FFN channels). Both are looked up through transformers' Auto
+    classes (``AutoConfig.for_model(model_type, ...)``), which ``import hf_dynamic`` registers: a method package may
+    not import a model package (``docs/architecture.md``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import copy
 
 import torch
 from torch import nn
+import transformers
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from .modeling import SlimmableLinear, _require_slimmable, resolve_widths, slim_layers
@@ -59,6 +62,27 @@ def _is_llama_family(model) -> bool:
     return hasattr(getattr(model, "base_model", model), "layers")
 
 
+# The BERT classes a per-layer width exports to, as pruned_bert registers them (its AUTO_CLASSES).
+_PRUNED_BERT_AUTO = {
+    "BertModel": "AutoModel",
+    "BertForSequenceClassification": "AutoModelForSequenceClassification",
+    "BertForTokenClassification": "AutoModelForTokenClassification",
+    "BertForQuestionAnswering": "AutoModelForQuestionAnswering",
+}
+
+
+def _registered_config(model_type: str, config, **fields):
+    """``AutoConfig.for_model(model_type, **config's fields, **fields)``: the per-layer type's config carrying
+    everything else of the stock ``config``; a clear error where ``import hf_dynamic`` has not registered it."""
+    if model_type not in transformers.CONFIG_MAPPING:
+        raise ValueError(f"this width exports to the {model_type} model type, which `import hf_dynamic` registers")
+    kwargs = config.to_dict()
+    for key in ("model_type", "architectures", "transformers_version", "auto_map"):
+        kwargs.pop(key, None)
+    kwargs.update(fields)
+    return AutoConfig.for_model(model_type, **kwargs)
+
+
 def export_width(model: nn.Module, widths) -> nn.Module:
     """A new model at ``widths`` whose logits equal ``model``'s at that width (module docstring); eval mode."""
     _require_slimmable(model)
@@ -80,37 +104,34 @@ def export_width(model: nn.Module, widths) -> nn.Module:
             config.head_dim = head_dim
             new = stock_class(config)
         else:
-            kwargs = config.to_dict()
-            for key in ("model_type", "architectures", "transformers_version", "auto_map"):
-                kwargs.pop(key, None)
-            kwargs.update(
+            dms_config = _registered_config(
+                "dms_llama", config,
                 head_dim=head_dim,
                 layer_num_attention_heads=[g * rep for g, _ in counts],
                 layer_num_key_value_heads=[g for g, _ in counts],
                 layer_intermediate_sizes=[c for _, c in counts],
             )
-            try:
-                dms_config = AutoConfig.for_model("dms_llama", **kwargs)
-            except ValueError as error:
-                raise ValueError(
-                    "per-layer widths of a Llama-family model export to the dms_llama model type, which is "
-                    "registered by `import hf_dynamic`"
-                ) from error
             new = AutoModelForCausalLM.from_config(dms_config)
-    else:
-        if not uniform:
-            raise ValueError(
-                f"per-layer widths {counts} of a BERT-family model have no stock model type to export to "
-                "(a stock BertConfig has one intermediate_size); export a uniform width"
-            )
-        if groups != layers[0].num_groups:
-            raise ValueError(
-                f"a BERT-family export keeps every attention head (stock BERT derives the head size from "
-                f"hidden_size / num_attention_heads and transformers 5 has no prune_heads); widths={widths!r} keeps "
-                f"{groups} of {layers[0].num_groups} heads: use {{i: {{'attention': 1.0, 'mlp': w}}}} per layer"
-            )
+    elif uniform and groups == layers[0].num_groups:
         config.intermediate_size = channels
         new = stock_class(config)
+    else:
+        # fewer heads, or per-layer widths: stock BERT cannot hold them (module docstring)
+        auto_name = _PRUNED_BERT_AUTO.get(stock_class.__name__)
+        if config.model_type != "bert" or auto_name is None:
+            raise ValueError(
+                f"widths={widths!r} ({counts} head / FFN counts per layer) drop heads or differ per layer, which "
+                f"exports to the pruned_bert model type; it implements {sorted(_PRUNED_BERT_AUTO)}, got "
+                f"{stock_class.__name__} (model_type={config.model_type!r}). Export a uniform width that keeps every "
+                "head: {i: {'attention': 1.0, 'mlp': w}}"
+            )
+        pruned_config = _registered_config(
+            "pruned_bert", config,
+            head_dim=layers[0].head_in[0][2],
+            layer_num_attention_heads=[g for g, _ in counts],
+            layer_intermediate_sizes=[c for _, c in counts],
+        )
+        new = getattr(transformers, auto_name).from_config(pruned_config)
     missing, unexpected = new.load_state_dict(state, strict=False)
     tied = set(getattr(new, "all_tied_weights_keys", {}) or {})
     if unexpected or set(missing) - tied:

@@ -5,13 +5,13 @@ import os
 
 import pytest
 import torch
-from slim_testing import tiny_bert, tiny_llama, tokens
-from transformers import AutoModelForCausalLM, BertForSequenceClassification, LlamaForCausalLM
+from slim_testing import TINY_BERT, tiny_bert, tiny_llama, tokens
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, BertConfig, BertForMaskedLM
+from transformers import BertForSequenceClassification, LlamaForCausalLM
 
-import hf_dynamic  # noqa: F401  (registers dms_llama with the Auto classes)
+import hf_dynamic  # registers dms_llama and pruned_bert with the Auto classes
 from hf_dynamic.slim.export import export_width
 from hf_dynamic.slim.modeling import make_slimmable, width
-
 
 
 def _round_trip(model, tmp_path, loader):
@@ -34,12 +34,58 @@ def test_bert_uniform_ffn_width_exports_stock_bert(tmp_path):
         torch.testing.assert_close(loaded(input_ids=x).logits, expected, atol=1e-5, rtol=1e-5)
 
 
-def test_bert_head_slimming_and_per_layer_widths_are_refused():
+def _assert_exports_pruned_bert(model, widths, tmp_path, heads, channels, x, **inputs):
+    """export_width(model, widths) is a pruned_bert model with these per-layer counts whose logits, after a
+    safetensors round trip, equal the slimmable model's at that width."""
+    exported = export_width(model, widths)
+    assert exported.config.model_type == "pruned_bert"
+    assert exported.config.layer_num_attention_heads == heads
+    assert exported.config.layer_intermediate_sizes == channels
+    assert exported.config.head_dim == model.config.hidden_size // model.config.num_attention_heads
+    loaded = _round_trip(exported, tmp_path, AutoModelForSequenceClassification)
+    assert type(loaded).__name__ == "PrunedBertForSequenceClassification"
+    with torch.no_grad(), width(model, widths):
+        expected = model(input_ids=x, **inputs).logits
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=x, **inputs).logits, expected, atol=1e-5, rtol=1e-5)
+    assert sum(p.numel() for p in loaded.parameters()) < sum(p.numel() for p in model.parameters())
+    return loaded
+
+
+def test_bert_uniform_width_with_fewer_heads_exports_pruned_bert(tmp_path):
     model = make_slimmable(tiny_bert())
-    with pytest.raises(ValueError, match="keeps every attention head"):
-        export_width(model, 0.5)
-    with pytest.raises(ValueError, match="no stock model type"):
+    _assert_exports_pruned_bert(model, 0.5, tmp_path, heads=[2, 2], channels=[20, 20], x=tokens())
+
+
+def test_bert_per_layer_widths_export_pruned_bert(tmp_path):
+    model = make_slimmable(tiny_bert())
+    widths = {0: 0.25, 1: {"attention": 1.0, "mlp": 0.5}}
+    _assert_exports_pruned_bert(model, widths, tmp_path, heads=[1, 4], channels=[10, 20], x=tokens())
+
+
+def test_bert_per_layer_widths_without_a_pruned_bert_class_are_refused():
+    torch.manual_seed(0)
+    config = BertConfig(**{k: v for k, v in TINY_BERT.items() if k != "num_labels"})
+    model = make_slimmable(BertForMaskedLM(config).eval())
+    with pytest.raises(ValueError, match="pruned_bert.*BertForMaskedLM"):
         export_width(model, {0: 0.5})
+    assert type(export_width(model, {i: {"attention": 1.0, "mlp": 0.5} for i in range(2)})) is BertForMaskedLM
+
+
+def test_minilm_per_layer_width_exports_pruned_bert(tmp_path):
+    """The real case: MiniLM (all-MiniLM-L6-v2, 6 layers of 12 heads and 1536 channels) at a searched-looking
+    per-layer width, padded batch."""
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(hf_dynamic.minilm_path(), num_labels=2).eval()
+    model = make_slimmable(model)
+    widths = {0: 1.0, 1: {"attention": 0.5, "mlp": 0.75}, 2: 0.25, 3: {"attention": 1.0, "mlp": 0.125},
+              4: {"attention": 0.75, "mlp": 1.0}, 5: 0.5}
+    x = torch.randint(1000, 20000, (2, 16), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(x)
+    mask[1, 11:] = 0
+    loaded = _assert_exports_pruned_bert(model, widths, tmp_path, heads=[12, 6, 3, 12, 9, 6],
+                                         channels=[1536, 1152, 384, 192, 1536, 768], x=x, attention_mask=mask)
+    assert loaded.bert.encoder.layer[2].attention.self.query.weight.shape == (3 * 32, 384)
 
 
 def test_llama_uniform_width_exports_stock_llama(tmp_path):
