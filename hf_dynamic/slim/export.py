@@ -88,7 +88,6 @@ def export_width(model: nn.Module, widths) -> nn.Module:
     _require_slimmable(model)
     counts = resolve_widths(model, widths)
     layers = slim_layers(model)
-    state = sliced_state_dict(model, widths)
     uniform = len(set(counts)) == 1
     # a registered slimmable type exports to the stock class it extends (docs/slim.md, "## Registered model types")
     stock_class, config = (model.stock_counterpart() if isinstance(model, SlimmableModelMixin)
@@ -132,7 +131,7 @@ def export_width(model: nn.Module, widths) -> nn.Module:
             layer_intermediate_sizes=[c for _, c in counts],
         )
         new = getattr(transformers, auto_name).from_config(pruned_config)
-    missing, unexpected = new.load_state_dict(state, strict=False)
+    missing, unexpected = new.load_state_dict(sliced_state_dict(model, widths), strict=False)
     tied = set(getattr(new, "all_tied_weights_keys", {}) or {})
     if unexpected or set(missing) - tied:
         raise RuntimeError(f"export state dict mismatch: missing {missing}, unexpected {unexpected}")
