@@ -30,6 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _layers import machine_name  # noqa: E402
 from _results import write_results  # noqa: E402
+from glue_speed import mrpc_batches  # noqa: E402  (MRPC pairs, padded per batch, max length 128)
 
 WIDTHS = (1.0, 0.75, 0.5, 0.25)
 
@@ -44,21 +45,6 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def dev_batches(tokenizer, data_dir, batch_size, rows=None):
-    """MRPC dev rows as model inputs, ``batch_size`` per batch, padded to each batch's longest row."""
-    from hf_dynamic.data.glue import load_glue
-
-    data = load_glue("mrpc", data_dir=data_dir)["validation"]
-    if rows is not None:
-        data = data.select(range(min(rows, len(data))))
-    out = []
-    for start in range(0, len(data), batch_size):
-        chunk = data[start:start + batch_size]
-        out.append(dict(tokenizer(chunk["sentence1"], chunk["sentence2"], truncation=True, max_length=128,
-                                  padding=True, return_tensors="pt")))
-    return out
-
-
 def main(argv=None):
     args = parse_args(argv)
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -69,8 +55,9 @@ def main(argv=None):
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = slim.make_slimmable(AutoModelForSequenceClassification.from_pretrained(path, num_labels=2,
                                                                                     dtype=torch.float32)).eval()
-    batches = {1: dev_batches(tokenizer, args.data_dir, 1, rows=args.rows_b1),
-               32: dev_batches(tokenizer, args.data_dir, 32)}
+    batches = {b: [{k: v for k, v in batch.items() if k != "labels"}
+                   for batch in mrpc_batches(tokenizer, args.data_dir, b, "validation", rows=rows)]
+               for b, rows in ((1, args.rows_b1), (32, None))}
     mean_len = round(statistics.mean(int(b["attention_mask"].sum()) for b in batches[1]))
 
     def run(batch_size, w):

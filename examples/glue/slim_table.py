@@ -206,14 +206,9 @@ def summarise(runs, tasks) -> dict:
     return {"tasks": table, "claims": claims(runs, tasks)}
 
 
-def _diff_cell(c: dict | None) -> str:
-    if c is None:
-        return "–"
-    return f"{c['mean_diff'] * 100:+.2f} [{c['ci_low'] * 100:+.2f}, {c['ci_high'] * 100:+.2f}], p = {c['p_value']:.3g}"
-
-
 def _claim_cell(c: dict | None) -> str:
-    return "–" if c is None else _diff_cell(c) + (" ✓" if c["within_target"] else " ✗")
+    """``compare._claim_cell`` (difference × 100, interval, p, n, verdict) plus ✓ / ✗ for the within-1-point target."""
+    return compare._claim_cell(c) + ("" if c is None else " ✓" if c["within_target"] else " ✗")
 
 
 def markdown(summary: dict, runs, latency: dict) -> str:
@@ -249,7 +244,7 @@ def markdown(summary: dict, runs, latency: dict) -> str:
                 cost = b[f"{name}_cost"]
                 return compare._cell(b[name]) + (f" ({cost:.3f})" if cost is not None else "")
             lines.append(f"| {b['width']:g} | {compare._cell(b['uniform'])} | {part('search')} | "
-                         f"{_diff_cell(b['search_vs_uniform'])} | {part('gate')} | {_diff_cell(b['gate_vs_uniform'])} "
+                         f"{compare._claim_cell(b['search_vs_uniform'])} | {part('gate')} | {compare._claim_cell(b['gate_vs_uniform'])} "
                          f"| {t['majority']:.1f} |")
         lines.append("")
     return "\n".join(lines) + "\n"
