@@ -26,8 +26,8 @@ uniform DMS model, baselines matched within 1 %, and the same recovery budget):
   ``--ablation_ntp`` adds the first per-layer DMS model recovered with the next-token loss only (same trainer and
   tokens). Evaluation: WikiText-2 test perplexity (``hf_dynamic.perplexity``) on the first ``--eval_windows``
   windows of ``--eval_window`` tokens of the tokenised test text (tokens ``[0, W·window)``, tokenised once as
-  ``perplexity`` does); the final DMS model (the better DMS variant) and the best baseline also on the full test
-  set. Speed: every exported model and the dense one in the ``speed`` stage, each in a fresh subprocess.
+  ``perplexity`` does); dense, the final DMS model (the better DMS variant) and the best baseline also on the
+  full test set. Speed: every exported model and the dense one in the ``speed`` stage, each in a fresh subprocess.
 
 Stages (each writes ``<output_dir>/stages/<stage>.json`` atomically, models as safetensors folders
 ``<output_dir>/<key>_pruned`` / ``<key>_model``; a re-run skips finished stages, a stage killed mid-way re-runs
@@ -35,7 +35,7 @@ from its start; ``<output_dir>/stages.log`` records start / done / skip)::
 
     plan → dense_eval → search_uniform, search_per_layer (or search_per_layer_s<seed>) → prune_<baseline>
     → eval_<m>_pruned, recover_<m>, eval_<m>_recovered (per pruned model m; the ablation after its source)
-    → full_eval_final_dms, full_eval_best_baseline → speed
+    → full_eval_dense, full_eval_final_dms, full_eval_best_baseline → speed
 
 The search stages rerun from scratch when killed (they are sized to a few minutes each; DMSCallback has no
 checkpoint resume yet). ``--stop_after STAGE`` stops after a stage; ``--plan`` (alias ``--time_step``) stops after
@@ -559,8 +559,8 @@ def choose_sizes(times: dict, args, full_windows: int) -> dict:
         w = windows or full_windows
         return w * t_w * (1 + n_pruned * r + n_recovered * r)
 
-    def full_cost(windows):  # the final models again on the whole test set, unless the rows already are
-        return (2 * r * full_windows * t_w) if args.full_eval and windows and windows < full_windows else 0.0
+    def full_cost(windows):  # dense and the final models again on the whole test set, unless the rows already are
+        return ((1 + 2 * r) * full_windows * t_w) if args.full_eval and windows and windows < full_windows else 0.0
 
     explicit = {k: getattr(args, k) for k in FIXED_SIZES if getattr(args, k) is not None}
     if budget <= 0:
@@ -900,6 +900,7 @@ def run_stages(pipe, args, path, tokenizer, wiki_ids, blocks, full_windows):
                                                            eval_ids))
 
     if args.full_eval and n_eval:  # with the whole test set as comparison, every row already is a full evaluation
+        pipe.run("full_eval_dense", lambda: {"model": "dense", **evaluate(path, wiki_ids)()})
         for stage, key in final_models(pipe, args).items():
             def full(key=key):
                 return {"model": key, **evaluate(final_dir(args, key), wiki_ids)()}
@@ -1140,7 +1141,7 @@ def collect_rows(pipe, args, path):
         if pipe.done(f"eval_{key}_recovered"):
             r["ppl"] = pipe.load(f"eval_{key}_recovered")["ppl"]
         rows.append(r)
-    for stage in ("full_eval_final_dms", "full_eval_best_baseline"):
+    for stage in ("full_eval_dense", "full_eval_final_dms", "full_eval_best_baseline"):
         if pipe.done(stage):
             full = pipe.load(stage)
             next(r for r in rows if r["key"] == full["model"])["ppl_full"] = full["ppl"]
@@ -1177,12 +1178,38 @@ def targets_check(rows, stage_seconds):
         "baselines_within_1pct_of_dms_params": all(abs(r["params_vs_dms"]) <= 0.01 for r in rows
                                                    if r["key"] in BASELINES),
     }
+    out.update(distillation_targets(rows))
     ratios = [v for r in rows[1:] for k, v in r.items() if k.startswith("speedup_over_flop_reduction_")]
     out["prefill_speedup_ge_0.8x_flop_reduction"] = (min(ratios) >= 0.8) if ratios else None
     search = sum(v for k, v in stage_seconds.items() if k.startswith("search_"))
     total = sum(stage_seconds.values())
     out["search_share_of_pipeline"] = search / total if total else None
     out["search_le_30pct_of_pipeline"] = (search / total <= 0.3) if total else None
+    return out
+
+
+def distillation_targets(rows) -> dict:
+    """Issue #27's targets as measured ratios (None while a value is missing): each per-layer DMS model's recovered
+    perplexity over dense's and over the best baseline's (the lowest recovered baseline at the same recovery), on
+    the comparison windows and, where both have it, on the whole test set; and distillation's perplexity minus the
+    next-token ablation's (negative: distillation is better)."""
+    by = {r["key"]: r for r in rows}
+    dense = by.get("dense", {})
+    per_layer = [r for r in rows if r["key"].startswith("dms_per_layer") and not r.get("ablation")]
+    baselines = [r for r in rows if r["key"] in BASELINES and "ppl" in r]
+    best = min(baselines, key=lambda r: r["ppl"]) if baselines else None
+    out = {"best_baseline": best["key"] if best else None}
+    for r in per_layer:
+        for col, tag in (("ppl", ""), ("ppl_full", "_full")):
+            mine = r.get(col)
+            out[f"{r['key']}_over_dense{tag}"] = mine / dense[col] if mine and dense.get(col) else None
+            theirs = best.get(col) if best else None
+            out[f"{r['key']}_over_best_baseline{tag}"] = mine / theirs if mine and theirs else None
+    for r in rows:
+        if r.get("ablation") and r["key"].endswith("_ntp"):
+            source = by.get(r["key"].removesuffix("_ntp"), {})
+            out[f"{source.get('key')}_kd_minus_ntp_ppl"] = (
+                source["ppl"] - r["ppl"] if "ppl" in source and "ppl" in r else None)
     return out
 
 

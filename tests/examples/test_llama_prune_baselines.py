@@ -62,7 +62,8 @@ def test_flap_export_equals_the_unpruned_model_with_removed_channels_at_their_me
         torch.testing.assert_close(loaded(input_ids=ids).logits, reference, rtol=0, atol=1e-5)
 
 
-def test_every_baseline_is_matched_and_the_rows_are_complete(uninterrupted):
+def test_every_baseline_is_matched_and_the_rows_are_complete(setup, uninterrupted):  # noqa: F811
+    _, script = setup
     _, results = uninterrupted
     rows = {r["key"]: r for r in results["rows"]}
     assert list(rows) == ["dense", "dms", "dms_per_layer_s1", "dms_per_layer_s2", "flap", "wanda_sp", "taylor",
@@ -76,6 +77,20 @@ def test_every_baseline_is_matched_and_the_rows_are_complete(uninterrupted):
     assert rows["dms_per_layer_s1_ntp"]["ablation"] and rows["dms_per_layer_s1_ntp"]["ppl"] != rows[
         "dms_per_layer_s1"]["ppl"]
     assert all("ppl" in r and "ppl_before_recovery" in r and r["flops_ratio"] > 0 for r in rows.values())
+    # issue #27's targets as measured ratios, dense on the whole test set beside the final models
+    targets, baselines = results["targets"], [k for k in rows if k in script.BASELINES]
+    best = min(baselines, key=lambda k: rows[k]["ppl"])
+    assert targets["best_baseline"] == best
+    for key in ("dms_per_layer_s1", "dms_per_layer_s2"):
+        assert targets[f"{key}_over_dense"] == pytest.approx(rows[key]["ppl"] / rows["dense"]["ppl"])
+        assert targets[f"{key}_over_best_baseline"] == pytest.approx(rows[key]["ppl"] / rows[best]["ppl"])
+    assert targets["dms_per_layer_s1_kd_minus_ntp_ppl"] == pytest.approx(
+        rows["dms_per_layer_s1"]["ppl"] - rows["dms_per_layer_s1_ntp"]["ppl"])
+    assert rows["dense"]["ppl_full"] > 0
+    full_final = [k for k in rows if "ppl_full" in rows[k] and k != "dense"]
+    if "dms_per_layer_s1" in full_final and best in full_final:
+        assert targets["dms_per_layer_s1_over_best_baseline_full"] == pytest.approx(
+            rows["dms_per_layer_s1"]["ppl_full"] / rows[best]["ppl_full"])
     plan = results["plan"]
     assert plan["measured"]["teacher_forward_s"] > 0 and plan["recovery_tokens"] == 2 * 32
     assert "9 recoveries" in plan["reason"] and "War and Peace tokens" in plan["reason"]
@@ -112,3 +127,33 @@ def test_a_recovery_killed_mid_way_resumes_from_its_checkpoint(setup, uninterrup
     assert log.count(["start", "recover_dms_per_layer_s1_ntp"]) == 3  # the copied run, the killed one, this one
     assert ["skip", "recover_dms"] in log
     assert_same_rows(results["rows"], reference["rows"])
+
+
+def test_flap_check_reproduces_the_table_and_changes_one_part_at_a_time(uninterrupted, tmp_path):
+    """examples/llama_prune/flap_check.py on the tiny table: its ``flap`` is the table's one-shot FLAP row, and each
+    other variant keeps the structure it claims to keep."""
+    import importlib.util
+    import pathlib
+
+    full, results = uninterrupted
+    path = pathlib.Path(__file__).resolve().parents[2] / "examples" / "llama_prune" / "flap_check.py"
+    spec = importlib.util.spec_from_file_location("flap_check", path)
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    out = check.main(["--table_dir", str(full), "--table_results", str(full / "results.json"),
+                      "--results_dir", str(tmp_path)])
+    rows = {r["key"]: r for r in results["rows"]}
+    v = out["variants"]
+    assert list(v) == list(check.VARIANTS)
+    assert v["flap"]["ppl"] == pytest.approx(rows["flap"]["ppl_before_recovery"], rel=1e-5)
+    assert v["flap"]["params"] == rows["flap"]["params"]
+    assert v["flap_no_compensation"]["counts"] == v["taylor_on_flap"]["counts"] == v["flap"]["counts"]
+    hidden, layers = 32, 2  # the two output biases per layer are all that compensation adds
+    assert v["flap"]["params"] - v["flap_no_compensation"]["params"] == 2 * hidden * layers
+    assert len(set(v["flap_uniform"]["counts"]["mlp"])) == 1 and len(set(v["flap_uniform"]["counts"]["heads"])) == 1
+    assert v["flap_on_dms"]["counts"]["mlp"] == rows["dms_per_layer_s1"]["config"][
+        "layer_intermediate_sizes"]
+    assert (tmp_path / "results.md").read_text().count("| flap") == 4
+    again = check.main(["--table_dir", str(full), "--table_results", str(full / "results.json"),
+                        "--results_dir", str(tmp_path)])  # finished variants are kept, not re-run
+    assert again["variants"] == v
