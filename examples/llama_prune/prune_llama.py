@@ -664,20 +664,25 @@ def speed_worker(argv):
 
 
 @torch.no_grad()
-def measure_speed(model, dev, prefill_shapes, decode_tokens, decode_batches, reps=3):
-    """Prefill tokens/s per shape (no cache; warm-up, then ``reps`` timed) and greedy decode tokens/s per batch."""
-    vocab, out = model.config.vocab_size, {}
+def measure_speed(model, dev, prefill_shapes, decode_tokens, decode_batches, reps=5, decode_reps=3):
+    """Prefill tokens/s per shape (no cache) and greedy decode tokens/s per batch, each from the median of
+    ``reps`` / ``decode_reps`` separately timed repetitions after a warm-up (the median, because on the shared
+    2-core machine a single slow repetition moved a 3-repetition mean by up to 20 % between models of one shape)."""
+    from statistics import median
+
+    vocab, out = model.config.vocab_size, {"timing": f"median of {reps} (prefill) / {decode_reps} (decode) reps"}
     for b, n in prefill_shapes:
         x = torch.randint(0, vocab, (b, n), device=dev)
         model(input_ids=x, use_cache=False)  # warm-up
-        seconds = timed(lambda: [model(input_ids=x, use_cache=False) for _ in range(reps)], dev)
-        out[f"prefill_tokens_per_s_{b}x{n}"] = reps * x.numel() / seconds
+        seconds = median(timed(lambda: model(input_ids=x, use_cache=False), dev) for _ in range(reps))
+        out[f"prefill_tokens_per_s_{b}x{n}"] = x.numel() / seconds
     for b in decode_batches:
         prompt = torch.randint(0, vocab, (b, 32), device=dev)
         kwargs = dict(do_sample=False, pad_token_id=0, attention_mask=torch.ones_like(prompt))
         model.generate(prompt, max_new_tokens=4, min_new_tokens=4, **kwargs)  # warm-up
-        seconds = timed(lambda: model.generate(prompt, max_new_tokens=decode_tokens, min_new_tokens=decode_tokens,
-                                               **kwargs), dev)
+        seconds = median(timed(lambda: model.generate(prompt, max_new_tokens=decode_tokens,
+                                                      min_new_tokens=decode_tokens, **kwargs), dev)
+                         for _ in range(decode_reps))
         out[f"decode_tokens_per_s_b{b}"] = b * decode_tokens / seconds
     return out
 
@@ -1317,9 +1322,11 @@ def markdown(results):
         speed_cols = [c for c in rows[0] if c.startswith(("prefill_tokens", "decode_tokens", "peak_", "model_peak",
                                                           "llama_cpp_"))]
         if speed_cols:
-            lines += ["", "## Speed (each model in a fresh process, same threads)", ""]
-            lines += md_table(rows, ["model"] + speed_cols + [c for c in rows[-1] if c.startswith(
-                ("prefill_speedup", "flop_reduction", "speedup_over"))])
+            timing = next((r["timing"] for r in rows if "timing" in r), "mean of 3 reps")
+            lines += ["", f"## Speed (each model in a fresh process, same threads; {timing})", ""]
+            ratio_cols = dict.fromkeys(c for r in rows for c in r if c.startswith(
+                ("prefill_speedup", "flop_reduction", "speedup_over")))  # the ablation row has no speed of its own
+            lines += md_table(rows, ["model"] + speed_cols + list(ratio_cols))
     exports = results.get("exports") or {}
     if exports:
         lines += ["", "## Export rule", ""]

@@ -157,3 +157,19 @@ def test_flap_check_reproduces_the_table_and_changes_one_part_at_a_time(uninterr
     again = check.main(["--table_dir", str(full), "--table_results", str(full / "results.json"),
                         "--results_dir", str(tmp_path)])  # finished variants are kept, not re-run
     assert again["variants"] == v
+
+
+def test_speed_ratios_are_tabled_when_the_last_row_is_the_ablation(setup, uninterrupted, tmp_path):
+    """The ablation row (last, no speed of its own) must not hide the speed-up columns of the others."""
+    root, script = setup
+    full, _ = uninterrupted
+    out = tmp_path / "kd_speed"
+    shutil.copytree(full, out)
+    flags = [f for f in NEW if f != "--no_speed"]
+    results = script.main(argv(root, out, *flags, "--speed_isolation", "inprocess"))
+    assert results["rows"][-1]["key"] == "dms_per_layer_s1_ntp" and "prefill_speedup_1x16" not in results["rows"][-1]
+    table = (out / "results.md").read_text()
+    speed = table[table.index("## Speed"):]
+    header = speed.splitlines()[2]
+    assert "prefill_speedup_1x16" in header and "speedup_over_flop_reduction_2x8" in header
+    assert [line.split("|")[1].strip() for line in speed.splitlines()[4:7]] == ["dense", "DMS", "DMS per-layer (seed 1)"]

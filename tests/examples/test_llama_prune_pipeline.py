@@ -155,7 +155,7 @@ def test_results_plot_and_speed_stage(setup, uninterrupted):
     assert dms["flop_reduction_1x16"] == pytest.approx(1 / dms["flops_ratio"], rel=0.2)
     table = (results_dir / "results.md").read_text()
     for text in ("| DMS (pruning only) |", "| taylor + recovery |", "## Speed", "## Full WikiText-2 test set",
-                 "Per-layer DMS", "## Plan"):
+                 "Per-layer DMS", "## Plan", "median of 5 (prefill) / 3 (decode) reps", "prefill_speedup_1x16"):
         assert text in table
     png = (results_dir / "search_trajectory.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
