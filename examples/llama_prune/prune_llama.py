@@ -790,6 +790,8 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "--speed_worker":
         return speed_worker(argv)
+    if argv and argv[0] == "--plot_results":
+        return plot_results(argv)
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -1346,30 +1348,65 @@ def markdown(results):
     return "\n".join(lines) + "\n"
 
 
-def plot_ppl_vs_params(rows, path: str) -> None:
-    """Perplexity vs parameters of every model, pruning only (open markers) and after recovery (filled)."""
+def plot_ppl_vs_params(rows, path: str, more_rows=()) -> None:
+    """Perplexity vs parameters of every model: one colour per method, pruning only (open marker) joined to after
+    recovery (filled). ``more_rows``: rows of further runs (other targets) drawn in the same axes, each method in
+    its colour. Methods sit side by side around their parameter count (a small horizontal offset per method, noted
+    on the axis), since every row of one target has the same count within 1 %."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    runs = [rows, *more_rows]
+    keys = list(dict.fromkeys(r["key"] for run in runs for r in run if r["key"] != "dense"))
+    names = {r["key"]: r["model"] for run in runs for r in run}
+    span = max(r["params"] for run in runs for r in run) / 1e6
+    step = span * 0.012  # the per-method offset, in M parameters
     fig, ax = plt.subplots(figsize=(11, 5.5))
-    for i, r in enumerate(rows):
-        color = f"C{i % 10}"
-        points = [] if r.get("ablation") else [(r.get("ppl_before_recovery"), "none", "pruning only")]
-        if r["key"] != "dense" and r.get("recovery_s") is not None:
-            points.append((r.get("ppl"), color, "recovered"))
-        for ppl, face, what in points:
-            if ppl is not None:
-                ax.scatter(r["params"] / 1e6, ppl, marker="s" if r["key"] == "dense" else "o", facecolors=face,
-                           edgecolors=color, s=50, label=f"{r['model']} ({what})" if r["key"] != "dense" else "dense")
+    for run in runs:
+        for r in run:
+            x = r["params"] / 1e6
+            if r["key"] == "dense":
+                ax.scatter(x, r["ppl"], marker="s", color="black", s=50, zorder=3)
+                continue
+            i = keys.index(r["key"])
+            x += (i - (len(keys) - 1) / 2) * step
+            color = f"C{i % 10}"
+            before = None if r.get("ablation") else r.get("ppl_before_recovery")
+            after = r.get("ppl") if r.get("recovery_s") is not None else None
+            if before is not None and after is not None:
+                ax.plot([x, x], [before, after], color=color, lw=1, zorder=1)
+            if before is not None:
+                ax.scatter(x, before, marker="o", facecolors="none", edgecolors=color, s=45, zorder=2)
+            if after is not None:
+                ax.scatter(x, after, marker="D" if r.get("ablation") else "o", color=color, s=45, zorder=2)
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], marker="s", color="black", ls="", label="dense")]
+    handles += [Line2D([], [], marker="D" if any(r.get("ablation") for run in runs for r in run if r["key"] == k)
+                       else "o", color=f"C{i % 10}", ls="", label=names[k]) for i, k in enumerate(keys)]
+    handles += [Line2D([], [], marker="o", color="grey", mfc="none", ls="", label="open: pruning only"),
+                Line2D([], [], marker="o", color="grey", ls="", label="filled: recovered")]
     ax.set_yscale("log")
-    ax.set_xlabel("parameters (M)")
-    ax.set_ylabel("WikiText-2 perplexity")
-    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.set_xlabel(f"parameters (M); methods offset by {step:.1f} M each to be told apart")
+    ax.set_ylabel("WikiText-2 perplexity (comparison windows)")
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.grid(True, which="major", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=90, bbox_inches="tight")  # the legend sits outside the axes
     plt.close(fig)
+
+
+def plot_results(argv):
+    """``--plot_results OUT.png RESULTS.json [RESULTS.json ...]``: :func:`plot_ppl_vs_params` over several runs
+    (e.g. the 80 % and 50 % tables in one figure)."""
+    out, *paths = argv[1:]
+    runs = []
+    for p in paths:
+        with open(p) as f:
+            runs.append(json.load(f)["rows"])
+    plot_ppl_vs_params(runs[0], out, more_rows=runs[1:])
 
 
 def plot_search(logs: dict, path: str) -> None:

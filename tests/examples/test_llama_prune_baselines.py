@@ -173,3 +173,15 @@ def test_speed_ratios_are_tabled_when_the_last_row_is_the_ablation(setup, uninte
     header = speed.splitlines()[2]
     assert "prefill_speedup_1x16" in header and "speedup_over_flop_reduction_2x8" in header
     assert [line.split("|")[1].strip() for line in speed.splitlines()[4:7]] == ["dense", "DMS", "DMS per-layer (seed 1)"]
+
+
+def test_ppl_vs_params_plots_one_run_and_several(setup, uninterrupted, tmp_path):
+    _, script = setup
+    full, _ = uninterrupted
+    png = (full / "ppl_vs_params.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
+    both = tmp_path / "both.png"  # the 80 % and 50 % tables in one figure: here the same run twice
+    script.main(["--plot_results", str(both), str(full / "results.json"), str(full / "results.json")])
+    assert both.read_bytes().startswith(b"\x89PNG")
+    with pytest.raises(FileNotFoundError):
+        script.main(["--plot_results", str(tmp_path / "x.png"), str(tmp_path / "missing.json")])
