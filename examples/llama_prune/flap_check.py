@@ -66,15 +66,28 @@ def build(variant, model, batches, target_params, args):
 
     extra = 2 * model.config.hidden_size * model.config.num_hidden_layers  # o_proj + down_proj biases
     if variant == "flap_on_dms":
-        pruner, _ = P.make_pruner(model, "per_layer", args, 1e-2)
-        state = load_file(os.path.join(args.output_dir, f"{P.reference_per_layer(args)}_pruner.safetensors"))
-        pruner.load_state_dict(state, strict=False)
+        # DMS's head-group and MLP counts on a (heads, mlp) pruner, which FLAP's functions need: exact as long as
+        # the search kept every hidden channel and layer (checked; the committed searches did)
+        searched, _ = P.make_pruner(model, "per_layer", args, 1e-2)
+        searched.load_state_dict(load_file(os.path.join(
+            args.output_dir, f"{P.reference_per_layer(args)}_pruner.safetensors")), strict=False)
+        counts = counts_of(searched)
+        searched.remove()
+        full = {k: n for k, n in (("hidden", model.config.hidden_size), ("layers", 2 * model.config.num_hidden_layers))}
+        for kind, n in full.items():
+            kept = counts.get(kind, n)
+            kept = sum(kept) if isinstance(kept, list) else kept
+            if kept != n:
+                raise ValueError(f"the DMS search pruned {kind} ({kept} of {n} kept): FLAP's criterion cannot be "
+                                 "placed on its structure")
+        pruner = DMSPruner(model, 0.5, prune=("heads", "mlp"), uniform=False, head_grouping=args.head_grouping)
+        for kind in ("heads", "mlp"):
+            pruner.topk[kind].set_keep_count(torch.tensor(counts[kind]))
         stats = B.calibration_statistics(pruner, batches)
-        before = counts_of(pruner)
         for kind, v in B.flap_scores(pruner, stats).items():
             pruner.set_importance(kind, v.float())
-        if counts_of(pruner) != before:
-            raise RuntimeError("replacing the importance changed the kept counts")
+        if {k: counts_of(pruner)[k] for k in ("heads", "mlp")} != {k: counts[k] for k in ("heads", "mlp")}:
+            raise RuntimeError("FLAP's importance changed DMS's kept counts")
     else:
         uniform = variant == "flap_uniform"
         pruner = DMSPruner(model, 0.5, prune=("heads", "mlp"), uniform=uniform, head_grouping=args.head_grouping)
