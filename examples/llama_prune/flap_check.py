@@ -53,10 +53,6 @@ def table_args(table_dir):
     return args
 
 
-def counts_of(pruner):
-    return {k: op.kept_counts().tolist() for k, op in pruner.topk.items()}
-
-
 def build(variant, model, batches, target_params, args):
     """One one-shot pruned model of ``variant`` (module docstring) and its per-layer counts."""
     from safetensors.torch import load_file
@@ -71,10 +67,9 @@ def build(variant, model, batches, target_params, args):
         searched, _ = P.make_pruner(model, "per_layer", args, 1e-2)
         searched.load_state_dict(load_file(os.path.join(
             args.output_dir, f"{P.reference_per_layer(args)}_pruner.safetensors")), strict=False)
-        counts = counts_of(searched)
+        counts = P.kept_counts(searched)
         searched.remove()
-        full = {k: n for k, n in (("hidden", model.config.hidden_size), ("layers", 2 * model.config.num_hidden_layers))}
-        for kind, n in full.items():
+        for kind, n in (("hidden", model.config.hidden_size), ("layers", 2 * model.config.num_hidden_layers)):
             kept = counts.get(kind, n)
             kept = sum(kept) if isinstance(kept, list) else kept
             if kept != n:
@@ -84,10 +79,9 @@ def build(variant, model, batches, target_params, args):
         for kind in ("heads", "mlp"):
             pruner.topk[kind].set_keep_count(torch.tensor(counts[kind]))
         stats = B.calibration_statistics(pruner, batches)
-        for kind, v in B.flap_scores(pruner, stats).items():
-            pruner.set_importance(kind, v.float())
-        if {k: counts_of(pruner)[k] for k in ("heads", "mlp")} != {k: counts[k] for k in ("heads", "mlp")}:
-            raise RuntimeError("FLAP's importance changed DMS's kept counts")
+        with P.same_kept_counts(pruner, "FLAP's importance on DMS's structure"):
+            for kind, v in B.flap_scores(pruner, stats).items():
+                pruner.set_importance(kind, v.float())
     else:
         uniform = variant == "flap_uniform"
         pruner = DMSPruner(model, 0.5, prune=("heads", "mlp"), uniform=uniform, head_grouping=args.head_grouping)
@@ -99,11 +93,9 @@ def build(variant, model, batches, target_params, args):
         else:
             B.flap_prune(pruner, stats, target_params, extra_params=extra)
         if variant == "taylor_on_flap":
-            before = counts_of(pruner)
-            B.one_shot_taylor_importance(pruner, batches)
-            if counts_of(pruner) != before:
-                raise RuntimeError("replacing the importance changed the kept counts")
-    counts = counts_of(pruner)
+            with P.same_kept_counts(pruner, "Taylor's importance on FLAP's structure"):
+                B.one_shot_taylor_importance(pruner, batches)
+    counts = P.kept_counts(pruner)
     compensated = variant not in ("flap_no_compensation", "taylor_on_flap")
     biases = B.flap_compensation(pruner, stats) if compensated else None
     pruned = DMSLlamaForCausalLM.from_pruned(pruner, dtype=torch.float32)
@@ -120,7 +112,7 @@ def markdown(out):
         "Machine: " + ", ".join(f"{k} {v}" for k, v in out["machine"].items()) + f". Command: `{out['command']}`.",
         "",
         f"WikiText-2 test, the table's comparison tokens (the first {out['eval_tokens']:,}); no recovery. Calibration: "
-        "the table's 8 War and Peace batches (1 × 1024, seed 7). Table rows for comparison (one-shot): "
+        f"the table's {out['calibration']}. Table rows for comparison (one-shot): "
         + ", ".join(f"{k} {v:,.1f}" for k, v in out["table_one_shot"].items()) + ".",
         "",
         "| variant | criterion | structure | compensation | params | ppl |",
@@ -155,29 +147,34 @@ def main(argv=None):
     with open(a.table_results) as f:
         table = json.load(f)
     path = table["model_path"]
-    n_eval = args.eval_tokens or table["plan"]["eval_windows"] * args.eval_window  # as prune_llama's run_stages
+    n_eval = P.comparison_tokens(args, table["plan"])
     with open(os.path.join(a.table_dir, "stages", P.search_stages(args)[0][4] + ".json")) as f:
         target_params = json.load(f)["params"]  # the parameter count every row of the table matches
     tokenizer = AutoTokenizer.from_pretrained(path)
     wiki = torch.as_tensor(tokenizer(load_text("wikitext2"), verbose=False)["input_ids"])
     wiki = wiki[:n_eval] if n_eval else wiki
     blocks = P.chunks(torch.tensor(tokenizer(load_text("warpeace"), verbose=False)["input_ids"]), args.seq_len)
-    batches = list(P.sample_batches(blocks, args.search_batch_size or 1, args.calibration_batches, 7))
+    batches = P.calibration_batches(blocks, args)
 
     os.makedirs(a.results_dir, exist_ok=True)
     json_path = os.path.join(a.results_dir, "results.json")
-    out = json.load(open(json_path)) if os.path.exists(json_path) else {"variants": {}}
+    out = {"variants": {}}
+    if os.path.exists(json_path):  # finished variants are kept
+        with open(json_path) as f:
+            out = json.load(f)
     rows = {r["key"]: r for r in table["rows"]}
     out.update({
-        "machine": machine_info("cpu"), "command": "python examples/llama_prune/flap_check.py " + " ".join(argv or
+        "machine": machine_info(args.device), "command": "python examples/llama_prune/flap_check.py " + " ".join(argv or
                                                                                                      sys.argv[1:]),
-        "eval_tokens": wiki.numel(), "target_params": target_params, "table": os.path.relpath(a.table_results, REPO),
+        "eval_tokens": wiki.numel(), "target_params": target_params,
+        "calibration": f"{args.calibration_batches} War and Peace batches ({args.search_batch_size} × {args.seq_len}, "
+                       f"seed {P.CALIBRATION_SEED})", "table": os.path.relpath(a.table_results, REPO),
         "table_one_shot": {k: rows[k]["ppl_before_recovery"] for k in ("flap", "taylor", "dms_per_layer_s1")},
     })
     for v in a.variants:
         if v in out["variants"]:
             continue
-        model = P.load_model(path, "cpu")
+        model = P.load_model(path, args.device)
         t0 = time.perf_counter()
         pruned, counts, compensated = build(v, model, batches, target_params, args)
         ppl = P.evaluate_ppl(pruned, wiki, args)["ppl"]

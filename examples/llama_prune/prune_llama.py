@@ -83,7 +83,7 @@ import subprocess
 import sys
 import time
 import warnings
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import torch
 
@@ -243,6 +243,20 @@ def sample_batches(blocks: torch.Tensor, batch_size: int, steps: int, seed: int)
     g = torch.Generator().manual_seed(seed)
     for _ in range(steps):
         yield blocks[torch.randint(0, blocks.size(0), (batch_size,), generator=g)]
+
+
+CALIBRATION_SEED = 7
+
+
+def calibration_batches(blocks: torch.Tensor, args) -> list:
+    """The ``--calibration_batches`` War and Peace batches every calibrated baseline reads (the same for all)."""
+    return [ids.to(args.device) for ids in sample_batches(blocks, args.search_batch_size, args.calibration_batches,
+                                                          CALIBRATION_SEED)]
+
+
+def comparison_tokens(args, plan: dict) -> int:
+    """How many leading WikiText-2 test tokens the comparison rows are scored on (0: the whole test set)."""
+    return args.eval_tokens or plan["eval_windows"] * args.eval_window
 
 
 class Pretokenized:
@@ -825,7 +839,7 @@ def run_stages(pipe, args, path, tokenizer, wiki_ids, blocks, full_windows):
         return {"measured": times, **sizes}
 
     sizes = pipe.run("plan", plan)
-    n_eval = args.eval_tokens or sizes["eval_windows"] * args.eval_window
+    n_eval = comparison_tokens(args, sizes)
     eval_ids = wiki_ids[:n_eval] if n_eval else wiki_ids
 
     def evaluate(model_path, ids):
@@ -866,14 +880,11 @@ def run_stages(pipe, args, path, tokenizer, wiki_ids, blocks, full_windows):
         pipe.run(stage_name, search(variant, seed, key))
     target_params = pipe.load(search_stages(args)[0][4])["params"]
 
-    def calibration():  # the same War and Peace batches for every calibrated baseline
-        return [ids.to(dev) for ids in sample_batches(blocks, args.search_batch_size, args.calibration_batches, 7)]
-
     def prune(kind):
         def stage():
             model = load_model(path, dev)
             t0 = time.perf_counter()
-            pruned, info = prune_baseline(kind, model, calibration(), target_params, args)
+            pruned, info = prune_baseline(kind, model, calibration_batches(blocks, args), target_params, args)
             prune_s = time.perf_counter() - t0
             out = os.path.join(args.output_dir, f"{kind}_pruned")
             save_model(pruned, tokenizer, out)
@@ -979,15 +990,27 @@ def on_dms_structure(model, scores, args):
     if unexpected or any(not k.endswith("_extra_state") for k in missing):
         raise ValueError(f"{ref}_pruner.safetensors does not fit the per-layer pruner: missing {missing}, "
                          f"unexpected {unexpected}")
-    counts_before = {k: op.kept_counts().tolist() for k, op in pruner.topk.items()}
-    for kind, v in scores.items():  # the hard mask keeps a count set by the keep ratio, whatever the ranking
-        pruner.set_importance(kind, v)
-    counts = {k: op.kept_counts().tolist() for k, op in pruner.topk.items()}
-    if counts != counts_before:
-        raise RuntimeError("replacing the importance changed the kept counts")
+    with same_kept_counts(pruner, "replacing the importance") as counts:
+        for kind, v in scores.items():  # the hard mask keeps a count set by the keep ratio, whatever the ranking
+            pruner.set_importance(kind, v)
     pruned = DMSLlamaForCausalLM.from_pruned(pruner, dtype=torch.float32)
     pruner.remove()
     return pruned, {"counts": counts, "structure_of": ref}
+
+
+def kept_counts(pruner) -> dict:
+    """Per pruned kind, how many elements the pruner's hard mask keeps (a list per layer for per-layer kinds)."""
+    return {k: op.kept_counts().tolist() for k, op in pruner.topk.items()}
+
+
+@contextmanager
+def same_kept_counts(pruner, what: str):
+    """Yield the pruner's kept counts; raise ``RuntimeError`` naming ``what`` if the block changed them (a criterion
+    placed on a given structure may change *which* elements are kept, never how many)."""
+    before = kept_counts(pruner)
+    yield before
+    if kept_counts(pruner) != before:
+        raise RuntimeError(f"{what} changed the kept counts")
 
 
 @torch.no_grad()
@@ -1214,9 +1237,9 @@ def distillation_targets(rows) -> dict:
             out[f"{r['key']}_over_best_baseline{tag}"] = mine / theirs if mine and theirs else None
     for r in rows:
         if r.get("ablation") and r["key"].endswith("_ntp"):
-            source = by.get(r["key"].removesuffix("_ntp"), {})
-            out[f"{source.get('key')}_kd_minus_ntp_ppl"] = (
-                source["ppl"] - r["ppl"] if "ppl" in source and "ppl" in r else None)
+            source = r["key"].removesuffix("_ntp")
+            kd = by.get(source, {}).get("ppl")
+            out[f"{source}_kd_minus_ntp_ppl"] = kd - r["ppl"] if kd is not None and "ppl" in r else None
     return out
 
 
@@ -1251,7 +1274,7 @@ def report(pipe, state, echo=True):
     if results["search_log"]:
         plot_search(results["search_log"], os.path.join(args.results_dir, "search_trajectory.png"))
     if len(rows) > 1:
-        plot_ppl_vs_params(rows, os.path.join(args.results_dir, "ppl_vs_params.png"))
+        plot_ppl_vs_params([rows], os.path.join(args.results_dir, "ppl_vs_params.png"))
     if echo:
         print(table, flush=True)
     return results
@@ -1348,17 +1371,16 @@ def markdown(results):
     return "\n".join(lines) + "\n"
 
 
-def plot_ppl_vs_params(rows, path: str, more_rows=()) -> None:
-    """Perplexity vs parameters of every model: one colour per method, pruning only (open marker) joined to after
-    recovery (filled). ``more_rows``: rows of further runs (other targets) drawn in the same axes, each method in
-    its colour. Methods sit side by side around their parameter count (a small horizontal offset per method, noted
-    on the axis), since every row of one target has the same count within 1 %."""
+def plot_ppl_vs_params(runs: list, path: str) -> None:
+    """Perplexity vs parameters of every model of ``runs`` (one list of rows per run, e.g. one per target, all in
+    the same axes): one colour per method, pruning only (open marker) joined to after recovery (filled). Methods sit
+    side by side around their parameter count (a small horizontal offset per method, noted on the axis), since every
+    row of one target has the same count within 1 %."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = [rows, *more_rows]
     keys = list(dict.fromkeys(r["key"] for run in runs for r in run if r["key"] != "dense"))
     names = {r["key"]: r["model"] for run in runs for r in run}
     span = max(r["params"] for run in runs for r in run) / 1e6
@@ -1401,12 +1423,14 @@ def plot_ppl_vs_params(rows, path: str, more_rows=()) -> None:
 def plot_results(argv):
     """``--plot_results OUT.png RESULTS.json [RESULTS.json ...]``: :func:`plot_ppl_vs_params` over several runs
     (e.g. the 80 % and 50 % tables in one figure)."""
+    if len(argv) < 3:
+        raise ValueError(f"--plot_results needs OUT.png and at least one results.json, got {argv[1:]}")
     out, *paths = argv[1:]
     runs = []
     for p in paths:
         with open(p) as f:
             runs.append(json.load(f)["rows"])
-    plot_ppl_vs_params(runs[0], out, more_rows=runs[1:])
+    plot_ppl_vs_params(runs, out)
 
 
 def plot_search(logs: dict, path: str) -> None:

@@ -185,3 +185,5 @@ def test_ppl_vs_params_plots_one_run_and_several(setup, uninterrupted, tmp_path)
     assert both.read_bytes().startswith(b"\x89PNG")
     with pytest.raises(FileNotFoundError):
         script.main(["--plot_results", str(tmp_path / "x.png"), str(tmp_path / "missing.json")])
+    with pytest.raises(ValueError, match="--plot_results needs OUT.png and at least one results.json"):
+        script.main(["--plot_results", str(tmp_path / "x.png")])
